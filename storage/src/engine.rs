@@ -1,0 +1,1301 @@
+//! The sled-backed [`Store`]: registry, open heads, sealed chunks, the apply thread and
+//! checkpoints. The on-disk layout is drawn in the crate documentation.
+
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::metrics::StoreMetrics;
+use crate::path::{device_id, validate_path};
+use crate::point::{stable_hash, DataPoint, GroupIn};
+use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
+use crate::series::Series;
+use crate::store::{ItemError, Store, StoreStats, WriteOutcome};
+use crate::stream::{StreamInfo, StreamMeta, StreamUpdate};
+use crate::time::check_range;
+use crate::value::{StreamType, ValueKind};
+use crate::wal::{self, Pending, PointRec, Record, StreamRecord, Wal};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtOrd};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Low bits of a stream id that name its shard (a hash of its device id).
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+/// Configuration of an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory; holds `sled/` and `wal/`.
+    pub path: PathBuf,
+    /// Points per sealed chunk (64..=65536). Larger chunks compress better and hold more memory
+    /// in open heads: at most `streams × chunk_points × 16` bytes.
+    pub chunk_points: usize,
+    /// Size at which a log segment is closed.
+    pub segment_bytes: u64,
+    /// Longest time between checkpoints while there are changes.
+    pub checkpoint_interval: Duration,
+    /// Log bytes after which a checkpoint is taken early.
+    pub checkpoint_log_bytes: u64,
+    /// Open heads not written for this long are sealed at a checkpoint, to free memory.
+    pub idle_seal: Duration,
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Config {
+    /// Defaults for a data directory at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Config {
+            path: path.into(),
+            chunk_points: 1024,
+            segment_bytes: 64 << 20,
+            checkpoint_interval: Duration::from_secs(30),
+            checkpoint_log_bytes: 512 << 20,
+            idle_seal: Duration::from_secs(15 * 60),
+            cache_bytes: 64 << 20,
+        }
+    }
+
+    /// Checks every field; the error names the offending one.
+    pub fn validate(&self) -> Result<()> {
+        if !(64..=65536).contains(&self.chunk_points) {
+            return Err(StorageError::invalid(
+                "chunk_points",
+                format!("{} is outside 64..=65536", self.chunk_points),
+            ));
+        }
+        if self.segment_bytes < 1 << 16 {
+            return Err(StorageError::invalid("segment_bytes", "must be at least 64 KiB"));
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err(StorageError::invalid("checkpoint_interval", "must be positive"));
+        }
+        if self.cache_bytes < 1 << 20 {
+            return Err(StorageError::invalid("cache_bytes", "must be at least 1 MiB"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u64,
+    ty: StreamType,
+}
+
+fn shard_of_id(id: u64) -> usize {
+    (id & (SHARDS as u64 - 1)) as usize
+}
+
+fn shard_of_path(path: &str) -> u64 {
+    stable_hash(device_id(path)) & (SHARDS as u64 - 1)
+}
+
+struct StreamState {
+    rec: StreamRecord,
+    head: Series,
+    /// Largest timestamp in sealed chunks; every head point is newer.
+    sealed_max: Option<i64>,
+    /// The point with the largest timestamp (derived, cached).
+    current: Option<DataPoint>,
+    /// The head changed since the last checkpoint.
+    dirty: bool,
+    /// Server time of the last write, ms.
+    last_write: i64,
+}
+
+impl StreamState {
+    fn new(rec: StreamRecord) -> Self {
+        let kind = rec.meta.stream_type.kind();
+        StreamState {
+            last_write: rec.created,
+            rec,
+            head: Series::new(kind),
+            sealed_max: None,
+            current: None,
+            dirty: false,
+        }
+    }
+
+    fn info(&self) -> StreamInfo {
+        StreamInfo {
+            path: self.rec.path.clone(),
+            meta: self.rec.meta.clone(),
+            current: self.current.clone(),
+            created: self.rec.created,
+        }
+    }
+
+    fn has_data(&self) -> bool {
+        !self.head.is_empty() || self.sealed_max.is_some()
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    streams: HashMap<u64, StreamState>,
+}
+
+struct Registry {
+    by_path: BTreeMap<Arc<str>, Entry>,
+    next_counter: u64,
+}
+
+fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn chunk_key(id: u64, ts: i64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&(ts.max(0) as u64).to_be_bytes());
+    k
+}
+
+fn chunk_key_ts(k: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[8..16]);
+    u64::from_be_bytes(b) as i64
+}
+
+struct Inner {
+    cfg: Config,
+    db: sled::Db,
+    chunks: sled::Tree,
+    heads: sled::Tree,
+    streams: sled::Tree,
+    meta: sled::Tree,
+    registry: RwLock<Registry>,
+    shards: Box<[Mutex<Shard>]>,
+    metrics: StoreMetrics,
+    open_points: AtomicU64,
+}
+
+/// The sled-backed store.
+pub struct Engine {
+    inner: Arc<Inner>,
+    wal: Arc<Wal>,
+    apply: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn lookup(&self, path: &str) -> Option<Entry> {
+        self.registry.read().by_path.get(path).copied()
+    }
+
+    fn entry(&self, path: &str) -> Result<Entry> {
+        self.lookup(path).ok_or_else(|| StorageError::StreamNotFound {
+            path: path.to_string(),
+        })
+    }
+
+    fn write_chunk(&self, id: u64, s: &Series) -> Result<()> {
+        let Some(first) = s.first_ts() else {
+            return Ok(());
+        };
+        self.chunks.insert(chunk_key(id, first), codec::encode(s)?)?;
+        self.metrics.chunks_written.inc();
+        Ok(())
+    }
+
+    fn last_chunk(&self, id: u64) -> Result<Option<(i64, Series)>> {
+        match self.chunks.scan_prefix(id_key(id)).next_back() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((chunk_key_ts(&k), codec::decode(&v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Recomputes `sealed_max` and `current` of a stream from its head and last chunk.
+    fn recompute_tail(&self, st: &mut StreamState) -> Result<()> {
+        let last = self.last_chunk(st.rec.id)?;
+        st.sealed_max = last.as_ref().and_then(|(_, s)| s.last_ts());
+        st.current = if !st.head.is_empty() {
+            Some(st.head.point(st.head.len() - 1))
+        } else {
+            last.map(|(_, s)| s.point(s.len() - 1))
+        };
+        Ok(())
+    }
+
+    fn seal_full(&self, st: &mut StreamState) -> Result<()> {
+        let cp = self.cfg.chunk_points;
+        while st.head.len() >= cp {
+            let rest = st.head.split_off(cp);
+            let full = std::mem::replace(&mut st.head, rest);
+            self.write_chunk(st.rec.id, &full)?;
+            st.sealed_max = full.last_ts();
+        }
+        Ok(())
+    }
+
+    fn seal_all(&self, st: &mut StreamState) -> Result<()> {
+        if st.head.is_empty() {
+            return Ok(());
+        }
+        let kind = st.head.values.kind();
+        let full = std::mem::replace(&mut st.head, Series::new(kind));
+        self.write_chunk(st.rec.id, &full)?;
+        st.sealed_max = full.last_ts();
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Key of the chunk a late point at `ts` belongs to: the last chunk starting at or before
+    /// `ts`, or else the stream's first chunk.
+    fn target_chunk(&self, id: u64, ts: i64) -> Result<Option<sled::IVec>> {
+        if let Some(kv) = self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, ts))
+            .next_back()
+        {
+            return Ok(Some(kv?.0));
+        }
+        Ok(self.chunks.scan_prefix(id_key(id)).next().transpose()?.map(|kv| kv.0))
+    }
+
+    /// Writes back a chunk read at `old_key` after changes: re-keyed when its first timestamp
+    /// changed, split when it grew past twice the chunk size, removed when empty. Atomic.
+    fn rewrite_chunk(&self, id: u64, old_key: &[u8], mut s: Series) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(old_key);
+        let cp = self.cfg.chunk_points;
+        let mut pieces = Vec::new();
+        while s.len() > 2 * cp {
+            let rest = s.split_off(cp);
+            pieces.push(std::mem::replace(&mut s, rest));
+        }
+        if !s.is_empty() {
+            pieces.push(s);
+        }
+        for p in &pieces {
+            if let Some(first) = p.first_ts() {
+                batch.insert(&chunk_key(id, first), codec::encode(p)?);
+                self.metrics.chunks_written.inc();
+            }
+        }
+        self.chunks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn merge_late(&self, st: &mut StreamState, mut late: Vec<PointRec>, server_ts: i64) -> Result<()> {
+        self.metrics.late_points.inc_by(late.len() as u64);
+        late.sort_by_key(|p| p.ts);
+        let id = st.rec.id;
+        let mut cur: Option<(sled::IVec, Series)> = None;
+        for p in late {
+            let Some(target) = self.target_chunk(id, p.ts)? else {
+                // No chunk at all (they were deleted meanwhile): the point belongs to the head.
+                st.head.upsert(p.ts, p.value, server_ts, p.extras);
+                continue;
+            };
+            if cur.as_ref().is_none_or(|(k, _)| *k != target) {
+                if let Some((k, s)) = cur.take() {
+                    self.rewrite_chunk(id, &k, s)?;
+                }
+                let bytes = self
+                    .chunks
+                    .get(&target)?
+                    .ok_or_else(|| StorageError::corrupt("chunks", "chunk vanished"))?;
+                cur = Some((target, codec::decode(&bytes)?));
+            }
+            if let Some((_, s)) = cur.as_mut() {
+                s.upsert(p.ts, p.value, server_ts, p.extras);
+            }
+        }
+        if let Some((k, s)) = cur.take() {
+            self.rewrite_chunk(id, &k, s)?;
+        }
+        Ok(())
+    }
+
+    fn delete_chunks_in(&self, id: u64, from: i64, to: i64) -> Result<u64> {
+        let mut deleted = 0u64;
+        let mut keys: Vec<sled::IVec> = Vec::new();
+        if let Some(kv) = self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, from))
+            .next_back()
+        {
+            keys.push(kv?.0);
+        }
+        let upper = chunk_key(id, to.min(crate::time::MAX_TIMESTAMP + 1));
+        for kv in self.chunks.range(chunk_key(id, from)..upper) {
+            let k = kv?.0;
+            if keys.last() != Some(&k) {
+                keys.push(k);
+            }
+        }
+        for k in keys {
+            let Some(bytes) = self.chunks.get(&k)? else {
+                continue;
+            };
+            let h = codec::decode_header(&bytes)?;
+            if h.last_ts < from || h.first_ts >= to {
+                continue;
+            }
+            if h.first_ts >= from && h.last_ts < to {
+                self.chunks.remove(&k)?;
+                deleted += h.n as u64;
+                continue;
+            }
+            let mut s = codec::decode(&bytes)?;
+            deleted += s.delete_range(from, to) as u64;
+            self.rewrite_chunk(id, &k, s)?;
+        }
+        Ok(deleted)
+    }
+
+    fn remove_stream_data(&self, id: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in self.chunks.scan_prefix(id_key(id)).keys() {
+            batch.remove(k?);
+        }
+        self.chunks.apply_batch(batch)?;
+        self.heads.remove(id_key(id))?;
+        self.streams.remove(id_key(id))?;
+        Ok(())
+    }
+
+    /// Applies one logged record. `replay` is set while the log is replayed at open, when the
+    /// registry must be rebuilt from the records too.
+    fn apply(&self, rec: &Record, replay: bool) -> Result<u64> {
+        match rec {
+            Record::PutStream(r) => {
+                if replay {
+                    let mut reg = self.registry.write();
+                    reg.by_path.insert(
+                        Arc::from(r.path.as_str()),
+                        Entry {
+                            id: r.id,
+                            ty: r.meta.stream_type,
+                        },
+                    );
+                    reg.next_counter = reg.next_counter.max((r.id >> SHARD_BITS) + 1);
+                }
+                let bytes = rmp_serde::to_vec_named(r)
+                    .map_err(|e| StorageError::corrupt("stream record", e.to_string()))?;
+                self.streams.insert(id_key(r.id), bytes)?;
+                let mut sh = self.shards[shard_of_id(r.id)].lock();
+                match sh.streams.get_mut(&r.id) {
+                    Some(st) => {
+                        if st.head.values.kind() != r.meta.stream_type.kind() && st.head.is_empty() {
+                            st.head = Series::new(r.meta.stream_type.kind());
+                        }
+                        st.rec = r.clone();
+                    }
+                    None => {
+                        sh.streams.insert(r.id, StreamState::new(r.clone()));
+                    }
+                }
+                Ok(0)
+            }
+            Record::DeleteStream { id } => {
+                let removed = self.shards[shard_of_id(*id)].lock().streams.remove(id);
+                if let Some(st) = &removed {
+                    self.open_points
+                        .fetch_sub(st.head.len() as u64, AtOrd::Relaxed);
+                    if replay {
+                        let mut reg = self.registry.write();
+                        if reg.by_path.get(st.rec.path.as_str()).map(|e| e.id) == Some(*id) {
+                            reg.by_path.remove(st.rec.path.as_str());
+                        }
+                    }
+                }
+                self.remove_stream_data(*id)?;
+                Ok(removed.is_some() as u64)
+            }
+            Record::Points { server_ts, groups } => {
+                let mut n = 0u64;
+                for (id, points) in groups {
+                    let mut sh = self.shards[shard_of_id(*id)].lock();
+                    let Some(st) = sh.streams.get_mut(id) else {
+                        continue; // deleted after the batch was checked
+                    };
+                    let before = st.head.len();
+                    let mut late = Vec::new();
+                    for p in points {
+                        if st.current.as_ref().is_none_or(|c| p.ts >= c.timestamp) {
+                            st.current = Some(DataPoint {
+                                timestamp: p.ts,
+                                server_timestamp: *server_ts,
+                                value: p.value.clone(),
+                                extras: p.extras.clone(),
+                            });
+                        }
+                        if st.sealed_max.is_some_and(|m| p.ts <= m) {
+                            late.push(p.clone());
+                        } else {
+                            st.head
+                                .upsert(p.ts, p.value.clone(), *server_ts, p.extras.clone());
+                        }
+                    }
+                    if !late.is_empty() {
+                        self.merge_late(st, late, *server_ts)?;
+                    }
+                    self.seal_full(st)?;
+                    let after = st.head.len();
+                    if after >= before {
+                        self.open_points
+                            .fetch_add((after - before) as u64, AtOrd::Relaxed);
+                    } else {
+                        self.open_points
+                            .fetch_sub((before - after) as u64, AtOrd::Relaxed);
+                    }
+                    st.dirty = true;
+                    st.last_write = *server_ts;
+                    n += points.len() as u64;
+                }
+                Ok(n)
+            }
+            Record::DeleteRange { id, from, to } => {
+                let mut sh = self.shards[shard_of_id(*id)].lock();
+                let Some(st) = sh.streams.get_mut(id) else {
+                    return Ok(0);
+                };
+                let from_head = st.head.delete_range(*from, *to);
+                self.open_points
+                    .fetch_sub(from_head as u64, AtOrd::Relaxed);
+                let n = from_head as u64 + self.delete_chunks_in(*id, *from, *to)?;
+                if n > 0 {
+                    self.recompute_tail(st)?;
+                    st.dirty = true;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Saves open heads, flushes sled, records `seq` as applied, and returns once that is
+    /// durable. Afterwards the log up to `seq` is no longer needed.
+    fn checkpoint(&self, seq: u64, now: i64) -> Result<()> {
+        let started = Instant::now();
+        let idle_ms = self.cfg.idle_seal.as_millis() as i64;
+        let mut saved = 0usize;
+        for shard in self.shards.iter() {
+            let mut sh = shard.lock();
+            for st in sh.streams.values_mut() {
+                if !st.head.is_empty() && now - st.last_write >= idle_ms {
+                    let n = st.head.len() as u64;
+                    self.seal_all(st)?;
+                    self.open_points.fetch_sub(n, AtOrd::Relaxed);
+                }
+                if !st.dirty {
+                    continue;
+                }
+                if st.head.is_empty() {
+                    self.heads.remove(id_key(st.rec.id))?;
+                } else {
+                    self.heads.insert(id_key(st.rec.id), codec::encode(&st.head)?)?;
+                }
+                st.dirty = false;
+                saved += 1;
+            }
+        }
+        self.db.flush()?;
+        let next = self.registry.read().next_counter;
+        self.meta.insert("checkpoint_seq", &seq.to_be_bytes())?;
+        self.meta.insert("next_counter", &next.to_be_bytes())?;
+        self.db.flush()?;
+        let secs = started.elapsed().as_secs_f64();
+        self.metrics.checkpoint_seconds.observe(secs);
+        tracing::debug!(seq, heads = saved, secs, "checkpoint");
+        Ok(())
+    }
+
+    fn load(&self) -> Result<()> {
+        let mut reg = self.registry.write();
+        for kv in self.streams.iter() {
+            let (_, v) = kv?;
+            let rec: StreamRecord = rmp_serde::from_slice(&v)
+                .map_err(|e| StorageError::corrupt("stream record", e.to_string()))?;
+            reg.by_path.insert(
+                Arc::from(rec.path.as_str()),
+                Entry {
+                    id: rec.id,
+                    ty: rec.meta.stream_type,
+                },
+            );
+            reg.next_counter = reg.next_counter.max((rec.id >> SHARD_BITS) + 1);
+            self.shards[shard_of_id(rec.id)]
+                .lock()
+                .streams
+                .insert(rec.id, StreamState::new(rec));
+        }
+        if let Some(v) = self.meta.get("next_counter")? {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v);
+            reg.next_counter = reg.next_counter.max(u64::from_be_bytes(b));
+        }
+        drop(reg);
+        for kv in self.heads.iter() {
+            let (k, v) = kv?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k);
+            let id = u64::from_be_bytes(b);
+            if let Some(st) = self.shards[shard_of_id(id)].lock().streams.get_mut(&id) {
+                st.head = codec::decode(&v)?;
+            }
+        }
+        let mut open = 0u64;
+        for shard in self.shards.iter() {
+            let mut sh = shard.lock();
+            for st in sh.streams.values_mut() {
+                self.recompute_tail(st)?;
+                // A chunk sealed after the last checkpoint may already hold points of the saved
+                // head (sealing moves the whole head): those copies in the head are stale.
+                if let Some(m) = st.sealed_max {
+                    st.head.delete_range(0, m + 1);
+                }
+                open += st.head.len() as u64;
+            }
+        }
+        self.open_points.store(open, AtOrd::Relaxed);
+        Ok(())
+    }
+
+    fn stream_info(&self, e: Entry) -> Option<StreamInfo> {
+        self.shards[shard_of_id(e.id)]
+            .lock()
+            .streams
+            .get(&e.id)
+            .map(StreamState::info)
+    }
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut applied: u64) {
+    let interval = inner.cfg.checkpoint_interval;
+    let mut last_cp = Instant::now();
+    let mut cp_seq = applied;
+    let mut log_bytes_at_cp = wal.stats.bytes.load(AtOrd::Relaxed);
+    let mut failed = false;
+    loop {
+        let msg = rx.recv_timeout(Duration::from_millis(200).min(interval));
+        let disconnected = matches!(msg, Err(RecvTimeoutError::Disconnected));
+        if let Ok(group) = msg {
+            inner.metrics.group_frames.observe(group.len() as f64);
+            for p in group {
+                let r = if failed {
+                    Err(StorageError::Closed)
+                } else {
+                    inner.apply(&p.record, false)
+                };
+                if let Err(e) = &r {
+                    if !failed {
+                        tracing::error!(error = %e, seq = p.seq, "applying a logged record failed; the store stops accepting writes (the log keeps the record)");
+                    }
+                    failed = true;
+                } else {
+                    applied = p.seq;
+                }
+                if let Some(d) = p.done {
+                    let _ = d.send(r);
+                }
+            }
+        }
+        let log_grown = wal.stats.bytes.load(AtOrd::Relaxed) - log_bytes_at_cp;
+        let due = applied > cp_seq
+            && (last_cp.elapsed() >= interval || log_grown >= inner.cfg.checkpoint_log_bytes);
+        if !failed && (due || (disconnected && applied > cp_seq)) {
+            match inner.checkpoint(applied, crate::time::now_ms()) {
+                Ok(()) => {
+                    cp_seq = applied;
+                    log_bytes_at_cp = wal.stats.bytes.load(AtOrd::Relaxed);
+                    if let Err(e) = wal.truncate(applied) {
+                        tracing::warn!(error = %e, "could not delete old log segments");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checkpoint failed; the log is kept"),
+            }
+            last_cp = Instant::now();
+        }
+        if disconnected {
+            break;
+        }
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the store in `cfg.path`, recovering everything that was acknowledged.
+    pub fn open(cfg: Config) -> Result<Engine> {
+        cfg.validate()?;
+        let started = Instant::now();
+        let wal_dir = cfg.path.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(|e| StorageError::io(&wal_dir, e))?;
+        let db = sled::Config::new()
+            .path(cfg.path.join("sled"))
+            .cache_capacity(cfg.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let inner = Arc::new(Inner {
+            chunks: db.open_tree("chunks")?,
+            heads: db.open_tree("heads")?,
+            streams: db.open_tree("streams")?,
+            meta: db.open_tree("meta")?,
+            db,
+            registry: RwLock::new(Registry {
+                by_path: BTreeMap::new(),
+                next_counter: 1,
+            }),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            metrics: StoreMetrics::new(),
+            open_points: AtomicU64::new(0),
+            cfg,
+        });
+        inner.load()?;
+        let cp_seq = match inner.meta.get("checkpoint_seq")? {
+            Some(v) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                u64::from_be_bytes(b)
+            }
+            None => 0,
+        };
+        let mut replayed = 0u64;
+        let last = wal::replay(&wal_dir, cp_seq, |_, rec| {
+            replayed += 1;
+            inner.apply(&rec, true).map(|_| ())
+        })?;
+        let (apply_tx, apply_rx) = mpsc::channel();
+        let m = inner.metrics.clone();
+        let wal = Arc::new(Wal::start(
+            &wal_dir,
+            last + 1,
+            inner.cfg.segment_bytes,
+            apply_tx,
+            move |secs| m.flush_seconds.observe(secs),
+        )?);
+        let (i2, w2) = (inner.clone(), wal.clone());
+        let apply = std::thread::Builder::new()
+            .name("meterstream-apply".into())
+            .spawn(move || apply_loop(i2, w2, apply_rx, last))
+            .map_err(|e| StorageError::io(&inner.cfg.path, e))?;
+        tracing::info!(
+            path = %inner.cfg.path.display(),
+            streams = inner.registry.read().by_path.len(),
+            replayed_records = replayed,
+            secs = started.elapsed().as_secs_f64(),
+            "store opened"
+        );
+        Ok(Engine {
+            inner,
+            wal,
+            apply: Mutex::new(Some(apply)),
+        })
+    }
+
+    fn log_and_wait(&self, rec: Record) -> Result<u64> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.wal.append(rec, Some(tx))?;
+        rx.recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Finds the stream or creates it with `ty`; the creation is logged before the stream becomes
+    /// visible, so every record that uses it comes after it in the log.
+    fn get_or_create(&self, path: &str, ty: StreamType, units: Option<String>, now: i64) -> Result<Entry> {
+        if let Some(e) = self.inner.lookup(path) {
+            return Ok(e);
+        }
+        let mut reg = self.inner.registry.write();
+        if let Some(e) = reg.by_path.get(path) {
+            return Ok(*e);
+        }
+        let id = (reg.next_counter << SHARD_BITS) | shard_of_path(path);
+        let mut meta = StreamMeta::new(ty);
+        meta.units = units.unwrap_or_default();
+        self.wal.append(
+            Record::PutStream(StreamRecord {
+                id,
+                path: path.to_string(),
+                meta,
+                created: now,
+            }),
+            None,
+        )?;
+        reg.next_counter += 1;
+        let e = Entry { id, ty };
+        reg.by_path.insert(Arc::from(path), e);
+        Ok(e)
+    }
+
+    fn check_cursor(q: Option<&Cursor>, order: Order) -> Result<()> {
+        match q {
+            Some(c) if c.order() != order => Err(StorageError::invalid(
+                "cursor",
+                "it belongs to a listing in the other order",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn history_client(&self, st: &StreamState, q: &HistoryQuery) -> Result<Page<DataPoint>> {
+        let id = st.rec.id;
+        let want = q.limit + 1;
+        let mut out: Vec<DataPoint> = Vec::with_capacity(want.min(4096));
+        let (mut lo, mut hi) = (q.from, q.to);
+        match &q.cursor {
+            Some(Cursor::Client { ts, .. }) if q.order == Order::Asc => lo = lo.max(ts + 1),
+            Some(Cursor::Client { ts, .. }) => hi = hi.min(*ts),
+            Some(_) => {
+                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+            }
+            None => {}
+        }
+        if lo < hi {
+            let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
+            if q.order == Order::Asc {
+                let start = match self
+                    .inner
+                    .chunks
+                    .range(chunk_key(id, 0)..=chunk_key(id, lo))
+                    .next_back()
+                {
+                    Some(kv) => kv?.0.to_vec(),
+                    None => chunk_key(id, lo).to_vec(),
+                };
+                for kv in self.inner.chunks.range(start..hi_key.to_vec()) {
+                    let s = codec::decode(&kv?.1)?;
+                    for i in s.index_range(lo, hi) {
+                        out.push(s.point(i));
+                        if out.len() == want {
+                            break;
+                        }
+                    }
+                    if out.len() == want {
+                        break;
+                    }
+                }
+                if out.len() < want {
+                    for i in st.head.index_range(lo, hi) {
+                        out.push(st.head.point(i));
+                        if out.len() == want {
+                            break;
+                        }
+                    }
+                }
+            } else {
+                for i in st.head.index_range(lo, hi).rev() {
+                    out.push(st.head.point(i));
+                    if out.len() == want {
+                        break;
+                    }
+                }
+                if out.len() < want {
+                    for kv in self.inner.chunks.range(chunk_key(id, 0)..hi_key).rev() {
+                        let (k, v) = kv?;
+                        let s = codec::decode(&v)?;
+                        for i in s.index_range(lo, hi).rev() {
+                            out.push(s.point(i));
+                            if out.len() == want {
+                                break;
+                            }
+                        }
+                        if out.len() == want || chunk_key_ts(&k) <= lo {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let next = if out.len() > q.limit {
+            out.truncate(q.limit);
+            out.last().map(|p| Cursor::Client {
+                order: q.order,
+                ts: p.timestamp,
+            })
+        } else {
+            None
+        };
+        Ok(Page { items: out, next })
+    }
+
+    fn history_server(&self, st: &StreamState, q: &HistoryQuery) -> Result<Page<DataPoint>> {
+        let after = match &q.cursor {
+            Some(Cursor::Server { server_ts, ts, .. }) => Some((*server_ts, *ts)),
+            Some(_) => {
+                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+            }
+            None => None,
+        };
+        let keep = |key: (i64, i64)| {
+            key.0 >= q.from
+                && key.0 < q.to
+                && after.is_none_or(|a| if q.order == Order::Asc { key > a } else { key < a })
+        };
+        let mut found: Vec<DataPoint> = Vec::new();
+        let mut take = |s: &Series| {
+            for i in 0..s.len() {
+                let srv = s.server_at(i);
+                if keep((srv, s.ts[i])) {
+                    found.push(s.point(i));
+                }
+            }
+        };
+        for kv in self.inner.chunks.scan_prefix(id_key(st.rec.id)) {
+            let (_, v) = kv?;
+            let h = codec::decode_header(&v)?;
+            if h.max_server < q.from || h.min_server >= q.to {
+                continue;
+            }
+            take(&codec::decode(&v)?);
+        }
+        take(&st.head);
+        found.sort_by_key(|p| (p.server_timestamp, p.timestamp));
+        if q.order == Order::Desc {
+            found.reverse();
+        }
+        let next = if found.len() > q.limit {
+            found.truncate(q.limit);
+            found.last().map(|p| Cursor::Server {
+                order: q.order,
+                server_ts: p.server_timestamp,
+                ts: p.timestamp,
+            })
+        } else {
+            None
+        };
+        Ok(Page { items: found, next })
+    }
+}
+
+impl Store for Engine {
+    fn write(&self, groups: Vec<GroupIn>, now: i64) -> Result<WriteOutcome> {
+        let mut errors = Vec::new();
+        let mut out: Vec<(u64, Vec<PointRec>)> = Vec::with_capacity(groups.len());
+        let mut stored = 0usize;
+        for g in groups {
+            let n = g.points.len();
+            if n == 0 {
+                continue;
+            }
+            if let Err(e) = validate_path(&g.stream) {
+                let msg = e.to_string();
+                for k in 0..n {
+                    errors.push(ItemError {
+                        index: g.first_index + k,
+                        error: StorageError::InvalidPath {
+                            path: g.stream.clone(),
+                            reason: msg.clone(),
+                        },
+                    });
+                }
+                continue;
+            }
+            let ts_of = |t: Option<i64>| t.map_or(Ok(now), check_range);
+            let entry = match self.inner.lookup(&g.stream) {
+                Some(e) => Some(e),
+                None => {
+                    let ty = g.stream_type.or_else(|| {
+                        g.points.iter().find_map(|p| StreamType::infer(&p.value))
+                    });
+                    match ty {
+                        Some(ty)
+                            if g.points.iter().any(|p| {
+                                ts_of(p.timestamp).is_ok() && p.value.clone().into_value(ty).is_ok()
+                            }) =>
+                        {
+                            Some(self.get_or_create(&g.stream, ty, g.stream_units.clone(), now)?)
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            let ty = entry.map(|e| e.ty).or(g.stream_type);
+            let mut points = Vec::with_capacity(n);
+            for (k, p) in g.points.into_iter().enumerate() {
+                let index = g.first_index + k;
+                let ts = match ts_of(p.timestamp) {
+                    Ok(ts) => ts,
+                    Err(error) => {
+                        errors.push(ItemError { index, error });
+                        continue;
+                    }
+                };
+                let Some(ty) = ty.or_else(|| StreamType::infer(&p.value)) else {
+                    errors.push(ItemError {
+                        index,
+                        error: StorageError::InvalidValue {
+                            stream: g.stream.clone(),
+                            message: format!(
+                                "cannot infer a stream type from {:?}; give stream_type",
+                                p.value
+                            ),
+                        },
+                    });
+                    continue;
+                };
+                match p.value.into_value(ty) {
+                    Ok(value) => points.push(PointRec {
+                        ts,
+                        value,
+                        extras: p.extras,
+                    }),
+                    Err(message) => errors.push(ItemError {
+                        index,
+                        error: StorageError::InvalidValue {
+                            stream: g.stream.clone(),
+                            message,
+                        },
+                    }),
+                }
+            }
+            if let (Some(e), false) = (entry, points.is_empty()) {
+                stored += points.len();
+                out.push((e.id, points));
+            }
+        }
+        errors.sort_by_key(|e| e.index);
+        if out.is_empty() {
+            return Ok(WriteOutcome { stored: 0, errors });
+        }
+        self.log_and_wait(Record::Points {
+            server_ts: now,
+            groups: out,
+        })?;
+        self.inner.metrics.points_written.inc_by(stored as u64);
+        Ok(WriteOutcome { stored, errors })
+    }
+
+    fn stream(&self, path: &str) -> Result<StreamInfo> {
+        let e = self.inner.entry(path)?;
+        self.inner
+            .stream_info(e)
+            .ok_or_else(|| StorageError::StreamNotFound { path: path.into() })
+    }
+
+    fn put_stream(&self, path: &str, update: StreamUpdate, now: i64) -> Result<StreamInfo> {
+        validate_path(path)?;
+        for f in update.forward_to.iter().flatten() {
+            validate_path(f)?;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut reg = self.inner.registry.write();
+            let existing = reg.by_path.get(path).copied();
+            let (id, mut meta, created) = match existing {
+                Some(e) => {
+                    let sh = self.inner.shards[shard_of_id(e.id)].lock();
+                    let st = sh
+                        .streams
+                        .get(&e.id)
+                        .ok_or_else(|| StorageError::StreamNotFound { path: path.into() })?;
+                    if let Some(t) = update.stream_type {
+                        if t.kind() != st.rec.meta.stream_type.kind() && st.has_data() {
+                            return Err(StorageError::Conflict {
+                                path: path.into(),
+                                message: format!(
+                                    "it holds {} points and cannot change type from {} to {t}; delete its data first",
+                                    st.rec.meta.stream_type, st.rec.meta.stream_type
+                                ),
+                            });
+                        }
+                    }
+                    (e.id, st.rec.meta.clone(), st.rec.created)
+                }
+                None => {
+                    let id = (reg.next_counter << SHARD_BITS) | shard_of_path(path);
+                    reg.next_counter += 1;
+                    (id, StreamMeta::new(update.stream_type.unwrap_or(StreamType::Double)), now)
+                }
+            };
+            if let Some(t) = update.stream_type {
+                meta.stream_type = t;
+            }
+            if let Some(u) = update.units {
+                meta.units = u;
+            }
+            if let Some(d) = update.description {
+                meta.description = d;
+            }
+            if let Some(f) = update.forward_to {
+                meta.forward_to = f;
+            }
+            if let Some(t) = update.data_ttl {
+                meta.data_ttl = t;
+            }
+            if let Some(t) = update.rollup_ttl {
+                meta.rollup_ttl = t;
+            }
+            let ty = meta.stream_type;
+            self.wal.append(
+                Record::PutStream(StreamRecord {
+                    id,
+                    path: path.to_string(),
+                    meta,
+                    created,
+                }),
+                Some(tx),
+            )?;
+            reg.by_path.insert(Arc::from(path), Entry { id, ty });
+        }
+        rx.recv().map_err(|_| StorageError::Closed)??;
+        self.stream(path)
+    }
+
+    fn delete_stream(&self, path: &str) -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut reg = self.inner.registry.write();
+            let e = *reg
+                .by_path
+                .get(path)
+                .ok_or_else(|| StorageError::StreamNotFound { path: path.into() })?;
+            self.wal.append(Record::DeleteStream { id: e.id }, Some(tx))?;
+            reg.by_path.remove(path);
+        }
+        rx.recv().map_err(|_| StorageError::Closed)??;
+        Ok(())
+    }
+
+    fn list_streams(
+        &self,
+        filter: &StreamFilter,
+        order: Order,
+        limit: usize,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<StreamInfo>> {
+        Self::check_cursor(cursor, order)?;
+        let after = match cursor {
+            Some(Cursor::Key { key, .. }) => Some(key.as_str()),
+            Some(_) => {
+                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+            }
+            None => None,
+        };
+        let prefix = filter.prefix();
+        let reg = self.inner.registry.read();
+        let mut out = Vec::new();
+        let mut more = false;
+        let range: Box<dyn Iterator<Item = (&Arc<str>, &Entry)>> = match order {
+            Order::Asc => Box::new(
+                reg.by_path
+                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .filter(|(p, _)| after.is_none_or(|a| &***p > a)),
+            ),
+            Order::Desc => Box::new(
+                reg.by_path
+                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .rev()
+                    .filter(|(p, _)| after.is_none_or(|a| &***p < a)),
+            ),
+        };
+        for (p, e) in range {
+            if !p.starts_with(prefix) {
+                if order == Order::Asc {
+                    break;
+                }
+                continue;
+            }
+            let Some(info) = self.inner.stream_info(*e) else {
+                continue;
+            };
+            if !filter.matches(&info) {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(info);
+        }
+        let next = if more {
+            out.last().map(|s| Cursor::Key {
+                order,
+                key: s.path.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(Page { items: out, next })
+    }
+
+    fn children(&self, prefix: &str, limit: usize, cursor: Option<&Cursor>) -> Result<Page<Child>> {
+        if !prefix.is_empty() {
+            validate_path(prefix)?;
+        }
+        Self::check_cursor(cursor, Order::Asc)?;
+        let after = match cursor {
+            Some(Cursor::Key { key, .. }) => Some(key.clone()),
+            Some(_) => {
+                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+            }
+            None => None,
+        };
+        let base = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        // Children sort by (name, kind), streams (0) before folders (1) of the same name; the
+        // cursor is "name\u{1}kind" (control characters cannot occur in paths).
+        let mut kids: BTreeMap<(String, u8), Child> = BTreeMap::new();
+        {
+            let reg = self.inner.registry.read();
+            let range = reg
+                .by_path
+                .range::<str, _>((std::ops::Bound::Included(base.as_str()), std::ops::Bound::Unbounded));
+            for (p, e) in range {
+                let Some(rest) = p.strip_prefix(base.as_str()) else {
+                    break;
+                };
+                match rest.split_once('/') {
+                    Some((name, _)) => {
+                        let k = kids.entry((name.to_string(), 1)).or_insert_with(|| Child::Folder {
+                            name: name.to_string(),
+                            path: format!("{base}{name}"),
+                            streams: 0,
+                        });
+                        if let Child::Folder { streams, .. } = k {
+                            *streams += 1;
+                        }
+                    }
+                    None => {
+                        if let Some(info) = self.inner.stream_info(*e) {
+                            kids.insert((rest.to_string(), 0), Child::Stream(Box::new(info)));
+                        }
+                    }
+                }
+            }
+        }
+        if kids.is_empty() && !prefix.is_empty() && self.inner.lookup(prefix).is_none() {
+            return Err(StorageError::StreamNotFound {
+                path: prefix.to_string(),
+            });
+        }
+        let mut items = Vec::new();
+        let mut last_key = None;
+        let mut more = false;
+        for ((name, kind), child) in kids {
+            let key = format!("{name}\u{1}{kind}");
+            if after.as_ref().is_some_and(|a| key.as_str() <= a.as_str()) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(child);
+            last_key = Some(key);
+        }
+        let next = if more {
+            last_key.map(|key| Cursor::Key {
+                order: Order::Asc,
+                key,
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    fn history(&self, path: &str, q: &HistoryQuery) -> Result<Page<DataPoint>> {
+        Self::check_cursor(q.cursor.as_ref(), q.order)?;
+        let e = self.inner.entry(path)?;
+        let sh = self.inner.shards[shard_of_id(e.id)].lock();
+        let st = sh
+            .streams
+            .get(&e.id)
+            .ok_or_else(|| StorageError::StreamNotFound { path: path.into() })?;
+        match q.timeline {
+            Timeline::Client => self.history_client(st, q),
+            Timeline::Server => self.history_server(st, q),
+        }
+    }
+
+    fn delete_history(&self, path: &str, from: i64, to: i64) -> Result<u64> {
+        let e = self.inner.entry(path)?;
+        if from >= to {
+            return Ok(0);
+        }
+        self.log_and_wait(Record::DeleteRange { id: e.id, from, to })
+    }
+
+    fn sweep_retention(&self, now: i64) -> Result<u64> {
+        let entries: Vec<Entry> = self.inner.registry.read().by_path.values().copied().collect();
+        let mut expired = Vec::new();
+        for e in entries {
+            let sh = self.inner.shards[shard_of_id(e.id)].lock();
+            let Some(st) = sh.streams.get(&e.id) else {
+                continue;
+            };
+            let Some(ttl) = st.rec.meta.data_ttl else {
+                continue;
+            };
+            let cutoff = now.saturating_sub((ttl as i64).saturating_mul(1000));
+            let first = match self.inner.chunks.scan_prefix(id_key(e.id)).next() {
+                Some(kv) => Some(chunk_key_ts(&kv?.0)),
+                None => st.head.first_ts(),
+            };
+            if first.is_some_and(|f| f < cutoff) {
+                expired.push((e.id, cutoff));
+            }
+        }
+        let mut n = 0;
+        for (id, cutoff) in expired {
+            n += self.log_and_wait(Record::DeleteRange {
+                id,
+                from: 0,
+                to: cutoff,
+            })?;
+        }
+        if n > 0 {
+            tracing::info!(points = n, "retention sweep deleted expired points");
+        }
+        Ok(n)
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            streams: self.inner.registry.read().by_path.len(),
+            disk_bytes: dir_bytes(&self.inner.cfg.path),
+            log_bytes: self.wal.disk_bytes(),
+            open_points: self.inner.open_points.load(AtOrd::Relaxed) as usize,
+        }
+    }
+
+    fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    fn close(&self) {
+        self.wal.close();
+        if let Some(t) = self.apply.lock().take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.inner.db.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl ValueKind {
+    /// Whether values of this kind are numbers.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, ValueKind::Int | ValueKind::Float)
+    }
+}

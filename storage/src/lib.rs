@@ -1,0 +1,62 @@
+//! meterstream-storage: the data model of meterstream and its embedded, durable time-series
+//! store, built on sled and rmp-serde.
+//!
+//! The server calls it through the narrow [`Store`] trait; the ingest agent shares its data model
+//! ([`StreamType`], [`InValue`], [`GroupIn`], path rules). It calls sled, pco and the file system.
+//!
+//! # Layout
+//! - [`store`]: the [`Store`] trait, the only thing the HTTP layer sees.
+//! - [`engine`]: [`Engine`], the sled-backed store: registry, open heads, apply, checkpoints.
+//! - [`wal`]: the write-ahead log with group commit; its format is drawn there.
+//! - [`codec`]: the chunk codec; its format is drawn there.
+//! - [`series`]: points of one stream in columns (open heads and decoded chunks).
+//! - [`query`]: history queries, stream filters, pages and cursors.
+//! - [`stream`], [`point`], [`value`]: the data model.
+//! - [`path`]: stream path rules. [`time`]: timestamp range, parsing, formatting.
+//! - [`metrics`], [`error`].
+//!
+//! # On disk
+//! ```text
+//! <data dir>/
+//!   wal/<first seq>.wal          write-ahead log segments (see wal)
+//!   sled/                        one sled database with four trees:
+//!     streams  id (u64 BE)              -> StreamRecord (MessagePack: id, path, meta, created)
+//!     chunks   id (u64 BE) ++ ts (u64 BE) -> chunk (see codec): sealed points from ts on
+//!     heads    id (u64 BE)              -> chunk: the open head as of the last checkpoint
+//!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled
+//!              "next_counter"           -> u64 BE: next stream id counter
+//! ```
+//! A stream id is `counter << 6 | hash(device id) % 64`: its low bits name the shard, so all
+//! state of one device lives in one shard, the unit a future partitioned backend moves.
+//!
+//! # Invariants
+//! - A point is identified by (stream, timestamp); writing it again replaces it.
+//! - The chunks of a stream do not overlap in time; every point in the open head is newer than
+//!   every sealed point. A late point is merged into the chunk whose range holds it.
+//! - Nothing is acknowledged before its log record is fsynced. Records are applied in log order;
+//!   applying any suffix of the log again over the state of a checkpoint gives the same state,
+//!   because every record sets state (put, replace, delete) rather than adjusting it.
+//! - The current value of a stream is its point with the largest timestamp.
+
+pub mod codec;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod path;
+pub mod point;
+pub mod query;
+pub mod series;
+pub mod store;
+pub mod stream;
+pub mod time;
+pub mod value;
+pub mod wal;
+
+pub use engine::{Config, Engine};
+pub use error::{Result, StorageError};
+pub use metrics::StoreMetrics;
+pub use point::{DataPoint, Extras, GroupIn, PointIn};
+pub use query::{Child, CmpOp, Condition, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
+pub use store::{ItemError, Store, StoreStats, WriteOutcome};
+pub use stream::{StreamInfo, StreamMeta, StreamUpdate};
+pub use value::{InValue, StreamType, Value, ValueKind};

@@ -1,0 +1,91 @@
+//! The narrow interface between the HTTP layer and a storage backend.
+//!
+//! The server only ever holds an `Arc<dyn Store>`; [`crate::Engine`] (sled) is the one backend
+//! today, and a partitioned backend can replace it later without touching the HTTP layer. Every
+//! method is blocking; async callers run them on a blocking pool. Every successful write returns
+//! only once it is durable.
+
+use crate::error::{Result, StorageError};
+use crate::metrics::StoreMetrics;
+use crate::point::{DataPoint, GroupIn};
+use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter};
+use crate::stream::{StreamInfo, StreamUpdate};
+
+/// The error of one item of a write batch.
+#[derive(Debug)]
+pub struct ItemError {
+    /// Index of the item in the request, from 0.
+    pub index: usize,
+    /// What was wrong with it.
+    pub error: StorageError,
+}
+
+/// What a write stored.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Number of points stored (durably).
+    pub stored: usize,
+    /// Items that were not stored, by index.
+    pub errors: Vec<ItemError>,
+}
+
+/// Figures about the store, for metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreStats {
+    /// Number of streams.
+    pub streams: usize,
+    /// Bytes of all files of the store on disk (sled and log).
+    pub disk_bytes: u64,
+    /// Bytes of the write-ahead log on disk.
+    pub log_bytes: u64,
+    /// Points held in open (not yet sealed) chunks.
+    pub open_points: usize,
+}
+
+/// A durable store of streams and their points.
+pub trait Store: Send + Sync + 'static {
+    /// Writes points, creating streams on their first point. Good items are stored even when
+    /// others are bad; bad items come back in [`WriteOutcome::errors`]. `now` is the server time
+    /// (ms) used for the server timestamp and for points without a timestamp.
+    fn write(&self, groups: Vec<GroupIn>, now: i64) -> Result<WriteOutcome>;
+
+    /// One stream, with its current value.
+    fn stream(&self, path: &str) -> Result<StreamInfo>;
+
+    /// Creates a stream or updates its metadata.
+    fn put_stream(&self, path: &str, update: StreamUpdate, now: i64) -> Result<StreamInfo>;
+
+    /// Deletes a stream with all its points.
+    fn delete_stream(&self, path: &str) -> Result<()>;
+
+    /// Streams in path order that pass `filter`.
+    fn list_streams(
+        &self,
+        filter: &StreamFilter,
+        order: Order,
+        limit: usize,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page<StreamInfo>>;
+
+    /// The direct children of the folder `prefix` ("" for the root): sub-folders with their stream
+    /// counts and streams with their current values, by name.
+    fn children(&self, prefix: &str, limit: usize, cursor: Option<&Cursor>) -> Result<Page<Child>>;
+
+    /// Raw points of a stream.
+    fn history(&self, path: &str, query: &HistoryQuery) -> Result<Page<DataPoint>>;
+
+    /// Deletes the points of a stream with `from <= timestamp < to`; returns how many.
+    fn delete_history(&self, path: &str, from: i64, to: i64) -> Result<u64>;
+
+    /// Deletes points older than their stream's `data_ttl`; returns how many.
+    fn sweep_retention(&self, now: i64) -> Result<u64>;
+
+    /// Figures for metrics.
+    fn stats(&self) -> StoreStats;
+
+    /// The store's metrics, to register.
+    fn metrics(&self) -> &StoreMetrics;
+
+    /// Makes everything durable and stops background work.
+    fn close(&self);
+}
