@@ -1,0 +1,368 @@
+use meterstream_storage::{
+    Child, Config, Cursor, Engine, GroupIn, HistoryQuery, InValue, Order, PointIn, Store,
+    StorageError, StreamFilter, StreamType, StreamUpdate, Timeline, Value,
+};
+use std::time::Duration;
+
+pub fn small_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::new(dir);
+    c.chunk_points = 64;
+    c.checkpoint_interval = Duration::from_millis(50);
+    c.cache_bytes = 4 << 20;
+    c
+}
+
+pub fn group(stream: &str, points: &[(i64, f64)]) -> GroupIn {
+    GroupIn {
+        stream: stream.into(),
+        stream_type: None,
+        stream_units: None,
+        points: points
+            .iter()
+            .map(|(t, v)| PointIn {
+                timestamp: Some(*t),
+                value: InValue::Float(*v),
+                extras: None,
+            })
+            .collect(),
+        first_index: 0,
+    }
+}
+
+pub fn all(store: &dyn Store, path: &str) -> Vec<(i64, f64)> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .history(
+                path,
+                &HistoryQuery {
+                    from: 0,
+                    to: i64::MAX,
+                    order: Order::Asc,
+                    timeline: Timeline::Client,
+                    limit: 1000,
+                    cursor,
+                },
+            )
+            .unwrap();
+        out.extend(
+            page.items
+                .iter()
+                .map(|p| (p.timestamp, p.value.as_f64().unwrap())),
+        );
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn write_read_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let pts: Vec<(i64, f64)> = (0..500).map(|i| (1000 + i * 1000, i as f64 * 0.5)).collect();
+    {
+        let s = Engine::open(small_config(dir.path())).unwrap();
+        let out = s.write(vec![group("gw/m/v", &pts)], 5).unwrap();
+        assert_eq!(out.stored, 500);
+        assert!(out.errors.is_empty());
+        assert_eq!(all(&s, "gw/m/v"), pts);
+        let info = s.stream("gw/m/v").unwrap();
+        assert_eq!(info.meta.stream_type, StreamType::Double);
+        assert_eq!(info.current.unwrap().timestamp, 1000 + 499 * 1000);
+        s.close();
+    }
+    // Reopen: chunks, heads and the current value are all back.
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    assert_eq!(all(&s, "gw/m/v"), pts);
+    let cur = s.stream("gw/m/v").unwrap().current.unwrap();
+    assert_eq!((cur.timestamp, cur.value), (500_000, Value::Float(249.5)));
+    assert_eq!(cur.server_timestamp, 5);
+}
+
+#[test]
+fn late_points_replace_and_current_only_moves_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    let pts: Vec<(i64, f64)> = (0..300).map(|i| (i * 10, i as f64)).collect();
+    s.write(vec![group("a", &pts)], 1).unwrap();
+    // Late points: into sealed chunks, before the first chunk, between points, replacing.
+    s.write(vec![group("a", &[(5, -1.0), (0, -2.0), (1234, -3.0), (2990, -4.0)])], 2)
+        .unwrap();
+    let mut want: std::collections::BTreeMap<i64, f64> = pts.into_iter().collect();
+    for (t, v) in [(5, -1.0), (0, -2.0), (1234, -3.0), (2990, -4.0)] {
+        want.insert(t, v);
+    }
+    assert_eq!(all(&s, "a"), want.clone().into_iter().collect::<Vec<_>>());
+    let cur = s.stream("a").unwrap().current.unwrap();
+    assert_eq!((cur.timestamp, cur.value), (2990, Value::Float(-4.0)));
+    // An old point does not move the current value back.
+    s.write(vec![group("a", &[(1, 9.0)])], 3).unwrap();
+    assert_eq!(s.stream("a").unwrap().current.unwrap().timestamp, 2990);
+}
+
+#[test]
+fn delete_range_and_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    let pts: Vec<(i64, f64)> = (0..300).map(|i| (i * 10, i as f64)).collect();
+    s.write(vec![group("a", &pts), group("b", &pts)], 1).unwrap();
+    assert_eq!(s.delete_history("a", 100, 2500).unwrap(), 240);
+    let left = all(&s, "a");
+    assert_eq!(left.len(), 60);
+    assert!(left.iter().all(|(t, _)| *t < 100 || *t >= 2500));
+    // Deleting the newest point moves the current value back to what remains.
+    s.delete_history("a", 2900, 3000).unwrap();
+    assert_eq!(s.stream("a").unwrap().current.unwrap().timestamp, 2890);
+    s.delete_stream("b").unwrap();
+    assert!(matches!(s.stream("b"), Err(StorageError::StreamNotFound { .. })));
+    assert!(matches!(s.delete_stream("b"), Err(StorageError::StreamNotFound { .. })));
+    // A recreated stream starts empty.
+    s.write(vec![group("b", &[(1, 1.0)])], 2).unwrap();
+    assert_eq!(all(&s, "b"), vec![(1, 1.0)]);
+    s.close();
+    drop(s);
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    assert_eq!(all(&s, "a").len(), 50);
+    assert_eq!(all(&s, "b"), vec![(1, 1.0)]);
+}
+
+#[test]
+fn type_checks_and_per_item_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    let g = GroupIn {
+        stream: "dev/count".into(),
+        stream_type: Some(StreamType::Integer),
+        stream_units: Some("pcs".into()),
+        points: vec![
+            PointIn {
+                timestamp: Some(1),
+                value: InValue::Int(5),
+                extras: None,
+            },
+            PointIn {
+                timestamp: Some(2),
+                value: InValue::Float(5.5),
+                extras: None,
+            },
+            PointIn {
+                timestamp: Some(-3),
+                value: InValue::Int(1),
+                extras: None,
+            },
+            PointIn {
+                timestamp: None,
+                value: InValue::Str("x".into()),
+                extras: None,
+            },
+        ],
+        first_index: 10,
+    };
+    let out = s.write(vec![g, group("bad//path", &[(1, 1.0)])], 77).unwrap();
+    assert_eq!(out.stored, 1);
+    let idx: Vec<usize> = out.errors.iter().map(|e| e.index).collect();
+    assert_eq!(idx, vec![0, 11, 12, 13]);
+    assert!(out.errors[0].error.to_string().contains("empty segment"));
+    assert!(out.errors[1].error.to_string().contains("does not fit a INTEGER stream"));
+    assert!(out.errors[2].error.to_string().contains("outside the supported range"));
+    let info = s.stream("dev/count").unwrap();
+    assert_eq!(info.meta.units, "pcs");
+    assert_eq!(info.current.unwrap().value, Value::Int(5));
+    // A batch whose every point is bad creates nothing.
+    let out = s
+        .write(
+            vec![GroupIn {
+                stream: "never".into(),
+                stream_type: None,
+                stream_units: None,
+                points: vec![PointIn {
+                    timestamp: Some(1),
+                    value: InValue::Bool(true),
+                    extras: None,
+                }],
+                first_index: 0,
+            }],
+            1,
+        )
+        .unwrap();
+    assert_eq!((out.stored, out.errors.len()), (0, 1));
+    assert!(s.stream("never").is_err());
+}
+
+#[test]
+fn put_stream_metadata_and_type_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    let info = s
+        .put_stream(
+            "x/y",
+            StreamUpdate {
+                stream_type: Some(StreamType::Long),
+                units: Some("Wh".into()),
+                data_ttl: Some(Some(3600)),
+                ..Default::default()
+            },
+            9,
+        )
+        .unwrap();
+    assert_eq!(info.meta.stream_type, StreamType::Long);
+    assert_eq!(info.meta.data_ttl, Some(3600));
+    assert_eq!(info.created, 9);
+    s.write(
+        vec![GroupIn {
+            stream: "x/y".into(),
+            stream_type: None,
+            stream_units: None,
+            points: vec![PointIn {
+                timestamp: Some(1),
+                value: InValue::Int(1 << 40),
+                extras: None,
+            }],
+            first_index: 0,
+        }],
+        10,
+    )
+    .unwrap();
+    let e = s
+        .put_stream(
+            "x/y",
+            StreamUpdate {
+                stream_type: Some(StreamType::String),
+                ..Default::default()
+            },
+            11,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StorageError::Conflict { .. }), "{e}");
+    let info = s
+        .put_stream(
+            "x/y",
+            StreamUpdate {
+                description: Some("energy".into()),
+                ..Default::default()
+            },
+            12,
+        )
+        .unwrap();
+    assert_eq!(info.meta.units, "Wh");
+    assert_eq!(info.meta.description, "energy");
+    assert_eq!(info.current.unwrap().value, Value::Int(1 << 40));
+}
+
+#[test]
+fn listing_filters_and_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    for gw in ["gw1", "gw2"] {
+        for m in ["m1", "m2"] {
+            for c in ["v", "i"] {
+                s.write(vec![group(&format!("{gw}/{m}/{c}"), &[(1, 1.0)])], 1)
+                    .unwrap();
+            }
+        }
+    }
+    s.write(vec![group("gw1/status", &[(1, 1.0)])], 1).unwrap();
+    let f = StreamFilter {
+        conditions: vec![meterstream_storage::Condition::IdStartsWith("gw1/".into())],
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let p = s.list_streams(&f, Order::Desc, 2, cursor.as_ref()).unwrap();
+        seen.extend(p.items.into_iter().map(|i| i.path));
+        match p.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["gw1/status", "gw1/m2/v", "gw1/m2/i", "gw1/m1/v", "gw1/m1/i"]
+    );
+    let root = s.children("", 100, None).unwrap();
+    let names: Vec<String> = root
+        .items
+        .iter()
+        .map(|c| match c {
+            Child::Folder { name, streams, .. } => format!("{name}/({streams})"),
+            Child::Stream(i) => i.path.clone(),
+        })
+        .collect();
+    assert_eq!(names, vec!["gw1/(5)", "gw2/(4)"]);
+    let p1 = s.children("gw1", 2, None).unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let p2 = s.children("gw1", 2, p1.next.as_ref()).unwrap();
+    assert_eq!(p2.items.len(), 1);
+    assert!(p2.next.is_none());
+    assert!(matches!(&p2.items[0], Child::Stream(i) if i.path == "gw1/status"));
+    assert!(matches!(s.children("nope", 10, None), Err(StorageError::StreamNotFound { .. })));
+}
+
+#[test]
+fn retention_deletes_expired_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    let pts: Vec<(i64, f64)> = (0..200).map(|i| (i * 1000, i as f64)).collect();
+    s.write(vec![group("r", &pts), group("keep", &pts)], 1).unwrap();
+    s.put_stream(
+        "r",
+        StreamUpdate {
+            data_ttl: Some(Some(100)),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    // now = 250 s: everything before 150 s is expired.
+    assert_eq!(s.sweep_retention(250_000).unwrap(), 150);
+    assert_eq!(all(&s, "r").first().unwrap().0, 150_000);
+    assert_eq!(all(&s, "keep").len(), 200);
+    assert_eq!(s.sweep_retention(250_000).unwrap(), 0);
+}
+
+#[test]
+fn server_timeline_orders_by_arrival() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    s.write(vec![group("t", &[(300, 3.0), (100, 1.0)])], 1000).unwrap();
+    s.write(vec![group("t", &[(200, 2.0)])], 2000).unwrap();
+    let q = |order, cursor| HistoryQuery {
+        from: 0,
+        to: 10_000,
+        order,
+        timeline: Timeline::Server,
+        limit: 2,
+        cursor,
+    };
+    let p = s.history("t", &q(Order::Asc, None)).unwrap();
+    let ts: Vec<i64> = p.items.iter().map(|p| p.timestamp).collect();
+    assert_eq!(ts, vec![100, 300]);
+    let asc_cursor = p.next.clone();
+    let p2 = s.history("t", &q(Order::Asc, p.next.clone())).unwrap();
+    assert_eq!(p2.items[0].timestamp, 200);
+    assert!(p2.next.is_none());
+    let p = s.history("t", &q(Order::Desc, None)).unwrap();
+    assert_eq!(p.items[0].timestamp, 200);
+    // A cursor from an ascending listing is refused for a descending one.
+    assert_eq!(p.items.len(), 2);
+    let e = s.history("t", &q(Order::Desc, asc_cursor)).unwrap_err();
+    assert!(e.to_string().contains("cursor"));
+    // Extras and values of every type survive.
+    let v = s
+        .history(
+            "t",
+            &HistoryQuery {
+                from: 0,
+                to: 150,
+                order: Order::Asc,
+                timeline: Timeline::Client,
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(v.items.len(), 1);
+    assert_eq!(v.items[0].server_timestamp, 1000);
+}

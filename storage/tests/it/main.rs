@@ -1,0 +1,4 @@
+//! Integration tests of the storage engine on real sled stores in temporary directories.
+
+mod engine;
+mod model;
