@@ -3,5 +3,9 @@
 //!
 //! # Layout
 //! - [`workload`]: the standard smart-meter workload, generated deterministically.
+//! - [`batch`]: the workload as compact MessagePack batches.
+//! - [`server`]: starting and measuring a server process.
 
+pub mod batch;
+pub mod server;
 pub mod workload;

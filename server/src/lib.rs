@@ -1,1 +1,180 @@
-//! x
+//! meterstream-server: the HTTP service. It takes data points over Digi's v1 data-streams web
+//! services, stores them durably through the storage crate's [`Store`] trait, and serves stream
+//! browsing, raw history, metrics and health. `main.rs` parses configuration and calls [`run`],
+//! which takes its listener, its store and its shutdown signal as arguments, so tests bind
+//! 127.0.0.1:0 and stop it at will.
+//!
+//! # Layout
+//! - [`config`]: configuration (defaults < TOML < environment < flags).
+//! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
+//! - [`inventory`]: `/ws/v1/streams/inventory` and `/ws/v1/streams/folders`; [`filter`] parses
+//!   the inventory `query` language.
+//! - [`wire`]: the JSON shapes of streams and points. [`params`]: query parameters.
+//! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
+//! - [`retention`]: the background retention sweep.
+
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod history;
+pub mod ingest;
+pub mod inventory;
+pub mod metrics;
+pub mod params;
+pub mod retention;
+pub mod wire;
+
+use actix_web::dev::Service as _;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use error::ApiError;
+use meterstream_storage::Store;
+use metrics::Metrics;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// State shared by every handler.
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Largest body accepted, bytes.
+    pub body_limit: usize,
+}
+
+/// The stream id of a request: the rest of the path after the route's prefix, percent-decoded.
+pub fn stream_id(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req.match_info().get("stream_id").unwrap_or("");
+    let decoded = percent_decode(raw)
+        .ok_or_else(|| ApiError::BadRequest(format!("the stream id {raw:?} is not valid percent-encoded UTF-8")))?;
+    meterstream_storage::path::validate_path(&decoded)?;
+    Ok(decoded)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics_text(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let st2 = st.clone();
+    let text = web::block(move || st2.metrics.render(&*st2.store)).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(text))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
+    cfg.service(
+        resource("/ws/v1/streams/history").route(web::post().to(history::post)),
+    )
+    .service(
+        resource("/ws/v1/streams/history/{stream_id:.*}")
+            .route(web::get().to(history::get))
+            .route(web::delete().to(history::delete)),
+    )
+    .service(resource("/ws/v1/streams/inventory").route(web::get().to(inventory::list)))
+    .service(
+        resource("/ws/v1/streams/inventory/{stream_id:.*}")
+            .route(web::get().to(inventory::get))
+            .route(web::put().to(inventory::put))
+            .route(web::delete().to(inventory::delete)),
+    )
+    .service(resource("/ws/v1/streams/folders").route(web::get().to(inventory::folders)))
+    .service(resource("/ws/v1/streams/folders/{prefix:.*}").route(web::get().to(inventory::folders)))
+    .service(resource("/metrics").route(web::get().to(metrics_text)))
+    .service(resource("/health").route(web::get().to(health)));
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, finishes the
+/// requests in flight, and closes the store (a final checkpoint).
+pub async fn run(
+    listener: std::net::TcpListener,
+    store: Arc<dyn Store>,
+    cfg: config::Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let state = web::Data::new(AppState {
+        metrics: Metrics::new(&*store),
+        store: store.clone(),
+        body_limit: cfg.body_limit,
+    });
+    let retention = tokio::spawn(retention::run(
+        store.clone(),
+        Duration::from_secs(cfg.retention_sweep_interval),
+    ));
+    let body_limit = cfg.body_limit;
+    let mut server = HttpServer::new(move || {
+        let m = state.metrics.clone();
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(body_limit))
+            .wrap_fn(move |req, srv| {
+                let started = Instant::now();
+                let method = req.method().to_string();
+                let m = m.clone();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await?;
+                    let route = res
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".into());
+                    m.requests
+                        .with_label_values(&[&route, &method, res.status().as_str()])
+                        .inc();
+                    m.durations
+                        .with_label_values(&[&route, &method])
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok(res)
+                }
+            })
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(10);
+    if cfg.workers > 0 {
+        server = server.workers(cfg.workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let stop = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        handle.stop(true).await;
+    };
+    let (r, ()) = tokio::join!(server, stop);
+    retention.abort();
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.close()).await;
+    r
+}

@@ -628,6 +628,13 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
             last_cp = Instant::now();
         }
         if disconnected {
+            // The log thread has stopped; if the last checkpoint covers everything applied, the
+            // log holds nothing that sled does not, and a reopen has nothing to replay.
+            if !failed && cp_seq == applied {
+                if let Err(e) = wal.remove_all() {
+                    tracing::warn!(error = %e, "could not delete log segments at shutdown");
+                }
+            }
             break;
         }
     }
@@ -643,7 +650,7 @@ impl Engine {
         let db = sled::Config::new()
             .path(cfg.path.join("sled"))
             .cache_capacity(cfg.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
+            .mode(sled::Mode::LowSpace)
             .flush_every_ms(Some(1000))
             .open()?;
         let inner = Arc::new(Inner {

@@ -100,6 +100,16 @@ impl Values {
         }
     }
 
+    /// Reserves room for exactly `extra` more values.
+    pub fn reserve_exact(&mut self, extra: usize) {
+        match self {
+            Values::Int(v) => v.reserve_exact(extra),
+            Values::Float(v) => v.reserve_exact(extra),
+            Values::Text(v) => v.reserve_exact(extra),
+            Values::Bytes(v) => v.reserve_exact(extra),
+        }
+    }
+
     /// Keeps the values whose index passes `keep`.
     fn retain_indices(&mut self, keep: &[bool]) {
         fn r<T>(v: &mut Vec<T>, keep: &[bool]) {
@@ -283,6 +293,13 @@ impl Series {
     pub fn upsert(&mut self, ts: i64, value: Value, server: i64, extras: Option<Box<Extras>>) {
         if self.ts.last().is_none_or(|last| *last < ts) {
             let i = self.ts.len() as u32;
+            if self.ts.len() == self.ts.capacity() {
+                // Grow by a quarter rather than doubling: heads are long-lived, and doubling
+                // leaves up to half of every head's memory unused.
+                let extra = (self.ts.len() / 4).max(16);
+                self.ts.reserve_exact(extra);
+                self.values.reserve_exact(extra);
+            }
             self.ts.push(ts);
             self.values.push(value);
             if self.server.last().map(|(_, s)| *s) != Some(server) {

@@ -453,6 +453,17 @@ impl Wal {
         Ok(removed)
     }
 
+    /// Deletes every segment. Only for after the log thread has stopped and a checkpoint covers
+    /// everything it wrote (a clean shutdown), so that a reopen has nothing to replay.
+    pub(crate) fn remove_all(&self) -> Result<usize> {
+        let segs = list_segments(&self.dir)?;
+        for (_, path) in &segs {
+            fs::remove_file(path).map_err(|e| StorageError::io(path, e))?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(segs.len())
+    }
+
     /// Total bytes of the log files.
     pub(crate) fn disk_bytes(&self) -> u64 {
         list_segments(&self.dir)

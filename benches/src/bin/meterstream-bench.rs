@@ -1,0 +1,162 @@
+//! `meterstream-bench ingest`: starts meterstream-server on a temporary directory, loads the
+//! standard workload as compact MessagePack batches over N connections, and reports ingest
+//! rate, server CPU, resident memory, bytes per point on disk, query latency and reopen time.
+
+use anyhow::{ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use meterstream_bench::server::{dir_bytes, ServerProcess};
+use meterstream_bench::{batch, workload::Fleet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "meterstream-bench", about = "Benchmarks for meterstream")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest the standard workload and measure.
+    Ingest(IngestArgs),
+}
+
+#[derive(Parser)]
+struct IngestArgs {
+    /// The server binary.
+    #[arg(long, default_value = "target/release/meterstream-server")]
+    server_bin: PathBuf,
+    /// Meters (12 streams each).
+    #[arg(long, default_value_t = 1000)]
+    meters: usize,
+    /// Meters per gateway.
+    #[arg(long, default_value_t = 10)]
+    meters_per_gateway: usize,
+    /// Seconds of data (3600 = the standard hour, 43.2 M points with 1,000 meters).
+    #[arg(long, default_value_t = 3600)]
+    seconds: usize,
+    /// Points per batch.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Runs of each query.
+    #[arg(long, default_value_t = 50)]
+    query_runs: usize,
+    /// Keep the data directory here instead of a temporary one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ingest(a: IngestArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = a.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
+    let now = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64) / 1000 * 1000;
+    let start_ms = now - a.seconds as i64 * 1000;
+    eprintln!("generating {} meters x {} s ...", a.meters, a.seconds);
+    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    let batches = Arc::new(batch::build(&mut fleet, a.meters_per_gateway, start_ms, a.seconds, a.batch));
+    let points = (a.meters * 12 * a.seconds) as f64;
+    let body_bytes: usize = batches.iter().map(|b| b.len()).sum();
+    eprintln!("{} batches, {:.1} MB of MessagePack ({:.2} B/pt on the wire)", batches.len(), body_bytes as f64 / 1e6, body_bytes as f64 / points);
+
+    let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &[])?;
+    let cpu0 = srv.cpu_seconds()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..a.connections {
+        let (batches, next, url) = (batches.clone(), next.clone(), srv.url.clone());
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(b) = batches.get(i) else { return Ok(()) };
+                let r = client
+                    .post(format!("{url}/ws/v1/streams/history"))
+                    .header("content-type", "application/msgpack")
+                    .body(b.clone())
+                    .send()?;
+                ensure!(r.status().as_u16() == 201, "batch {i}: {} {}", r.status(), r.text()?);
+            }
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    }
+    // Acknowledged means applied: the last point of a stream is queryable now.
+    let client = reqwest::blocking::Client::new();
+    let probe = fleet.stream_path(a.meters - 1, 11);
+    let v: serde_json::Value = client
+        .get(format!("{}/ws/v1/streams/history/{probe}?order=desc&size=1", srv.url))
+        .send()?
+        .json()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    ensure!(v["count"] == 1, "last point not queryable: {v}");
+    let cpu = srv.cpu_seconds()? - cpu0;
+    let rss = srv.rss_bytes()?;
+
+    // Raw history of one stream for the last hour.
+    let stream = fleet.stream_path(a.meters / 2, 0);
+    let mut lat = Vec::new();
+    for _ in 0..a.query_runs {
+        let t = Instant::now();
+        let r = client
+            .get(format!("{}/ws/v1/streams/history/{stream}?start_time={}&end_time={}", srv.url, now - 3_600_000, now))
+            .send()?;
+        ensure!(r.status().is_success());
+        let v: serde_json::Value = r.json()?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        ensure!(v["count"].as_u64().unwrap_or(0) == (a.seconds.min(3600).min(1000)) as u64, "unexpected count {}", v["count"]);
+    }
+    let raw_ms = median(lat);
+    let rss_after_queries = srv.rss_bytes()?;
+    srv.stop()?;
+    let disk = dir_bytes(&dir);
+    // Reopen and time it.
+    let (srv, reopen) = ServerProcess::start(&a.server_bin, &dir, &[])?;
+    let v: serde_json::Value = client
+        .get(format!("{}/ws/v1/streams/history/{probe}?order=desc&size=1", srv.url))
+        .send()?
+        .json()?;
+    ensure!(v["count"] == 1, "after reopen: {v}");
+    srv.stop()?;
+    let disk_settled = dir_bytes(&dir);
+
+    let figures = serde_json::json!({
+        "points": points,
+        "seconds": elapsed,
+        "points_per_second": points / elapsed,
+        "server_cpu_seconds_per_million_points": cpu / (points / 1e6),
+        "rss_bytes_after_ingest": rss,
+        "rss_bytes_after_queries": rss_after_queries,
+        "disk_bytes_after_stop": disk,
+        "disk_bytes_settled": disk_settled,
+        "bytes_per_point": disk_settled as f64 / points,
+        "raw_history_last_hour_median_ms": raw_ms,
+        "reopen_seconds": reopen.as_secs_f64(),
+    });
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    if let Some(p) = a.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&figures)?).with_context(|| p.display().to_string())?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Ingest(a) => ingest(a),
+    }
+}

@@ -1,0 +1,135 @@
+//! Starting and measuring a `meterstream-server` child process: port, readiness, CPU time,
+//! resident memory, disk use.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server started by the benchmark, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct ServerProcess {
+    /// The child process.
+    pub child: Child,
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ServerProcess {
+    /// Starts `bin` on `data_dir` and waits until `/health` answers; returns with the time that
+    /// took.
+    pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<(ServerProcess, Duration)> {
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut s = ServerProcess {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        };
+        let client = reqwest::blocking::Client::new();
+        for _ in 0..6000 {
+            if let Ok(r) = client.get(format!("{}/health", s.url)).send() {
+                if r.status().is_success() {
+                    return Ok((s, started.elapsed()));
+                }
+            }
+            if let Some(st) = s.child.try_wait()? {
+                bail!("server exited during start: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = s.child.kill();
+        bail!("server did not become healthy within 60 s")
+    }
+
+    /// CPU seconds (user + system) the server has used so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let utime: f64 = f.get(11).context("stat")?.parse()?;
+        let stime: f64 = f.get(12).context("stat")?.parse()?;
+        let hz = 100.0; // sysconf(_SC_CLK_TCK) on Linux
+        Ok((utime + stime) / hz)
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        for l in status.lines() {
+            if let Some(v) = l.strip_prefix("VmRSS:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+                return Ok(kb * 1024);
+            }
+        }
+        bail!("no VmRSS")
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY-free: libc::kill on our own child's pid.
+        let pid = self.child.id() as i32;
+        if unsafe_kill(pid, 15) {
+            for _ in 0..3000 {
+                if self.child.try_wait()?.is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) -> bool {
+    // `kill(1)` keeps this crate free of unsafe code.
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Bytes of all files under `p`.
+pub fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,253 @@
+//! Configuration of `meterstream-server`: defaults < TOML file < environment < command line,
+//! validated in one place ([`Config::validate`]).
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server can be configured with. Every field has a default; a TOML file names
+/// fields exactly as here (see `server/meterstream-server.example.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the store (created if missing). Default `./data`.
+    pub data_dir: PathBuf,
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get 413. Default 16 MiB.
+    pub body_limit: usize,
+    /// Seconds between retention sweeps, which delete points older than their stream's
+    /// `data_ttl`. Default 60.
+    pub retention_sweep_interval: u64,
+    /// Longest seconds between checkpoints of the store (open chunks saved, log truncated).
+    /// Default 30.
+    pub checkpoint_interval: u64,
+    /// Points per compressed chunk. Default 1024.
+    pub chunk_points: usize,
+    /// sled page cache in MiB. Default 64.
+    pub cache_mb: u64,
+    /// HTTP worker threads; 0 means one per core. Default 0.
+    pub workers: usize,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
+    /// Default `info`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit: 16 << 20,
+            retention_sweep_interval: 60,
+            checkpoint_interval: 30,
+            chunk_points: 1024,
+            cache_mb: 64,
+            workers: 0,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Command-line flags; each may also come from the environment variable named beside it.
+#[derive(Debug, Default, Parser)]
+#[command(name = "meterstream-server", version, about = "The meterstream HTTP service")]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "METERSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the store.
+    #[arg(long, env = "METERSTREAM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "METERSTREAM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "METERSTREAM_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Seconds between retention sweeps.
+    #[arg(long, env = "METERSTREAM_RETENTION_SWEEP_INTERVAL")]
+    pub retention_sweep_interval: Option<u64>,
+    /// Longest seconds between checkpoints.
+    #[arg(long, env = "METERSTREAM_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<u64>,
+    /// Points per compressed chunk.
+    #[arg(long, env = "METERSTREAM_CHUNK_POINTS")]
+    pub chunk_points: Option<usize>,
+    /// sled page cache in MiB.
+    #[arg(long, env = "METERSTREAM_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, env = "METERSTREAM_WORKERS")]
+    pub workers: Option<usize>,
+    /// Log filter.
+    #[arg(long, env = "METERSTREAM_LOG")]
+    pub log: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("invalid configuration: {field} {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Builds the configuration from defaults, the file named by `--config`, then flags and
+    /// environment, and validates it.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_toml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &args.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if let Some(v) = args.body_limit {
+            c.body_limit = v;
+        }
+        if let Some(v) = args.retention_sweep_interval {
+            c.retention_sweep_interval = v;
+        }
+        if let Some(v) = args.checkpoint_interval {
+            c.checkpoint_interval = v;
+        }
+        if let Some(v) = args.chunk_points {
+            c.chunk_points = v;
+        }
+        if let Some(v) = args.cache_mb {
+            c.cache_mb = v;
+        }
+        if let Some(v) = args.workers {
+            c.workers = v;
+        }
+        if let Some(v) = &args.log {
+            c.log = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        if self.body_limit < 1024 {
+            return bad("body_limit", "must be at least 1024 bytes");
+        }
+        if self.retention_sweep_interval == 0 {
+            return bad("retention_sweep_interval", "must be at least 1 second");
+        }
+        if self.checkpoint_interval == 0 {
+            return bad("checkpoint_interval", "must be at least 1 second");
+        }
+        self.store_config().validate().map_err(|e| ConfigError::Invalid {
+            field: "store",
+            message: e.to_string(),
+        })
+    }
+
+    /// The storage engine's configuration.
+    pub fn store_config(&self) -> meterstream_storage::Config {
+        let mut s = meterstream_storage::Config::new(&self.data_dir);
+        s.chunk_points = self.chunk_points;
+        s.checkpoint_interval = Duration::from_secs(self.checkpoint_interval.max(1));
+        s.cache_bytes = self.cache_mb << 20;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("meterstream-server.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::from_toml(&text, &path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn precedence_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nbody_limit = 2048\n").unwrap();
+        let args = Args {
+            config: Some(path),
+            body_limit: Some(4096),
+            ..Args::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.body_limit, 4096);
+        assert_eq!(c.chunk_points, 1024);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        let p = std::path::Path::new("x.toml");
+        let e = Config::from_toml("colour = 1", p).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let c = Config {
+            chunk_points: 3,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("chunk_points"));
+        let c = Config {
+            body_limit: 5,
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("body_limit"));
+    }
+}

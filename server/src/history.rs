@@ -1,0 +1,155 @@
+//! Handlers of `/ws/v1/streams/history`: ingest (POST), raw history (GET), range delete (DELETE).
+
+use crate::error::{storage_status, ApiError};
+use crate::ingest::{parse_json, parse_msgpack, Format, ItemFault};
+use crate::params::Params;
+use crate::{stream_id, wire, AppState};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use meterstream_storage::time::{now_ms, MAX_TIMESTAMP, MIN_TIMESTAMP};
+use meterstream_storage::{HistoryQuery, Timeline};
+use serde_json::json;
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `POST /ws/v1/streams/history`.
+pub async fn post(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    let format = Format::from_content_type(ct.as_deref())
+        .ok_or_else(|| ApiError::UnsupportedMediaType(ct.clone().unwrap_or_default()))?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let st2 = st.clone();
+    let (mut faults, stored, single) = web::block(move || -> Result<_, ApiError> {
+        let now = now_ms();
+        let parsed = match format {
+            Format::Json => parse_json(&body)?,
+            Format::MsgPack => parse_msgpack(&body)?,
+        };
+        drop(body);
+        let mut faults = parsed.faults;
+        let outcome = st2.store.write(parsed.groups, now)?;
+        faults.extend(outcome.errors.into_iter().map(|e| ItemFault {
+            index: e.index,
+            status: storage_status(&e.error).as_u16(),
+            message: e.error.to_string(),
+        }));
+        Ok((faults, outcome.stored, parsed.single))
+    })
+    .await??;
+    faults.sort_by_key(|f| f.index);
+    st.metrics.points_ingested.inc_by(stored as u64);
+    st.metrics.points_rejected.inc_by(faults.len() as u64);
+    if faults.is_empty() {
+        return Ok(HttpResponse::Created().json(json!({ "count": stored })));
+    }
+    let errors: Vec<_> = faults
+        .iter()
+        .map(|f| json!({"index": f.index, "error_status": f.status, "error_message": f.message}))
+        .collect();
+    if stored > 0 {
+        return Ok(HttpResponse::build(StatusCode::MULTI_STATUS)
+            .json(json!({ "count": stored, "errors": errors })));
+    }
+    let first = &faults[0];
+    let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let message = if single {
+        first.message.clone()
+    } else {
+        format!(
+            "no item was stored; item {} (of {} bad): {}",
+            first.index,
+            faults.len(),
+            first.message
+        )
+    };
+    let mut body = crate::error::error_body(status, &message);
+    if !single {
+        body["count"] = json!(0);
+        body["errors"] = json!(errors);
+    }
+    Ok(HttpResponse::build(status).json(body))
+}
+
+const GET_PARAMS: &[&str] = &["start_time", "end_time", "order", "size", "cursor", "timeline"];
+
+/// `GET /ws/v1/streams/history/{stream_id}`.
+pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let path = stream_id(&req)?;
+    let now = now_ms();
+    let mut p = Params::parse(req.query_string())?;
+    let from = p.time("start_time", now)?.unwrap_or(MIN_TIMESTAMP);
+    let to = p.time("end_time", now)?.unwrap_or(MAX_TIMESTAMP + 1);
+    let order = p.order()?;
+    let limit = p.size()?;
+    let cursor = p.cursor()?;
+    let timeline = p.timeline()?;
+    p.finish(GET_PARAMS)?;
+    let q = HistoryQuery {
+        from,
+        to,
+        order,
+        timeline,
+        limit,
+        cursor,
+    };
+    let st2 = st.clone();
+    let body = web::block(move || -> Result<serde_json::Value, ApiError> {
+        let info = st2.store.stream(&path)?;
+        let page = st2.store.history(&path, &q)?;
+        let ty = info.meta.stream_type;
+        let list: Vec<_> = page.items.iter().map(|pt| wire::point(&path, ty, pt)).collect();
+        let mut body = json!({"count": list.len(), "size": limit, "list": list});
+        if let Some(c) = page.next {
+            body["cursor"] = json!(c.encode());
+        }
+        Ok(body)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `DELETE /ws/v1/streams/history/{stream_id}`: deletes the points in
+/// `[start_time, end_time)` (default: all of them).
+pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let path = stream_id(&req)?;
+    let now = now_ms();
+    let mut p = Params::parse(req.query_string())?;
+    let from = p.time("start_time", now)?.unwrap_or(MIN_TIMESTAMP);
+    let to = p.time("end_time", now)?.unwrap_or(MAX_TIMESTAMP + 1);
+    if p.timeline()? == Timeline::Server {
+        return Err(ApiError::param(
+            "timeline",
+            "deleting by server time is not supported; delete by the device's timestamps (timeline=client)",
+        ));
+    }
+    p.finish(&["start_time", "end_time", "timeline"])?;
+    let st2 = st.clone();
+    let deleted = web::block(move || st2.store.delete_history(&path, from, to)).await??;
+    Ok(HttpResponse::Ok().json(json!({ "deleted": deleted })))
+}

@@ -1,0 +1,528 @@
+//! `POST /ws/v1/streams/history`: turning a request body into write groups.
+//!
+//! # Shapes
+//! - JSON (`application/json`, or no content type): one point object or a list of them, with
+//!   Digi's v1 fields `stream_id, stream_type, stream_units, value, timestamp, quality, location,
+//!   description`. `timestamp` is epoch ms (integer or fraction) or ISO 8601; absent means now.
+//! - MessagePack (`application/msgpack`): the same one object or list, with the same field names.
+//! - Compact MessagePack, for gateways: a map whose first key is `groups`, sending each stream's
+//!   path once for many points:
+//!   ```text
+//!   {"groups": [{"stream_id": "gw/pst04/voltage_l1",
+//!                "stream_type": "DOUBLE",          optional, used when the stream is created
+//!                "stream_units": "V",              optional, likewise
+//!                "points": [[ts, value], [ts, value, {"quality": 1, "location": "..", "description": ".."}], ...]},
+//!               ...]}
+//!   ```
+//!   `ts` is epoch ms (integer or float), an ISO 8601 string, or nil for now. Item indices in
+//!   error answers count points across groups in order, from 0.
+//!
+//! A body that cannot be parsed at all is a 400 and stores nothing. Items that parse but are bad
+//! (unknown type, bad path, bad timestamp, value that does not fit) are reported by index while
+//! the good items are stored.
+
+use crate::error::ApiError;
+use meterstream_storage::time::{check_range, from_f64_ms, parse_absolute};
+use meterstream_storage::{Extras, GroupIn, InValue, PointIn, StreamType};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+/// The error of one item found while parsing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemFault {
+    /// Index of the item, from 0.
+    pub index: usize,
+    /// HTTP status for the item.
+    pub status: u16,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A parsed body.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// The good items, grouped by stream.
+    pub groups: Vec<GroupIn>,
+    /// The bad items.
+    pub faults: Vec<ItemFault>,
+    /// Whether the body was a single object (not a list).
+    pub single: bool,
+    /// Number of items in the body.
+    pub items: usize,
+}
+
+/// Body formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON.
+    Json,
+    /// MessagePack.
+    MsgPack,
+}
+
+impl Format {
+    /// The format for a `Content-Type` header value (without parameters); `None` if unsupported.
+    pub fn from_content_type(ct: Option<&str>) -> Option<Format> {
+        let essence = ct
+            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match essence.as_str() {
+            "" | "application/json" | "text/json" => Some(Format::Json),
+            "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+                Some(Format::MsgPack)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One point object as sent; every field is taken as any value and checked afterwards, so that a
+/// field of the wrong kind is an error of that item, not of the whole body.
+#[derive(Debug, Default, Deserialize)]
+struct RawItem {
+    stream_id: Option<InValue>,
+    stream_type: Option<InValue>,
+    stream_units: Option<InValue>,
+    value: Option<InValue>,
+    timestamp: Option<InValue>,
+    quality: Option<InValue>,
+    location: Option<InValue>,
+    description: Option<InValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompactBody {
+    groups: Vec<CompactGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompactGroup {
+    stream_id: String,
+    #[serde(default)]
+    stream_type: Option<String>,
+    #[serde(default)]
+    stream_units: Option<String>,
+    points: Vec<CompactPoint>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawExtras {
+    quality: Option<InValue>,
+    location: Option<InValue>,
+    description: Option<InValue>,
+}
+
+#[derive(Debug)]
+struct CompactPoint {
+    ts: InValue,
+    value: InValue,
+    extras: Option<RawExtras>,
+}
+
+impl<'de> Deserialize<'de> for CompactPoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CompactPoint;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a point [timestamp, value] or [timestamp, value, {extras}]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CompactPoint, A::Error> {
+                let ts = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let value = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let extras = seq.next_element()?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(4, &self));
+                }
+                Ok(CompactPoint { ts, value, extras })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// A timestamp in any accepted form; `Ok(None)` means "now".
+pub fn timestamp_of(v: InValue) -> Result<Option<i64>, String> {
+    match v {
+        InValue::Null => Ok(None),
+        InValue::Int(i) => check_range(i).map(Some).map_err(|e| e.to_string()),
+        InValue::UInt(u) => Err(format!("invalid timestamp {u}: outside the supported range")),
+        InValue::Float(f) => from_f64_ms(f).map(Some).map_err(|e| e.to_string()),
+        InValue::Str(s) => parse_absolute(&s).map(Some).map_err(|e| e.to_string()),
+        other => Err(format!(
+            "timestamp must be epoch milliseconds or an ISO 8601 string, not {other:?}"
+        )),
+    }
+}
+
+fn string_field(name: &str, v: Option<InValue>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(InValue::Null) => Ok(None),
+        Some(InValue::Str(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("{name} must be a string, not {other:?}")),
+    }
+}
+
+fn stream_type_of(v: Option<String>) -> Result<Option<StreamType>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => StreamType::parse(&s).map(Some).ok_or_else(|| {
+            format!(
+                "unknown stream_type {s:?}; expected one of {}",
+                StreamType::ALL.map(|t| t.as_str()).join(", ")
+            )
+        }),
+    }
+}
+
+/// Normalizes a location to `lat,long[,elevation]`: from that string or from a list of numbers.
+fn location_of(v: Option<InValue>) -> Result<Option<String>, String> {
+    let nums: Vec<f64> = match v {
+        None | Some(InValue::Null) => return Ok(None),
+        Some(InValue::Str(s)) => s
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("location {s:?} is not \"lat,long[,elevation]\""))?,
+        Some(InValue::Json(serde_json::Value::Array(a))) => a
+            .iter()
+            .map(|x| x.as_f64().ok_or(()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| "location must be [lat, long(, elevation)] numbers".to_string())?,
+        Some(other) => return Err(format!("location must be \"lat,long[,elevation]\", not {other:?}")),
+    };
+    if !(2..=3).contains(&nums.len()) || nums.iter().any(|n| !n.is_finite()) {
+        return Err("location needs 2 or 3 finite numbers: lat,long[,elevation]".into());
+    }
+    if !(-90.0..=90.0).contains(&nums[0]) || !(-180.0..=180.0).contains(&nums[1]) {
+        return Err("location latitude must lie in -90..=90 and longitude in -180..=180".into());
+    }
+    Ok(Some(
+        nums.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+    ))
+}
+
+fn extras_of(
+    quality: Option<InValue>,
+    location: Option<InValue>,
+    description: Option<InValue>,
+) -> Result<Option<Box<Extras>>, String> {
+    let quality = match quality {
+        None | Some(InValue::Null) => None,
+        Some(InValue::Int(q)) => Some(
+            i32::try_from(q).map_err(|_| format!("quality {q} is outside the 32-bit range"))?,
+        ),
+        Some(other) => return Err(format!("quality must be an integer, not {other:?}")),
+    };
+    Ok(Extras {
+        quality,
+        location: location_of(location)?,
+        description: string_field("description", description)?,
+    }
+    .boxed())
+}
+
+struct ItemParts {
+    stream: String,
+    stream_type: Option<StreamType>,
+    stream_units: Option<String>,
+    point: PointIn,
+}
+
+fn item_parts(raw: RawItem) -> Result<ItemParts, String> {
+    let stream = match raw.stream_id {
+        Some(InValue::Str(s)) => s,
+        None | Some(InValue::Null) => return Err("stream_id is missing".into()),
+        Some(other) => return Err(format!("stream_id must be a string, not {other:?}")),
+    };
+    let value = match raw.value {
+        None | Some(InValue::Null) => return Err("value is missing".into()),
+        Some(v) => v,
+    };
+    Ok(ItemParts {
+        stream,
+        stream_type: stream_type_of(string_field("stream_type", raw.stream_type)?)?,
+        stream_units: string_field("stream_units", raw.stream_units)?,
+        point: PointIn {
+            timestamp: match raw.timestamp {
+                None => None,
+                Some(t) => timestamp_of(t)?,
+            },
+            value,
+            extras: extras_of(raw.quality, raw.location, raw.description)?,
+        },
+    })
+}
+
+/// Groups single items: consecutive items of the same stream (and declared type and units) share
+/// a group.
+fn group_items(items: Vec<RawItem>, single: bool) -> Parsed {
+    let mut p = Parsed {
+        single,
+        items: items.len(),
+        ..Parsed::default()
+    };
+    for (index, raw) in items.into_iter().enumerate() {
+        match item_parts(raw) {
+            Ok(it) => {
+                let same = p.groups.last().is_some_and(|g| {
+                    g.stream == it.stream
+                        && g.stream_type == it.stream_type
+                        && g.stream_units == it.stream_units
+                        && g.first_index + g.points.len() == index
+                });
+                if same {
+                    if let Some(g) = p.groups.last_mut() {
+                        g.points.push(it.point);
+                    }
+                } else {
+                    p.groups.push(GroupIn {
+                        stream: it.stream,
+                        stream_type: it.stream_type,
+                        stream_units: it.stream_units,
+                        points: vec![it.point],
+                        first_index: index,
+                    });
+                }
+            }
+            Err(message) => p.faults.push(ItemFault {
+                index,
+                status: 400,
+                message,
+            }),
+        }
+    }
+    p
+}
+
+fn first_significant(body: &[u8]) -> Option<u8> {
+    body.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// Parses a JSON body.
+pub fn parse_json(body: &[u8]) -> Result<Parsed, ApiError> {
+    let bad = |e: serde_json::Error| {
+        ApiError::BadRequest(format!(
+            "the body is not a data point or a list of data points in JSON: {e}"
+        ))
+    };
+    match first_significant(body) {
+        Some(b'[') => Ok(group_items(
+            serde_json::from_slice::<Vec<RawItem>>(body).map_err(bad)?,
+            false,
+        )),
+        Some(b'{') => Ok(group_items(
+            vec![serde_json::from_slice::<RawItem>(body).map_err(bad)?],
+            true,
+        )),
+        _ => Err(ApiError::BadRequest(
+            "the body must be a JSON data point object or a list of them".into(),
+        )),
+    }
+}
+
+fn compact_point(cp: CompactPoint) -> Result<PointIn, String> {
+    let timestamp = timestamp_of(cp.ts)?;
+    let extras = match cp.extras {
+        Some(e) => extras_of(e.quality, e.location, e.description)?,
+        None => None,
+    };
+    Ok(PointIn {
+        timestamp,
+        value: cp.value,
+        extras,
+    })
+}
+
+/// Whether a MessagePack map starts with the key `groups`.
+fn is_compact(body: &[u8]) -> bool {
+    let mut rd = body;
+    if rmp::decode::read_map_len(&mut rd).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 8];
+    matches!(rmp::decode::read_str(&mut rd, &mut buf), Ok("groups"))
+}
+
+/// Parses a MessagePack body.
+pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
+    let bad = |e: rmp_serde::decode::Error| {
+        ApiError::BadRequest(format!(
+            "the body is not a data point, a list of data points or a compact batch in MessagePack: {e}"
+        ))
+    };
+    let Some(&first) = body.first() else {
+        return Err(ApiError::BadRequest("the body is empty".into()));
+    };
+    let is_array = matches!(first, 0x90..=0x9f | 0xdc | 0xdd);
+    let is_map = matches!(first, 0x80..=0x8f | 0xde | 0xdf);
+    if is_array {
+        return Ok(group_items(
+            rmp_serde::from_slice::<Vec<RawItem>>(body).map_err(bad)?,
+            false,
+        ));
+    }
+    if !is_map {
+        return Err(ApiError::BadRequest(
+            "the body must be a MessagePack map or array".into(),
+        ));
+    }
+    if !is_compact(body) {
+        return Ok(group_items(
+            vec![rmp_serde::from_slice::<RawItem>(body).map_err(bad)?],
+            true,
+        ));
+    }
+    let compact: CompactBody = rmp_serde::from_slice(body).map_err(bad)?;
+    let mut p = Parsed::default();
+    let mut index = 0usize;
+    for g in compact.groups {
+        let n = g.points.len();
+        let first_index = index;
+        index += n;
+        p.items += n;
+        let st = match stream_type_of(g.stream_type) {
+            Ok(st) => st,
+            Err(message) => {
+                p.faults.extend((first_index..first_index + n).map(|index| ItemFault {
+                    index,
+                    status: 400,
+                    message: message.clone(),
+                }));
+                continue;
+            }
+        };
+        // A bad point ends a run of good ones: storage names items by `first_index + position`,
+        // so every group must hold consecutive items.
+        let mut run: Option<GroupIn> = None;
+        for (k, cp) in g.points.into_iter().enumerate() {
+            let index = first_index + k;
+            match compact_point(cp) {
+                Ok(pt) => run
+                    .get_or_insert_with(|| GroupIn {
+                        stream: g.stream_id.clone(),
+                        stream_type: st,
+                        stream_units: g.stream_units.clone(),
+                        points: Vec::with_capacity(n - k),
+                        first_index: index,
+                    })
+                    .points
+                    .push(pt),
+                Err(message) => {
+                    p.faults.push(ItemFault {
+                        index,
+                        status: 400,
+                        message,
+                    });
+                    p.groups.extend(run.take());
+                }
+            }
+        }
+        p.groups.extend(run.take());
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_list_groups_consecutive_items_and_reports_bad_ones() {
+        let body = br#"[
+            {"stream_id": "a/b", "value": 1.5, "timestamp": 1000},
+            {"stream_id": "a/b", "value": 2.5, "timestamp": "1970-01-01T00:00:02Z"},
+            {"stream_id": 7, "value": 1},
+            {"stream_id": "a/c", "value": 3, "quality": 2, "location": [47.3, 8.5]},
+            {"stream_id": "a/c"},
+            {"stream_id": "a/c", "value": 3, "stream_type": "bogus"},
+            {"stream_id": "a/c", "value": 3, "timestamp": -1}
+        ]"#;
+        let p = parse_json(body).unwrap();
+        assert_eq!(p.items, 7);
+        assert_eq!(p.groups.len(), 2);
+        assert_eq!(p.groups[0].points.len(), 2);
+        assert_eq!(p.groups[0].points[1].timestamp, Some(2000));
+        assert_eq!(p.groups[1].first_index, 3);
+        let e = p.groups[1].points[0].extras.as_ref().unwrap();
+        assert_eq!((e.quality, e.location.as_deref()), (Some(2), Some("47.3,8.5")));
+        let idx: Vec<usize> = p.faults.iter().map(|f| f.index).collect();
+        assert_eq!(idx, vec![2, 4, 5, 6]);
+        assert!(p.faults[0].message.contains("stream_id must be a string"));
+        assert!(p.faults[1].message.contains("value is missing"));
+        assert!(p.faults[2].message.contains("unknown stream_type"));
+        assert!(p.faults[3].message.contains("supported range"));
+    }
+
+    #[test]
+    fn json_keeps_17_digit_doubles_exact() {
+        let p = parse_json(br#"{"stream_id":"x","value":0.30000000000000004}"#).unwrap();
+        assert_eq!(p.groups[0].points[0].value, InValue::Float(0.1 + 0.2));
+        let p = parse_json(br#"{"stream_id":"x","value":2.2250738585072011e-308}"#).unwrap();
+        assert_eq!(
+            p.groups[0].points[0].value,
+            InValue::Float(2.2250738585072011e-308)
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_400() {
+        for b in [&b"{"[..], b"42", b"", b"[1,2]", b"{\"stream_id\": }"] {
+            assert!(parse_json(b).is_err(), "{:?}", String::from_utf8_lossy(b));
+        }
+        for b in [&[0xc1u8][..], &[0x92, 0x01], &[], &[0x81, 0xa6]] {
+            assert!(parse_msgpack(b).is_err(), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn compact_msgpack_numbers_items_across_groups() {
+        #[derive(serde::Serialize)]
+        struct G<'a> {
+            stream_id: &'a str,
+            stream_units: &'a str,
+            points: Vec<(rmpv_like::Ts, f64)>,
+        }
+        mod rmpv_like {
+            #[derive(serde::Serialize)]
+            #[serde(untagged)]
+            pub enum Ts {
+                Ms(i64),
+                Iso(&'static str),
+            }
+        }
+        #[derive(serde::Serialize)]
+        struct B<'a> {
+            groups: Vec<G<'a>>,
+        }
+        use rmpv_like::Ts;
+        let body = rmp_serde::to_vec_named(&B {
+            groups: vec![
+                G {
+                    stream_id: "g/a",
+                    stream_units: "V",
+                    points: vec![(Ts::Ms(1), 1.0), (Ts::Ms(-5), 2.0), (Ts::Ms(3), 3.0)],
+                },
+                G {
+                    stream_id: "g/b",
+                    stream_units: "A",
+                    points: vec![(Ts::Iso("1970-01-01T00:00:01Z"), 4.0)],
+                },
+            ],
+        })
+        .unwrap();
+        let p = parse_msgpack(&body).unwrap();
+        assert_eq!(p.items, 4);
+        assert_eq!(p.faults.len(), 1);
+        assert_eq!(p.faults[0].index, 1);
+        let firsts: Vec<(usize, usize)> = p.groups.iter().map(|g| (g.first_index, g.points.len())).collect();
+        assert_eq!(firsts, vec![(0, 1), (2, 1), (3, 1)]);
+        assert_eq!(p.groups[2].points[0].timestamp, Some(1000));
+        assert_eq!(p.groups[2].stream_units.as_deref(), Some("A"));
+    }
+}

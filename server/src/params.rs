@@ -1,0 +1,102 @@
+//! Query parameters: taken one by one by name, so that a misspelt or unknown parameter is a 400
+//! that names it instead of being silently ignored.
+
+use crate::error::ApiError;
+use meterstream_storage::time::parse_query_time;
+use meterstream_storage::{Cursor, Order, Timeline};
+
+/// The query parameters of one request.
+#[derive(Debug)]
+pub struct Params(Vec<(String, String)>);
+
+/// Most items a page may hold.
+pub const MAX_SIZE: usize = 1000;
+
+impl Params {
+    /// Parses a query string.
+    pub fn parse(query: &str) -> Result<Params, ApiError> {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .map(Params)
+            .map_err(|e| ApiError::BadRequest(format!("the query string cannot be parsed: {e}")))
+    }
+
+    /// Takes a parameter; given twice is an error.
+    pub fn take(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        let mut found = None;
+        let mut dup = false;
+        self.0.retain(|(k, v)| {
+            if k == name {
+                dup |= found.is_some();
+                found = Some(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        if dup {
+            return Err(ApiError::param(name, "it is given more than once"));
+        }
+        Ok(found)
+    }
+
+    /// Fails naming the first parameter nobody took.
+    pub fn finish(self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(ApiError::BadRequest(format!(
+                "unknown query parameter {k:?}; this endpoint takes {}",
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// `size`: 1..=1000, default 1000.
+    pub fn size(&mut self) -> Result<usize, ApiError> {
+        match self.take("size")? {
+            None => Ok(MAX_SIZE),
+            Some(s) => match s.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_SIZE).contains(&n) => Ok(n),
+                _ => Err(ApiError::param(
+                    "size",
+                    format!("{s:?} is not a whole number from 1 to {MAX_SIZE}"),
+                )),
+            },
+        }
+    }
+
+    /// `order`: asc (default) or desc (also Digi's `ascending`/`descending`).
+    pub fn order(&mut self) -> Result<Order, ApiError> {
+        match self.take("order")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("asc") | Some("ascending") => Ok(Order::Asc),
+            Some("desc") | Some("descending") => Ok(Order::Desc),
+            Some(o) => Err(ApiError::param("order", format!("{o:?} is not asc or desc"))),
+        }
+    }
+
+    /// `timeline`: client (default) or server.
+    pub fn timeline(&mut self) -> Result<Timeline, ApiError> {
+        match self.take("timeline")?.as_deref() {
+            None | Some("client") => Ok(Timeline::Client),
+            Some("server") => Ok(Timeline::Server),
+            Some(t) => Err(ApiError::param("timeline", format!("{t:?} is not client or server"))),
+        }
+    }
+
+    /// `cursor`, decoded.
+    pub fn cursor(&mut self) -> Result<Option<Cursor>, ApiError> {
+        match self.take("cursor")? {
+            None => Ok(None),
+            Some(c) => Cursor::decode(&c).map(Some).map_err(ApiError::from),
+        }
+    }
+
+    /// A time parameter (ISO 8601, epoch ms or relative to `now`).
+    pub fn time(&mut self, name: &str, now: i64) -> Result<Option<i64>, ApiError> {
+        match self.take(name)? {
+            None => Ok(None),
+            Some(t) => parse_query_time(&t, now)
+                .map(Some)
+                .map_err(|e| ApiError::param(name, e)),
+        }
+    }
+}
