@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use meterstream_server::config::{Args, Config};
 use meterstream_storage::Engine;
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 #[actix_web::main]
@@ -14,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log)),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let store = Engine::open(cfg.store_config())
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;

@@ -1,0 +1,93 @@
+use crate::support::{error_message, TestServer};
+use serde_json::json;
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {name_and_labels} in metrics"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let s = TestServer::start();
+    s.post_json(&json!([{"stream_id": "m/a", "value": 1.0, "timestamp": 1}, {"stream_id": "m/b", "value": 2.0, "timestamp": 1}, {"stream_id": "m/b", "value": "x"}]));
+    s.get_json("/ws/v1/streams/history/m/a");
+    s.get_json("/ws/v1/streams/history/m/zz");
+    let text = s.get("/metrics").send().unwrap().text().unwrap();
+    assert_eq!(metric(&text, "meterstream_ingest_points_total"), 2.0);
+    assert_eq!(metric(&text, "meterstream_ingest_rejected_points_total"), 1.0);
+    assert_eq!(metric(&text, "meterstream_streams"), 2.0);
+    assert_eq!(metric(&text, "meterstream_storage_points_written_total"), 2.0);
+    assert_eq!(
+        metric(&text, "meterstream_http_requests_total{method=\"GET\",route=\"/ws/v1/streams/history/{stream_id:.*}\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "meterstream_http_requests_total{method=\"POST\",route=\"/ws/v1/streams/history\",status=\"207\"}"),
+        1.0
+    );
+    assert!(metric(&text, "meterstream_storage_flush_duration_seconds_count") >= 1.0);
+    assert!(metric(&text, "meterstream_storage_disk_bytes") > 0.0);
+    assert!(text.contains("meterstream_http_request_duration_seconds_bucket"));
+}
+
+#[test]
+fn health_and_unknown_routes() {
+    let s = TestServer::start();
+    let (st, v) = s.get_json("/health");
+    assert_eq!((st, v), (200, json!({"status": "ok"})));
+    let (st, v) = s.get_json("/ws/v1/nothing");
+    assert_eq!(st, 404);
+    assert!(error_message(&v, 404).contains("/ws/v1/nothing"));
+    let r = s.client.patch(format!("{}/ws/v1/streams/inventory/a", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+}
+
+#[test]
+fn retention_deletes_expired_points_in_the_background() {
+    let s = TestServer::start_with(|c| c.retention_sweep_interval = 1);
+    s.put_json("/ws/v1/streams/inventory/ret/a", &json!({"data_ttl": 3600}));
+    let now = meterstream_storage::time::now_ms();
+    s.post_json(&json!([
+        {"stream_id": "ret/a", "value": 1.0, "timestamp": now - 7_200_000},
+        {"stream_id": "ret/a", "value": 2.0, "timestamp": now - 60_000},
+        {"stream_id": "keep/a", "value": 3.0, "timestamp": 1000}
+    ]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.history_all("ret/a", "").len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "retention did not run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(s.history_all("ret/a", "")[0].1, json!(2.0));
+    assert_eq!(s.history_all("keep/a", ""), vec![(1000, json!(3.0))]);
+}
+
+#[test]
+fn everything_survives_a_graceful_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let pts: Vec<serde_json::Value> = (0..3000)
+        .map(|i| json!({"stream_id": format!("gw{}/m/v", i % 3), "value": i as f64 / 8.0, "timestamp": 1000 + i}))
+        .collect();
+    {
+        let s = TestServer::start_at(&dir, |c| c.chunk_points = 256);
+        assert_eq!(s.post_json(&json!(pts)).status().as_u16(), 201);
+        s.put_json("/ws/v1/streams/inventory/gw0/m/v", &json!({"units": "V"}));
+    }
+    let s = TestServer::start_at(&dir, |c| c.chunk_points = 256);
+    let (_, v) = s.get_json("/ws/v1/streams/inventory");
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["list"][0]["units"], "V");
+    assert_eq!(v["list"][0]["value"], json!(2997.0 / 8.0));
+    let got = s.history_all("gw1/m/v", "");
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|(t, v)| v.as_f64().unwrap() == (t - 1000) as f64 / 8.0));
+    // A clean shutdown leaves no log to replay.
+    let wal: Vec<_> = std::fs::read_dir(dir.join("wal")).unwrap().collect();
+    assert!(wal.len() <= 1, "{wal:?}");
+}

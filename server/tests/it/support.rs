@@ -1,0 +1,145 @@
+//! A real server on 127.0.0.1:0 with a temporary store, run in-process, stopped on drop.
+
+use meterstream_server::config::Config;
+use meterstream_storage::{Engine, Store};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub struct TestServer {
+    pub url: String,
+    pub client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Self::start_at(&tmp.path().join("data"), tweak);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on an existing (or new) data directory that the caller owns.
+    pub fn start_at(data_dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = Config {
+            data_dir: data_dir.to_path_buf(),
+            workers: 2,
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        cfg.validate().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let store: Arc<dyn Store> = Arc::new(Engine::open(cfg.store_config()).unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new()
+                .block_on(meterstream_server::run(listener, store, cfg, async {
+                    let _ = rx.await;
+                }))
+                .unwrap();
+        });
+        TestServer {
+            url,
+            client: Client::new(),
+            stop: Some(tx),
+            thread: Some(thread),
+            _tmp: None,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.client.delete(format!("{}{path}", self.url))
+    }
+
+    pub fn put_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .put(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .unwrap()
+    }
+
+    pub fn post_json(&self, body: &Value) -> Response {
+        self.client
+            .post(format!("{}/ws/v1/streams/history", self.url))
+            .json(body)
+            .send()
+            .unwrap()
+    }
+
+    pub fn post_raw(&self, content_type: &str, body: Vec<u8>) -> Response {
+        self.client
+            .post(format!("{}/ws/v1/streams/history", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap()
+    }
+
+    /// GET returning (status, JSON body).
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.get(path).send().unwrap();
+        let s = r.status().as_u16();
+        (s, json_of(r))
+    }
+
+    /// Every point of a stream's history (asc, all pages), as (timestamp ms, value).
+    pub fn history_all(&self, stream: &str, extra: &str) -> Vec<(i64, Value)> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = format!("/ws/v1/streams/history/{stream}?size=1000{extra}");
+            if let Some(c) = &cursor {
+                q.push_str(&format!("&cursor={c}"));
+            }
+            let (s, v) = self.get_json(&q);
+            assert_eq!(s, 200, "{v}");
+            for p in v["list"].as_array().unwrap() {
+                out.push((ms(p["timestamp"].as_str().unwrap()), p["value"].clone()));
+            }
+            match v["cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn json_of(r: Response) -> Value {
+    let text = r.text().unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// Epoch ms of an ISO 8601 timestamp.
+pub fn ms(iso: &str) -> i64 {
+    meterstream_storage::time::parse_absolute(iso).unwrap()
+}
+
+/// Asserts the standard error shape and returns its message.
+pub fn error_message(v: &Value, status: u16) -> String {
+    assert_eq!(v["error"]["status"], status, "{v}");
+    v["error"]["message"].as_str().unwrap().to_string()
+}
