@@ -1,4 +1,5 @@
 //! Compares value codecs on the standard workload: pco on raw f64 versus pco on decimal-scaled
+#![allow(clippy::unwrap_used)] // a measuring script: any failure should stop it loudly
 //! integers, at several chunk sizes. `cargo run --release -p meterstream-bench --example codec_compare`
 use meterstream_bench::workload::{Fleet, CHANNELS};
 use std::time::Instant;
@@ -15,7 +16,9 @@ fn main() {
             }
         });
     }
-    let ts: Vec<i64> = (0..secs as i64).map(|s| 1_700_000_000_000 + s * 1000).collect();
+    let ts: Vec<i64> = (0..secs as i64)
+        .map(|s| 1_700_000_000_000 + s * 1000)
+        .collect();
     let n = (meters * 12 * secs) as f64;
     for chunk in [256usize, 512, 1024, 2048, 3600] {
         for level in [4usize, 8] {
@@ -25,11 +28,20 @@ fn main() {
             let mut per_channel = [0usize; 12];
             for (i, s) in series.iter().enumerate() {
                 for (j, c) in s.chunks(chunk).enumerate() {
-                    let b = pco::standalone::simple_compress(c, &pco::ChunkConfig::default().with_compression_level(level)).unwrap();
+                    let b = pco::standalone::simple_compress(
+                        c,
+                        &pco::ChunkConfig::default().with_compression_level(level),
+                    )
+                    .unwrap();
                     bytes_f += b.len();
                     per_channel[i % 12] += b.len();
                     let tc = &ts[j * chunk..j * chunk + c.len()];
-                    bytes_t += pco::standalone::simple_compress(tc, &pco::ChunkConfig::default().with_compression_level(level)).unwrap().len();
+                    bytes_t += pco::standalone::simple_compress(
+                        tc,
+                        &pco::ChunkConfig::default().with_compression_level(level),
+                    )
+                    .unwrap()
+                    .len();
                 }
             }
             let el = t0.elapsed();
@@ -41,7 +53,11 @@ fn main() {
             );
             if chunk == 1024 && level == 8 {
                 for c in 0..12 {
-                    println!("   {:16} {:.3} B/pt", CHANNELS[c].0, per_channel[c] as f64 / (n / 12.0));
+                    println!(
+                        "   {:16} {:.3} B/pt",
+                        CHANNELS[c].0,
+                        per_channel[c] as f64 / (n / 12.0)
+                    );
                 }
             }
         }
@@ -49,7 +65,17 @@ fn main() {
     // decompression speed
     let comp: Vec<Vec<u8>> = series
         .iter()
-        .flat_map(|s| s.chunks(1024).map(|c| pco::standalone::simple_compress(c, &pco::ChunkConfig::default().with_compression_level(8)).unwrap()).collect::<Vec<_>>())
+        .flat_map(|s| {
+            s.chunks(1024)
+                .map(|c| {
+                    pco::standalone::simple_compress(
+                        c,
+                        &pco::ChunkConfig::default().with_compression_level(8),
+                    )
+                    .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
         .collect();
     let t0 = Instant::now();
     let mut total = 0usize;
@@ -57,5 +83,8 @@ fn main() {
         let v: Vec<f64> = pco::standalone::simple_decompress(b).unwrap();
         total += v.len();
     }
-    println!("decompress {:.1} Mpts/s", total as f64 / t0.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "decompress {:.1} Mpts/s",
+        total as f64 / t0.elapsed().as_secs_f64() / 1e6
+    );
 }

@@ -1,7 +1,7 @@
 //! Encoding the workload as the compact MessagePack batches a gateway sends: each batch holds one
 //! gateway's streams over a window of seconds, so each stream's path is sent once per batch.
 
-use crate::workload::{Fleet, CHANNELS, UNITS};
+use crate::workload::{Fleet, UNITS};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -19,7 +19,13 @@ struct Body<'a> {
 
 /// Generates the workload for `seconds` seconds from `start_ms` and returns the encoded batches
 /// in sending order (window by window, gateway by gateway), each about `batch_points` points.
-pub fn build(fleet: &mut Fleet, meters_per_gateway: usize, start_ms: i64, seconds: usize, batch_points: usize) -> Vec<Vec<u8>> {
+pub fn build(
+    fleet: &mut Fleet,
+    meters_per_gateway: usize,
+    start_ms: i64,
+    seconds: usize,
+    batch_points: usize,
+) -> Vec<Vec<u8>> {
     let meters = fleet.meters();
     let gateways = meters.div_ceil(meters_per_gateway);
     let per_gw_streams = meters_per_gateway * 12;
@@ -32,7 +38,9 @@ pub fn build(fleet: &mut Fleet, meters_per_gateway: usize, start_ms: i64, second
     while s < seconds {
         let w = window.min(seconds - s);
         // values[m][c] over the window
-        let mut vals: Vec<Vec<Vec<(i64, f64)>>> = vec![vec![Vec::with_capacity(w); 12]; meters];
+        let mut vals: Vec<Vec<Vec<(i64, f64)>>> = (0..meters)
+            .map(|_| (0..12).map(|_| Vec::with_capacity(w)).collect())
+            .collect();
         for k in 0..w {
             let t = start_ms + ((s + k) as i64) * 1000;
             fleet.second(t, |m, v| {
@@ -58,6 +66,5 @@ pub fn build(fleet: &mut Fleet, meters_per_gateway: usize, start_ms: i64, second
         }
         s += w;
     }
-    let _ = CHANNELS;
     out
 }

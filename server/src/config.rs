@@ -53,7 +53,11 @@ impl Default for Config {
 
 /// Command-line flags; each may also come from the environment variable named beside it.
 #[derive(Debug, Default, Parser)]
-#[command(name = "meterstream-server", version, about = "The meterstream HTTP service")]
+#[command(
+    name = "meterstream-server",
+    version,
+    about = "The meterstream HTTP service"
+)]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "METERSTREAM_CONFIG")]
@@ -189,10 +193,12 @@ impl Config {
         if self.checkpoint_interval == 0 {
             return bad("checkpoint_interval", "must be at least 1 second");
         }
-        self.store_config().validate().map_err(|e| ConfigError::Invalid {
-            field: "store",
-            message: e.to_string(),
-        })
+        self.store_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid {
+                field: "store",
+                message: e.to_string(),
+            })
     }
 
     /// The storage engine's configuration.
@@ -211,7 +217,8 @@ mod tests {
 
     #[test]
     fn example_file_parses_and_matches_defaults() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("meterstream-server.example.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("meterstream-server.example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let c = Config::from_toml(&text, &path).unwrap();
         c.validate().unwrap();
@@ -243,7 +250,11 @@ mod tests {
             chunk_points: 3,
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("chunk_points"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("chunk_points"));
         let c = Config {
             body_limit: 5,
             ..Config::default()

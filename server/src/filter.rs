@@ -108,12 +108,20 @@ pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
         let op = match it.next() {
             Some(Tok::Op(o)) => o.to_string(),
             Some(Tok::Word(w)) => w.to_ascii_lowercase(),
-            Some(t) => return Err(bad(format!("expected an operator after {field}, found {t:?}"))),
+            Some(t) => {
+                return Err(bad(format!(
+                    "expected an operator after {field}, found {t:?}"
+                )))
+            }
             None => return Err(bad(format!("expected an operator after {field}"))),
         };
         let value = match it.next() {
             Some(Tok::Quoted(s)) | Some(Tok::Word(s)) => s,
-            Some(t) => return Err(bad(format!("expected a value after {field} {op}, found {t:?}"))),
+            Some(t) => {
+                return Err(bad(format!(
+                    "expected a value after {field} {op}, found {t:?}"
+                )))
+            }
             None => return Err(bad(format!("expected a value after {field} {op}"))),
         };
         let is_cmp = ["=", "<>", "<", "<=", ">", ">="].contains(&op.as_str());
@@ -123,8 +131,7 @@ pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
             ("id", _) if is_cmp => Condition::Id(cmp_op(&op), value),
             ("type", "=" | "<>") => Condition::Type(
                 cmp_op(&op),
-                StreamType::parse(&value)
-                    .ok_or_else(|| bad(format!("unknown type {value:?}")))?,
+                StreamType::parse(&value).ok_or_else(|| bad(format!("unknown type {value:?}")))?,
             ),
             ("units", _) if is_cmp => Condition::Units(cmp_op(&op), value),
             ("description", "contains") => Condition::DescriptionContains(value),
@@ -145,7 +152,11 @@ pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
         match it.next() {
             None => break,
             Some(Tok::Word(w)) if w.eq_ignore_ascii_case("and") => continue,
-            Some(t) => return Err(bad(format!("expected 'and' between conditions, found {t:?}"))),
+            Some(t) => {
+                return Err(bad(format!(
+                    "expected 'and' between conditions, found {t:?}"
+                )))
+            }
         }
     }
     Ok(StreamFilter { conditions })

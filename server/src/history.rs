@@ -12,7 +12,11 @@ use meterstream_storage::{HistoryQuery, Timeline};
 use serde_json::json;
 
 /// Reads the body, refusing it as soon as it passes `limit` bytes.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     if let Some(len) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -25,7 +29,8 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
@@ -35,7 +40,11 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
 }
 
 /// `POST /ws/v1/streams/history`.
-pub async fn post(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn post(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let ct = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -96,7 +105,14 @@ pub async fn post(req: HttpRequest, payload: web::Payload, st: web::Data<AppStat
     Ok(HttpResponse::build(status).json(body))
 }
 
-const GET_PARAMS: &[&str] = &["start_time", "end_time", "order", "size", "cursor", "timeline"];
+const GET_PARAMS: &[&str] = &[
+    "start_time",
+    "end_time",
+    "order",
+    "size",
+    "cursor",
+    "timeline",
+];
 
 /// `GET /ws/v1/streams/history/{stream_id}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -123,7 +139,11 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let info = st2.store.stream(&path)?;
         let page = st2.store.history(&path, &q)?;
         let ty = info.meta.stream_type;
-        let list: Vec<_> = page.items.iter().map(|pt| wire::point(&path, ty, pt)).collect();
+        let list: Vec<_> = page
+            .items
+            .iter()
+            .map(|pt| wire::point(&path, ty, pt))
+            .collect();
         let mut body = json!({"count": list.len(), "size": limit, "list": list});
         if let Some(c) = page.next {
             body["cursor"] = json!(c.encode());

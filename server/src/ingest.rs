@@ -65,7 +65,13 @@ impl Format {
     /// The format for a `Content-Type` header value (without parameters); `None` if unsupported.
     pub fn from_content_type(ct: Option<&str>) -> Option<Format> {
         let essence = ct
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|c| {
+                c.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default();
         match essence.as_str() {
             "" | "application/json" | "text/json" => Some(Format::Json),
@@ -151,7 +157,9 @@ pub fn timestamp_of(v: InValue) -> Result<Option<i64>, String> {
     match v {
         InValue::Null => Ok(None),
         InValue::Int(i) => check_range(i).map(Some).map_err(|e| e.to_string()),
-        InValue::UInt(u) => Err(format!("invalid timestamp {u}: outside the supported range")),
+        InValue::UInt(u) => Err(format!(
+            "invalid timestamp {u}: outside the supported range"
+        )),
         InValue::Float(f) => from_f64_ms(f).map(Some).map_err(|e| e.to_string()),
         InValue::Str(s) => parse_absolute(&s).map(Some).map_err(|e| e.to_string()),
         other => Err(format!(
@@ -194,7 +202,11 @@ fn location_of(v: Option<InValue>) -> Result<Option<String>, String> {
             .map(|x| x.as_f64().ok_or(()))
             .collect::<Result<_, _>>()
             .map_err(|_| "location must be [lat, long(, elevation)] numbers".to_string())?,
-        Some(other) => return Err(format!("location must be \"lat,long[,elevation]\", not {other:?}")),
+        Some(other) => {
+            return Err(format!(
+                "location must be \"lat,long[,elevation]\", not {other:?}"
+            ))
+        }
     };
     if !(2..=3).contains(&nums.len()) || nums.iter().any(|n| !n.is_finite()) {
         return Err("location needs 2 or 3 finite numbers: lat,long[,elevation]".into());
@@ -203,7 +215,10 @@ fn location_of(v: Option<InValue>) -> Result<Option<String>, String> {
         return Err("location latitude must lie in -90..=90 and longitude in -180..=180".into());
     }
     Ok(Some(
-        nums.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+        nums.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
     ))
 }
 
@@ -214,9 +229,9 @@ fn extras_of(
 ) -> Result<Option<Box<Extras>>, String> {
     let quality = match quality {
         None | Some(InValue::Null) => None,
-        Some(InValue::Int(q)) => Some(
-            i32::try_from(q).map_err(|_| format!("quality {q} is outside the 32-bit range"))?,
-        ),
+        Some(InValue::Int(q)) => {
+            Some(i32::try_from(q).map_err(|_| format!("quality {q} is outside the 32-bit range"))?)
+        }
         Some(other) => return Err(format!("quality must be an integer, not {other:?}")),
     };
     Ok(Extras {
@@ -389,11 +404,12 @@ pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
         let st = match stream_type_of(g.stream_type) {
             Ok(st) => st,
             Err(message) => {
-                p.faults.extend((first_index..first_index + n).map(|index| ItemFault {
-                    index,
-                    status: 400,
-                    message: message.clone(),
-                }));
+                p.faults
+                    .extend((first_index..first_index + n).map(|index| ItemFault {
+                        index,
+                        status: 400,
+                        message: message.clone(),
+                    }));
                 continue;
             }
         };
@@ -450,7 +466,10 @@ mod tests {
         assert_eq!(p.groups[0].points[1].timestamp, Some(2000));
         assert_eq!(p.groups[1].first_index, 3);
         let e = p.groups[1].points[0].extras.as_ref().unwrap();
-        assert_eq!((e.quality, e.location.as_deref()), (Some(2), Some("47.3,8.5")));
+        assert_eq!(
+            (e.quality, e.location.as_deref()),
+            (Some(2), Some("47.3,8.5"))
+        );
         let idx: Vec<usize> = p.faults.iter().map(|f| f.index).collect();
         assert_eq!(idx, vec![2, 4, 5, 6]);
         assert!(p.faults[0].message.contains("stream_id must be a string"));
@@ -466,7 +485,7 @@ mod tests {
         let p = parse_json(br#"{"stream_id":"x","value":2.2250738585072011e-308}"#).unwrap();
         assert_eq!(
             p.groups[0].points[0].value,
-            InValue::Float(2.2250738585072011e-308)
+            InValue::Float(f64::from_bits(0x000F_FFFF_FFFF_FFFF))
         );
     }
 
@@ -520,7 +539,11 @@ mod tests {
         assert_eq!(p.items, 4);
         assert_eq!(p.faults.len(), 1);
         assert_eq!(p.faults[0].index, 1);
-        let firsts: Vec<(usize, usize)> = p.groups.iter().map(|g| (g.first_index, g.points.len())).collect();
+        let firsts: Vec<(usize, usize)> = p
+            .groups
+            .iter()
+            .map(|g| (g.first_index, g.points.len()))
+            .collect();
         assert_eq!(firsts, vec![(0, 1), (2, 1), (3, 1)]);
         assert_eq!(p.groups[2].points[0].timestamp, Some(1000));
         assert_eq!(p.groups[2].stream_units.as_deref(), Some("A"));

@@ -29,7 +29,9 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     p.finish(&["size", "cursor", "order", "query"])?;
     let st2 = st.clone();
     let body = web::block(move || -> Result<serde_json::Value, ApiError> {
-        let page = st2.store.list_streams(&filter, order, limit, cursor.as_ref())?;
+        let page = st2
+            .store
+            .list_streams(&filter, order, limit, cursor.as_ref())?;
         let list: Vec<_> = page.items.iter().map(wire::stream).collect();
         let mut body = json!({"count": list.len(), "size": limit, "list": list});
         if let Some(c) = page.next {
@@ -77,7 +79,11 @@ fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
 
 /// `PUT /ws/v1/streams/inventory/{stream_id}`: creates the stream (201) or updates its metadata
 /// (200). A new stream without `type` is DOUBLE.
-pub async fn put(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn put(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let path = stream_id(&req)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let b: PutBody = serde_json::from_slice(&body)

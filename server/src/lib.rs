@@ -46,8 +46,11 @@ pub struct AppState {
 /// The stream id of a request: the rest of the path after the route's prefix, percent-decoded.
 pub fn stream_id(req: &HttpRequest) -> Result<String, ApiError> {
     let raw = req.match_info().get("stream_id").unwrap_or("");
-    let decoded = percent_decode(raw)
-        .ok_or_else(|| ApiError::BadRequest(format!("the stream id {raw:?} is not valid percent-encoded UTF-8")))?;
+    let decoded = percent_decode(raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "the stream id {raw:?} is not valid percent-encoded UTF-8"
+        ))
+    })?;
     meterstream_storage::path::validate_path(&decoded)?;
     Ok(decoded)
 }
@@ -82,7 +85,11 @@ async fn metrics_text(st: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -92,25 +99,25 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
-    cfg.service(
-        resource("/ws/v1/streams/history").route(web::post().to(history::post)),
-    )
-    .service(
-        resource("/ws/v1/streams/history/{stream_id:.*}")
-            .route(web::get().to(history::get))
-            .route(web::delete().to(history::delete)),
-    )
-    .service(resource("/ws/v1/streams/inventory").route(web::get().to(inventory::list)))
-    .service(
-        resource("/ws/v1/streams/inventory/{stream_id:.*}")
-            .route(web::get().to(inventory::get))
-            .route(web::put().to(inventory::put))
-            .route(web::delete().to(inventory::delete)),
-    )
-    .service(resource("/ws/v1/streams/folders").route(web::get().to(inventory::folders)))
-    .service(resource("/ws/v1/streams/folders/{prefix:.*}").route(web::get().to(inventory::folders)))
-    .service(resource("/metrics").route(web::get().to(metrics_text)))
-    .service(resource("/health").route(web::get().to(health)));
+    cfg.service(resource("/ws/v1/streams/history").route(web::post().to(history::post)))
+        .service(
+            resource("/ws/v1/streams/history/{stream_id:.*}")
+                .route(web::get().to(history::get))
+                .route(web::delete().to(history::delete)),
+        )
+        .service(resource("/ws/v1/streams/inventory").route(web::get().to(inventory::list)))
+        .service(
+            resource("/ws/v1/streams/inventory/{stream_id:.*}")
+                .route(web::get().to(inventory::get))
+                .route(web::put().to(inventory::put))
+                .route(web::delete().to(inventory::delete)),
+        )
+        .service(resource("/ws/v1/streams/folders").route(web::get().to(inventory::folders)))
+        .service(
+            resource("/ws/v1/streams/folders/{prefix:.*}").route(web::get().to(inventory::folders)),
+        )
+        .service(resource("/metrics").route(web::get().to(metrics_text)))
+        .service(resource("/health").route(web::get().to(health)));
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, finishes the

@@ -35,7 +35,10 @@ impl Metrics {
     pub fn new(store: &dyn Store) -> Metrics {
         let registry = Registry::new();
         let requests = valid(IntCounterVec::new(
-            Opts::new("meterstream_http_requests_total", "HTTP requests by route, method and status."),
+            Opts::new(
+                "meterstream_http_requests_total",
+                "HTTP requests by route, method and status.",
+            ),
             &["route", "method", "status"],
         ));
         let durations = valid(HistogramVec::new(

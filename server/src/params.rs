@@ -66,10 +66,18 @@ impl Params {
 
     /// `order`: asc (default) or desc (also Digi's `ascending`/`descending`).
     pub fn order(&mut self) -> Result<Order, ApiError> {
-        match self.take("order")?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        match self
+            .take("order")?
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("asc") | Some("ascending") => Ok(Order::Asc),
             Some("desc") | Some("descending") => Ok(Order::Desc),
-            Some(o) => Err(ApiError::param("order", format!("{o:?} is not asc or desc"))),
+            Some(o) => Err(ApiError::param(
+                "order",
+                format!("{o:?} is not asc or desc"),
+            )),
         }
     }
 
@@ -78,7 +86,10 @@ impl Params {
         match self.take("timeline")?.as_deref() {
             None | Some("client") => Ok(Timeline::Client),
             Some("server") => Ok(Timeline::Server),
-            Some(t) => Err(ApiError::param("timeline", format!("{t:?} is not client or server"))),
+            Some(t) => Err(ApiError::param(
+                "timeline",
+                format!("{t:?} is not client or server"),
+            )),
         }
     }
 

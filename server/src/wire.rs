@@ -14,7 +14,10 @@ use serde_json::{Map, Value as J};
 /// A point of `stream` (of type `ty`) as JSON.
 pub fn point(stream: &str, ty: StreamType, p: &DataPoint) -> J {
     let mut m = Map::with_capacity(8);
-    m.insert("id".into(), J::String(point_id(stream, p.timestamp).to_string()));
+    m.insert(
+        "id".into(),
+        J::String(point_id(stream, p.timestamp).to_string()),
+    );
     m.insert("stream_id".into(), J::String(stream.to_string()));
     m.insert("timestamp".into(), J::String(format_iso(p.timestamp)));
     m.insert(
@@ -62,7 +65,10 @@ pub fn stream(s: &StreamInfo) -> J {
         J::Array(s.meta.forward_to.iter().cloned().map(J::String).collect()),
     );
     m.insert("data_ttl".into(), s.meta.data_ttl.map_or(J::Null, J::from));
-    m.insert("rollup_ttl".into(), s.meta.rollup_ttl.map_or(J::Null, J::from));
+    m.insert(
+        "rollup_ttl".into(),
+        s.meta.rollup_ttl.map_or(J::Null, J::from),
+    );
     m.insert("created".into(), J::String(format_iso(s.created)));
     m.insert(
         "history_uri".into(),

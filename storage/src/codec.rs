@@ -87,7 +87,10 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8> {
-        let b = *self.buf.get(self.pos).ok_or_else(|| self.err("truncated"))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("truncated"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -204,7 +207,10 @@ fn pco_err(e: pco::errors::PcoError) -> StorageError {
 pub fn encode(s: &Series) -> Result<Vec<u8>> {
     let n = s.len();
     if n == 0 {
-        return Err(StorageError::corrupt("chunk", "cannot encode an empty series"));
+        return Err(StorageError::corrupt(
+            "chunk",
+            "cannot encode an empty series",
+        ));
     }
     let mut out = Vec::with_capacity(64 + n * 2);
     out.push(VERSION);
@@ -295,8 +301,16 @@ pub(crate) fn decode_extras(r: &mut Reader<'_>) -> Result<Extras> {
         } else {
             None
         },
-        location: if flags & 2 != 0 { Some(r.string()?) } else { None },
-        description: if flags & 4 != 0 { Some(r.string()?) } else { None },
+        location: if flags & 2 != 0 {
+            Some(r.string()?)
+        } else {
+            None
+        },
+        description: if flags & 4 != 0 {
+            Some(r.string()?)
+        } else {
+            None
+        },
     })
 }
 
@@ -520,9 +534,10 @@ mod tests {
             return false;
         }
         match (&a.values, &b.values) {
-            (Values::Float(x), Values::Float(y)) => {
-                x.iter().map(|f| f.to_bits()).eq(y.iter().map(|f| f.to_bits()))
-            }
+            (Values::Float(x), Values::Float(y)) => x
+                .iter()
+                .map(|f| f.to_bits())
+                .eq(y.iter().map(|f| f.to_bits())),
             (x, y) => x == y,
         }
     }

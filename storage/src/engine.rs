@@ -68,13 +68,22 @@ impl Config {
             ));
         }
         if self.segment_bytes < 1 << 16 {
-            return Err(StorageError::invalid("segment_bytes", "must be at least 64 KiB"));
+            return Err(StorageError::invalid(
+                "segment_bytes",
+                "must be at least 64 KiB",
+            ));
         }
         if self.checkpoint_interval.is_zero() {
-            return Err(StorageError::invalid("checkpoint_interval", "must be positive"));
+            return Err(StorageError::invalid(
+                "checkpoint_interval",
+                "must be positive",
+            ));
         }
         if self.cache_bytes < 1 << 20 {
-            return Err(StorageError::invalid("cache_bytes", "must be at least 1 MiB"));
+            return Err(StorageError::invalid(
+                "cache_bytes",
+                "must be at least 1 MiB",
+            ));
         }
         Ok(())
     }
@@ -187,16 +196,18 @@ impl Inner {
     }
 
     fn entry(&self, path: &str) -> Result<Entry> {
-        self.lookup(path).ok_or_else(|| StorageError::StreamNotFound {
-            path: path.to_string(),
-        })
+        self.lookup(path)
+            .ok_or_else(|| StorageError::StreamNotFound {
+                path: path.to_string(),
+            })
     }
 
     fn write_chunk(&self, id: u64, s: &Series) -> Result<()> {
         let Some(first) = s.first_ts() else {
             return Ok(());
         };
-        self.chunks.insert(chunk_key(id, first), codec::encode(s)?)?;
+        self.chunks
+            .insert(chunk_key(id, first), codec::encode(s)?)?;
         self.metrics.chunks_written.inc();
         Ok(())
     }
@@ -256,7 +267,12 @@ impl Inner {
         {
             return Ok(Some(kv?.0));
         }
-        Ok(self.chunks.scan_prefix(id_key(id)).next().transpose()?.map(|kv| kv.0))
+        Ok(self
+            .chunks
+            .scan_prefix(id_key(id))
+            .next()
+            .transpose()?
+            .map(|kv| kv.0))
     }
 
     /// Writes back a chunk read at `old_key` after changes: re-keyed when its first timestamp
@@ -283,7 +299,12 @@ impl Inner {
         Ok(())
     }
 
-    fn merge_late(&self, st: &mut StreamState, mut late: Vec<PointRec>, server_ts: i64) -> Result<()> {
+    fn merge_late(
+        &self,
+        st: &mut StreamState,
+        mut late: Vec<PointRec>,
+        server_ts: i64,
+    ) -> Result<()> {
         self.metrics.late_points.inc_by(late.len() as u64);
         late.sort_by_key(|p| p.ts);
         let id = st.rec.id;
@@ -384,7 +405,8 @@ impl Inner {
                 let mut sh = self.shards[shard_of_id(r.id)].lock();
                 match sh.streams.get_mut(&r.id) {
                     Some(st) => {
-                        if st.head.values.kind() != r.meta.stream_type.kind() && st.head.is_empty() {
+                        if st.head.values.kind() != r.meta.stream_type.kind() && st.head.is_empty()
+                        {
                             st.head = Series::new(r.meta.stream_type.kind());
                         }
                         st.rec = r.clone();
@@ -459,8 +481,7 @@ impl Inner {
                     return Ok(0);
                 };
                 let from_head = st.head.delete_range(*from, *to);
-                self.open_points
-                    .fetch_sub(from_head as u64, AtOrd::Relaxed);
+                self.open_points.fetch_sub(from_head as u64, AtOrd::Relaxed);
                 let n = from_head as u64 + self.delete_chunks_in(*id, *from, *to)?;
                 if n > 0 {
                     self.recompute_tail(st)?;
@@ -491,7 +512,8 @@ impl Inner {
                 if st.head.is_empty() {
                     self.heads.remove(id_key(st.rec.id))?;
                 } else {
-                    self.heads.insert(id_key(st.rec.id), codec::encode(&st.head)?)?;
+                    self.heads
+                        .insert(id_key(st.rec.id), codec::encode(&st.head)?)?;
                 }
                 st.dirty = false;
                 saved += 1;
@@ -718,7 +740,13 @@ impl Engine {
 
     /// Finds the stream or creates it with `ty`; the creation is logged before the stream becomes
     /// visible, so every record that uses it comes after it in the log.
-    fn get_or_create(&self, path: &str, ty: StreamType, units: Option<String>, now: i64) -> Result<Entry> {
+    fn get_or_create(
+        &self,
+        path: &str,
+        ty: StreamType,
+        units: Option<String>,
+        now: i64,
+    ) -> Result<Entry> {
         if let Some(e) = self.inner.lookup(path) {
             return Ok(e);
         }
@@ -763,7 +791,10 @@ impl Engine {
             Some(Cursor::Client { ts, .. }) if q.order == Order::Asc => lo = lo.max(ts + 1),
             Some(Cursor::Client { ts, .. }) => hi = hi.min(*ts),
             Some(_) => {
-                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+                return Err(StorageError::invalid(
+                    "cursor",
+                    "it belongs to another kind of listing",
+                ))
             }
             None => {}
         }
@@ -839,14 +870,23 @@ impl Engine {
         let after = match &q.cursor {
             Some(Cursor::Server { server_ts, ts, .. }) => Some((*server_ts, *ts)),
             Some(_) => {
-                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+                return Err(StorageError::invalid(
+                    "cursor",
+                    "it belongs to another kind of listing",
+                ))
             }
             None => None,
         };
         let keep = |key: (i64, i64)| {
             key.0 >= q.from
                 && key.0 < q.to
-                && after.is_none_or(|a| if q.order == Order::Asc { key > a } else { key < a })
+                && after.is_none_or(|a| {
+                    if q.order == Order::Asc {
+                        key > a
+                    } else {
+                        key < a
+                    }
+                })
         };
         let mut found: Vec<DataPoint> = Vec::new();
         let mut take = |s: &Series| {
@@ -895,13 +935,16 @@ impl Store for Engine {
                 continue;
             }
             if let Err(e) = validate_path(&g.stream) {
-                let msg = e.to_string();
+                let reason = match e {
+                    StorageError::InvalidPath { reason, .. } => reason,
+                    other => other.to_string(),
+                };
                 for k in 0..n {
                     errors.push(ItemError {
                         index: g.first_index + k,
                         error: StorageError::InvalidPath {
                             path: g.stream.clone(),
-                            reason: msg.clone(),
+                            reason: reason.clone(),
                         },
                     });
                 }
@@ -911,9 +954,9 @@ impl Store for Engine {
             let entry = match self.inner.lookup(&g.stream) {
                 Some(e) => Some(e),
                 None => {
-                    let ty = g.stream_type.or_else(|| {
-                        g.points.iter().find_map(|p| StreamType::infer(&p.value))
-                    });
+                    let ty = g
+                        .stream_type
+                        .or_else(|| g.points.iter().find_map(|p| StreamType::infer(&p.value)));
                     match ty {
                         Some(ty)
                             if g.points.iter().any(|p| {
@@ -1021,7 +1064,11 @@ impl Store for Engine {
                 None => {
                     let id = (reg.next_counter << SHARD_BITS) | shard_of_path(path);
                     reg.next_counter += 1;
-                    (id, StreamMeta::new(update.stream_type.unwrap_or(StreamType::Double)), now)
+                    (
+                        id,
+                        StreamMeta::new(update.stream_type.unwrap_or(StreamType::Double)),
+                        now,
+                    )
                 }
             };
             if let Some(t) = update.stream_type {
@@ -1066,7 +1113,8 @@ impl Store for Engine {
                 .by_path
                 .get(path)
                 .ok_or_else(|| StorageError::StreamNotFound { path: path.into() })?;
-            self.wal.append(Record::DeleteStream { id: e.id }, Some(tx))?;
+            self.wal
+                .append(Record::DeleteStream { id: e.id }, Some(tx))?;
             reg.by_path.remove(path);
         }
         rx.recv().map_err(|_| StorageError::Closed)??;
@@ -1084,7 +1132,10 @@ impl Store for Engine {
         let after = match cursor {
             Some(Cursor::Key { key, .. }) => Some(key.as_str()),
             Some(_) => {
-                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+                return Err(StorageError::invalid(
+                    "cursor",
+                    "it belongs to another kind of listing",
+                ))
             }
             None => None,
         };
@@ -1095,12 +1146,18 @@ impl Store for Engine {
         let range: Box<dyn Iterator<Item = (&Arc<str>, &Entry)>> = match order {
             Order::Asc => Box::new(
                 reg.by_path
-                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
                     .filter(|(p, _)| after.is_none_or(|a| &***p > a)),
             ),
             Order::Desc => Box::new(
                 reg.by_path
-                    .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix),
+                        std::ops::Bound::Unbounded,
+                    ))
                     .rev()
                     .filter(|(p, _)| after.is_none_or(|a| &***p < a)),
             ),
@@ -1143,7 +1200,10 @@ impl Store for Engine {
         let after = match cursor {
             Some(Cursor::Key { key, .. }) => Some(key.clone()),
             Some(_) => {
-                return Err(StorageError::invalid("cursor", "it belongs to another kind of listing"))
+                return Err(StorageError::invalid(
+                    "cursor",
+                    "it belongs to another kind of listing",
+                ))
             }
             None => None,
         };
@@ -1157,20 +1217,23 @@ impl Store for Engine {
         let mut kids: BTreeMap<(String, u8), Child> = BTreeMap::new();
         {
             let reg = self.inner.registry.read();
-            let range = reg
-                .by_path
-                .range::<str, _>((std::ops::Bound::Included(base.as_str()), std::ops::Bound::Unbounded));
+            let range = reg.by_path.range::<str, _>((
+                std::ops::Bound::Included(base.as_str()),
+                std::ops::Bound::Unbounded,
+            ));
             for (p, e) in range {
                 let Some(rest) = p.strip_prefix(base.as_str()) else {
                     break;
                 };
                 match rest.split_once('/') {
                     Some((name, _)) => {
-                        let k = kids.entry((name.to_string(), 1)).or_insert_with(|| Child::Folder {
-                            name: name.to_string(),
-                            path: format!("{base}{name}"),
-                            streams: 0,
-                        });
+                        let k =
+                            kids.entry((name.to_string(), 1))
+                                .or_insert_with(|| Child::Folder {
+                                    name: name.to_string(),
+                                    path: format!("{base}{name}"),
+                                    streams: 0,
+                                });
                         if let Child::Folder { streams, .. } = k {
                             *streams += 1;
                         }
@@ -1237,7 +1300,14 @@ impl Store for Engine {
     }
 
     fn sweep_retention(&self, now: i64) -> Result<u64> {
-        let entries: Vec<Entry> = self.inner.registry.read().by_path.values().copied().collect();
+        let entries: Vec<Entry> = self
+            .inner
+            .registry
+            .read()
+            .by_path
+            .values()
+            .copied()
+            .collect();
         let mut expired = Vec::new();
         for e in entries {
             let sh = self.inner.shards[shard_of_id(e.id)].lock();

@@ -56,7 +56,9 @@ pub use engine::{Config, Engine};
 pub use error::{Result, StorageError};
 pub use metrics::StoreMetrics;
 pub use point::{DataPoint, Extras, GroupIn, PointIn};
-pub use query::{Child, CmpOp, Condition, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
+pub use query::{
+    Child, CmpOp, Condition, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline,
+};
 pub use store::{ItemError, Store, StoreStats, WriteOutcome};
 pub use stream::{StreamInfo, StreamMeta, StreamUpdate};
 pub use value::{InValue, StreamType, Value, ValueKind};

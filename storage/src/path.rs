@@ -34,7 +34,10 @@ pub fn validate_path(path: &str) -> Result<()> {
         return bad("it ends with '/'".into());
     }
     if let Some(c) = path.chars().find(|c| c.is_control()) {
-        return bad(format!("it contains the control character U+{:04X}", c as u32));
+        return bad(format!(
+            "it contains the control character U+{:04X}",
+            c as u32
+        ));
     }
     if let Some(c) = path.chars().find(|c| c.is_whitespace()) {
         return bad(format!("it contains whitespace (U+{:04X})", c as u32));
@@ -80,7 +83,10 @@ mod tests {
             assert!(e.contains(why), "{p:?}: {e}");
         }
         let long = "a".repeat(256);
-        assert!(validate_path(&long).unwrap_err().to_string().contains("256 bytes"));
+        assert!(validate_path(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("256 bytes"));
         validate_path(&"a".repeat(255)).unwrap();
         // 255 bytes counted in UTF-8, not characters.
         assert!(validate_path(&"é".repeat(128)).is_err());

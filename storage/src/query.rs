@@ -126,7 +126,12 @@ impl Cursor {
 
     /// Parses the text form; any damage is an [`StorageError::InvalidArgument`] on `cursor`.
     pub fn decode(text: &str) -> Result<Cursor> {
-        let bad = || StorageError::invalid("cursor", format!("{text:?} is not a cursor this server issued"));
+        let bad = || {
+            StorageError::invalid(
+                "cursor",
+                format!("{text:?} is not a cursor this server issued"),
+            )
+        };
         let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(text.trim())
             .map_err(|_| bad())?;

@@ -404,7 +404,11 @@ mod tests {
         (0..s.len())
             .map(|i| {
                 let p = s.point(i);
-                (p.timestamp, p.value.as_f64().unwrap_or(f64::NAN), p.server_timestamp)
+                (
+                    p.timestamp,
+                    p.value.as_f64().unwrap_or(f64::NAN),
+                    p.server_timestamp,
+                )
             })
             .collect()
     }
@@ -419,7 +423,12 @@ mod tests {
         s.upsert(20, Value::Float(2.5), 300, None);
         assert_eq!(
             f(&s),
-            vec![(10, 1.0, 100), (15, 1.5, 300), (20, 2.5, 300), (30, 3.0, 200)]
+            vec![
+                (10, 1.0, 100),
+                (15, 1.5, 300),
+                (20, 2.5, 300),
+                (30, 3.0, 200)
+            ]
         );
         assert_eq!(s.server, vec![(0, 100), (1, 300), (3, 200)]);
     }

@@ -47,7 +47,10 @@ pub fn parse_absolute(text: &str) -> Result<i64> {
     if t.is_empty() {
         return Err(bad("it is empty"));
     }
-    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') && !t.contains("--") {
+    if t.bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !t.contains("--")
+    {
         if let Ok(ms) = t.parse::<i64>() {
             return check_range(ms).map_err(|_| out_of_range(format!("{text:?}")));
         }
@@ -127,11 +130,26 @@ mod tests {
     #[test]
     fn parses_absolute_forms() {
         assert_eq!(parse_absolute("1700000000123").unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_absolute("1700000000123.9").unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_absolute("2023-11-14T22:13:20.123Z").unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_absolute("2023-11-14T23:13:20.123+01:00").unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_absolute("2023-11-14T22:13:20.123999Z").unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_absolute("2023-11-14T22:13:20.123").unwrap(), 1_700_000_000_123);
+        assert_eq!(
+            parse_absolute("1700000000123.9").unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_absolute("2023-11-14T22:13:20.123Z").unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_absolute("2023-11-14T23:13:20.123+01:00").unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_absolute("2023-11-14T22:13:20.123999Z").unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_absolute("2023-11-14T22:13:20.123").unwrap(),
+            1_700_000_000_123
+        );
         assert_eq!(parse_absolute("1970-01-01").unwrap(), 0);
     }
 
@@ -140,7 +158,10 @@ mod tests {
         assert!(parse_absolute("-5").is_err());
         assert!(parse_absolute("253402300800000").is_err());
         assert!(parse_absolute("1969-12-31T23:59:59Z").is_err());
-        assert!(parse_absolute("yesterday").unwrap_err().to_string().contains("ISO 8601"));
+        assert!(parse_absolute("yesterday")
+            .unwrap_err()
+            .to_string()
+            .contains("ISO 8601"));
         assert!(from_f64_ms(f64::NAN).is_err());
         assert!(from_f64_ms(1e300).is_err());
     }

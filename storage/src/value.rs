@@ -255,7 +255,9 @@ impl InValue {
                 if ty == StreamType::Float {
                     let g = f as f32;
                     if f.is_finite() && !g.is_finite() {
-                        return Err(format!("{f} is outside the range of a FLOAT stream (32-bit)"));
+                        return Err(format!(
+                            "{f} is outside the range of a FLOAT stream (32-bit)"
+                        ));
                     }
                     Ok(Value::Float(g as f64))
                 } else {
@@ -360,15 +362,27 @@ mod tests {
 
     #[test]
     fn inference() {
-        assert_eq!(StreamType::infer(&InValue::Float(1.5)), Some(StreamType::Double));
-        assert_eq!(StreamType::infer(&InValue::Int(1)), Some(StreamType::Double));
-        assert_eq!(StreamType::infer(&InValue::Str("x".into())), Some(StreamType::String));
+        assert_eq!(
+            StreamType::infer(&InValue::Float(1.5)),
+            Some(StreamType::Double)
+        );
+        assert_eq!(
+            StreamType::infer(&InValue::Int(1)),
+            Some(StreamType::Double)
+        );
+        assert_eq!(
+            StreamType::infer(&InValue::Str("x".into())),
+            Some(StreamType::String)
+        );
         assert_eq!(StreamType::infer(&InValue::Bool(true)), None);
     }
 
     #[test]
     fn fits_and_misfits() {
-        assert_eq!(InValue::Int(5).into_value(StreamType::Integer), Ok(Value::Int(5)));
+        assert_eq!(
+            InValue::Int(5).into_value(StreamType::Integer),
+            Ok(Value::Int(5))
+        );
         assert!(InValue::Float(5.5)
             .into_value(StreamType::Integer)
             .unwrap_err()
@@ -377,8 +391,13 @@ mod tests {
             .into_value(StreamType::Integer)
             .unwrap_err()
             .contains("32-bit"));
-        assert_eq!(InValue::Int(1 << 40).into_value(StreamType::Long), Ok(Value::Int(1 << 40)));
-        assert!(InValue::Str("abc".into()).into_value(StreamType::Double).is_err());
+        assert_eq!(
+            InValue::Int(1 << 40).into_value(StreamType::Long),
+            Ok(Value::Int(1 << 40))
+        );
+        assert!(InValue::Str("abc".into())
+            .into_value(StreamType::Double)
+            .is_err());
         assert_eq!(
             InValue::Str("231.02".into()).into_value(StreamType::Double),
             Ok(Value::Float(231.02))
@@ -387,7 +406,9 @@ mod tests {
             InValue::Float(0.1).into_value(StreamType::Float),
             Ok(Value::Float(0.1f32 as f64))
         );
-        assert!(InValue::Str("{".into()).into_value(StreamType::Json).is_err());
+        assert!(InValue::Str("{".into())
+            .into_value(StreamType::Json)
+            .is_err());
         assert_eq!(
             InValue::Str("AAE=".into()).into_value(StreamType::Binary),
             Ok(Value::Bytes(vec![0, 1]))
@@ -397,7 +418,9 @@ mod tests {
     #[test]
     fn json_documents_round_trip() {
         let doc = serde_json::json!({"type": "Point", "coordinates": [8.5, 47.3]});
-        let v = InValue::Json(doc.clone()).into_value(StreamType::Geojson).unwrap();
+        let v = InValue::Json(doc.clone())
+            .into_value(StreamType::Geojson)
+            .unwrap();
         assert_eq!(v.to_json(StreamType::Geojson), doc);
     }
 }

@@ -22,6 +22,68 @@ struct Cli {
 enum Cmd {
     /// Ingest the standard workload and measure.
     Ingest(IngestArgs),
+    /// Act as gateways: post live readings of simulated meters every second.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Parser)]
+struct SimulateArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Meters to simulate (12 streams each).
+    #[arg(long, default_value_t = 20)]
+    meters: usize,
+    /// Meters per gateway.
+    #[arg(long, default_value_t = 10)]
+    meters_per_gateway: usize,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+fn simulate(a: SimulateArgs) -> Result<()> {
+    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 1);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let started = Instant::now();
+    let mut tick = 0u64;
+    eprintln!(
+        "simulating {} meters behind {} gateways, posting to {} every second",
+        a.meters,
+        a.meters.div_ceil(a.meters_per_gateway),
+        a.url
+    );
+    loop {
+        if a.seconds.is_some_and(|s| tick >= s) {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64
+            / 1000
+            * 1000;
+        for body in batch::build(&mut fleet, a.meters_per_gateway, now, 1, usize::MAX) {
+            match client
+                .post(format!("{}/ws/v1/streams/history", a.url))
+                .header("content-type", "application/msgpack")
+                .body(body)
+                .send()
+            {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => eprintln!(
+                    "server answered {}: {}",
+                    r.status(),
+                    r.text().unwrap_or_default()
+                ),
+                Err(e) => eprintln!("server unreachable: {e}"),
+            }
+        }
+        tick += 1;
+        let next = started + Duration::from_secs(tick);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
 }
 
 #[derive(Parser)]
@@ -62,15 +124,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn ingest(a: IngestArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dir = a.data_dir.clone().unwrap_or_else(|| tmp.path().join("data"));
-    let now = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64) / 1000 * 1000;
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("data"));
+    let now = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64)
+        / 1000
+        * 1000;
     let start_ms = now - a.seconds as i64 * 1000;
     eprintln!("generating {} meters x {} s ...", a.meters, a.seconds);
     let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
-    let batches = Arc::new(batch::build(&mut fleet, a.meters_per_gateway, start_ms, a.seconds, a.batch));
+    let batches = Arc::new(batch::build(
+        &mut fleet,
+        a.meters_per_gateway,
+        start_ms,
+        a.seconds,
+        a.batch,
+    ));
     let points = (a.meters * 12 * a.seconds) as f64;
     let body_bytes: usize = batches.iter().map(|b| b.len()).sum();
-    eprintln!("{} batches, {:.1} MB of MessagePack ({:.2} B/pt on the wire)", batches.len(), body_bytes as f64 / 1e6, body_bytes as f64 / points);
+    eprintln!(
+        "{} batches, {:.1} MB of MessagePack ({:.2} B/pt on the wire)",
+        batches.len(),
+        body_bytes as f64 / 1e6,
+        body_bytes as f64 / points
+    );
 
     let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &[])?;
     let cpu0 = srv.cpu_seconds()?;
@@ -80,16 +160,25 @@ fn ingest(a: IngestArgs) -> Result<()> {
     for _ in 0..a.connections {
         let (batches, next, url) = (batches.clone(), next.clone(), srv.url.clone());
         handles.push(std::thread::spawn(move || -> Result<()> {
-            let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(b) = batches.get(i) else { return Ok(()) };
+                let Some(b) = batches.get(i) else {
+                    return Ok(());
+                };
                 let r = client
                     .post(format!("{url}/ws/v1/streams/history"))
                     .header("content-type", "application/msgpack")
                     .body(b.clone())
                     .send()?;
-                ensure!(r.status().as_u16() == 201, "batch {i}: {} {}", r.status(), r.text()?);
+                ensure!(
+                    r.status().as_u16() == 201,
+                    "batch {i}: {} {}",
+                    r.status(),
+                    r.text()?
+                );
             }
         }));
     }
@@ -100,7 +189,10 @@ fn ingest(a: IngestArgs) -> Result<()> {
     let client = reqwest::blocking::Client::new();
     let probe = fleet.stream_path(a.meters - 1, 11);
     let v: serde_json::Value = client
-        .get(format!("{}/ws/v1/streams/history/{probe}?order=desc&size=1", srv.url))
+        .get(format!(
+            "{}/ws/v1/streams/history/{probe}?order=desc&size=1",
+            srv.url
+        ))
         .send()?
         .json()?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -114,12 +206,21 @@ fn ingest(a: IngestArgs) -> Result<()> {
     for _ in 0..a.query_runs {
         let t = Instant::now();
         let r = client
-            .get(format!("{}/ws/v1/streams/history/{stream}?start_time={}&end_time={}", srv.url, now - 3_600_000, now))
+            .get(format!(
+                "{}/ws/v1/streams/history/{stream}?start_time={}&end_time={}",
+                srv.url,
+                now - 3_600_000,
+                now
+            ))
             .send()?;
         ensure!(r.status().is_success());
         let v: serde_json::Value = r.json()?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        ensure!(v["count"].as_u64().unwrap_or(0) == (a.seconds.min(3600).min(1000)) as u64, "unexpected count {}", v["count"]);
+        ensure!(
+            v["count"].as_u64().unwrap_or(0) == (a.seconds.min(3600).min(1000)) as u64,
+            "unexpected count {}",
+            v["count"]
+        );
     }
     let raw_ms = median(lat);
     let rss_after_queries = srv.rss_bytes()?;
@@ -128,7 +229,10 @@ fn ingest(a: IngestArgs) -> Result<()> {
     // Reopen and time it.
     let (srv, reopen) = ServerProcess::start(&a.server_bin, &dir, &[])?;
     let v: serde_json::Value = client
-        .get(format!("{}/ws/v1/streams/history/{probe}?order=desc&size=1", srv.url))
+        .get(format!(
+            "{}/ws/v1/streams/history/{probe}?order=desc&size=1",
+            srv.url
+        ))
         .send()?
         .json()?;
     ensure!(v["count"] == 1, "after reopen: {v}");
@@ -150,7 +254,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&figures)?);
     if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&figures)?).with_context(|| p.display().to_string())?;
+        std::fs::write(&p, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| p.display().to_string())?;
     }
     Ok(())
 }
@@ -158,5 +263,6 @@ fn ingest(a: IngestArgs) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Ingest(a) => ingest(a),
+        Cmd::Simulate(a) => simulate(a),
     }
 }

@@ -69,8 +69,17 @@ fn start(dir: &std::path::Path) -> Server {
 /// are added as possibilities (a later acknowledged write narrows it to one again).
 type Acked = Arc<Mutex<BTreeMap<(String, i64), Vec<u64>>>>;
 
-fn writer(url: String, id: usize, round: usize, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+fn writer(
+    url: String,
+    id: usize,
+    round: usize,
+    acked: Acked,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64((id * 1000 + round) as u64);
     let mut batch_no = 0i64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && batch_no < 10_000 {
@@ -81,12 +90,16 @@ fn writer(url: String, id: usize, round: usize, acked: Acked, stop: Arc<std::syn
             let stream = format!("crash/w{id}/s{}", rng.gen_range(0..5));
             // Timestamps overlap across rounds and batches, so replacements happen too.
             let ts = 1_000_000 + rng.gen_range(0..20_000i64) * 10 + k;
-            let v: f64 = f64::from_bits(rng.gen::<u64>() >> 2) * if rng.gen_bool(0.5) { -1.0 } else { 1.0 };
+            let v: f64 =
+                f64::from_bits(rng.gen::<u64>() >> 2) * if rng.gen_bool(0.5) { -1.0 } else { 1.0 };
             let v = if v.is_finite() { v } else { 0.5 };
             points.push((stream.clone(), ts, v.to_bits()));
             items.push(json!({"stream_id": stream, "value": v, "timestamp": ts}));
         }
-        let sent = client.post(format!("{url}/ws/v1/streams/history")).json(&json!(items)).send();
+        let sent = client
+            .post(format!("{url}/ws/v1/streams/history"))
+            .json(&json!(items))
+            .send();
         match sent {
             Ok(r) if r.status().as_u16() == 201 => {
                 let mut a = acked.lock().unwrap();
@@ -125,7 +138,8 @@ fn verify(url: &str, acked: &BTreeMap<(String, i64), Vec<u64>>) {
             }
             let v: Value = client.get(&q).send().unwrap().json().unwrap();
             for p in v["list"].as_array().unwrap() {
-                let t = meterstream_storage::time::parse_absolute(p["timestamp"].as_str().unwrap()).unwrap();
+                let t = meterstream_storage::time::parse_absolute(p["timestamp"].as_str().unwrap())
+                    .unwrap();
                 got.insert(t, p["value"].as_f64().unwrap().to_bits());
             }
             match v["cursor"].as_str() {
@@ -173,7 +187,10 @@ fn kill_9_loses_no_acknowledged_point() {
         }
     }
     let n = acked.lock().unwrap().len();
-    assert!(n > 1000, "only {n} points were acknowledged; the test did not load the server");
+    assert!(
+        n > 1000,
+        "only {n} points were acknowledged; the test did not load the server"
+    );
     let server = start(dir.path());
     verify(&server.url, &acked.lock().unwrap());
 }

@@ -2,12 +2,19 @@ use crate::support::{error_message, json_of, TestServer};
 use serde_json::{json, Value};
 
 fn load(s: &TestServer, stream: &str, n: i64) {
-    let pts: Vec<Value> = (0..n).map(|i| json!({"stream_id": stream, "value": i as f64, "timestamp": 1_000_000 + i * 1000})).collect();
+    let pts: Vec<Value> = (0..n)
+        .map(|i| json!({"stream_id": stream, "value": i as f64, "timestamp": 1_000_000 + i * 1000}))
+        .collect();
     assert_eq!(s.post_json(&json!(pts)).status().as_u16(), 201);
 }
 
 fn ts_of(v: &Value) -> Vec<i64> {
-    v["list"].as_array().unwrap().iter().map(|p| crate::support::ms(p["timestamp"].as_str().unwrap())).collect()
+    v["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| crate::support::ms(p["timestamp"].as_str().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -41,7 +48,8 @@ fn order_size_and_cursor_page_exactly_once_while_points_arrive() {
         let mut cursor: Option<String> = None;
         let mut pages = 0;
         loop {
-            let mut q = format!("/ws/v1/streams/history/h/p?order={order}&size=300&end_time=3500000");
+            let mut q =
+                format!("/ws/v1/streams/history/h/p?order={order}&size=300&end_time=3500000");
             if let Some(c) = &cursor {
                 q.push_str(&format!("&cursor={c}"));
             }
@@ -82,14 +90,18 @@ fn server_timeline() {
     let mid = meterstream_storage::time::now_ms();
     std::thread::sleep(std::time::Duration::from_millis(5));
     s.post_json(&json!([{"stream_id": "h/s", "value": 2.0, "timestamp": 1000}]));
-    let (_, v) = s.get_json(&format!("/ws/v1/streams/history/h/s?timeline=server&start_time={mid}"));
+    let (_, v) = s.get_json(&format!(
+        "/ws/v1/streams/history/h/s?timeline=server&start_time={mid}"
+    ));
     assert_eq!(ts_of(&v), vec![1000]);
     let (_, v) = s.get_json("/ws/v1/streams/history/h/s?timeline=server");
     assert_eq!(ts_of(&v), vec![5000, 1000]);
     let (_, v) = s.get_json("/ws/v1/streams/history/h/s?timeline=server&order=desc&size=1");
     assert_eq!(ts_of(&v), vec![1000]);
     let c = v["cursor"].as_str().unwrap().to_string();
-    let (_, v) = s.get_json(&format!("/ws/v1/streams/history/h/s?timeline=server&order=desc&size=1&cursor={c}"));
+    let (_, v) = s.get_json(&format!(
+        "/ws/v1/streams/history/h/s?timeline=server&order=desc&size=1&cursor={c}"
+    ));
     assert_eq!(ts_of(&v), vec![5000]);
     assert!(v.get("cursor").is_none());
 }
@@ -143,12 +155,21 @@ fn unknown_streams_and_bad_paths() {
 fn delete_history_by_range() {
     let s = TestServer::start();
     load(&s, "h/d", 10);
-    let r = s.delete("/ws/v1/streams/history/h/d?start_time=1002000&end_time=1005000").send().unwrap();
+    let r = s
+        .delete("/ws/v1/streams/history/h/d?start_time=1002000&end_time=1005000")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(json_of(r), json!({"deleted": 3}));
     let got: Vec<i64> = s.history_all("h/d", "").iter().map(|p| p.0).collect();
-    assert_eq!(got, vec![1_000_000, 1_001_000, 1_005_000, 1_006_000, 1_007_000, 1_008_000, 1_009_000]);
-    let r = s.delete("/ws/v1/streams/history/h/d?timeline=server").send().unwrap();
+    assert_eq!(
+        got,
+        vec![1_000_000, 1_001_000, 1_005_000, 1_006_000, 1_007_000, 1_008_000, 1_009_000]
+    );
+    let r = s
+        .delete("/ws/v1/streams/history/h/d?timeline=server")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let r = s.delete("/ws/v1/streams/history/h/d").send().unwrap();
     assert_eq!(json_of(r), json!({"deleted": 7}));

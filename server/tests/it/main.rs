@@ -1,9 +1,12 @@
 //! Integration tests of meterstream-server over real HTTP on 127.0.0.1, with real sled stores in
 //! temporary directories. `crash` runs the real binary and kills it with SIGKILL.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure should fail the test loudly
+
 mod crash;
 mod history;
 mod ingest;
 mod inventory;
+mod readme;
 mod service;
 mod support;

@@ -20,9 +20,15 @@ fn metrics_count_what_happened() {
     s.get_json("/ws/v1/streams/history/m/zz");
     let text = s.get("/metrics").send().unwrap().text().unwrap();
     assert_eq!(metric(&text, "meterstream_ingest_points_total"), 2.0);
-    assert_eq!(metric(&text, "meterstream_ingest_rejected_points_total"), 1.0);
+    assert_eq!(
+        metric(&text, "meterstream_ingest_rejected_points_total"),
+        1.0
+    );
     assert_eq!(metric(&text, "meterstream_streams"), 2.0);
-    assert_eq!(metric(&text, "meterstream_storage_points_written_total"), 2.0);
+    assert_eq!(
+        metric(&text, "meterstream_storage_points_written_total"),
+        2.0
+    );
     assert_eq!(
         metric(&text, "meterstream_http_requests_total{method=\"GET\",route=\"/ws/v1/streams/history/{stream_id:.*}\",status=\"404\"}"),
         1.0
@@ -44,7 +50,11 @@ fn health_and_unknown_routes() {
     let (st, v) = s.get_json("/ws/v1/nothing");
     assert_eq!(st, 404);
     assert!(error_message(&v, 404).contains("/ws/v1/nothing"));
-    let r = s.client.patch(format!("{}/ws/v1/streams/inventory/a", s.url)).send().unwrap();
+    let r = s
+        .client
+        .patch(format!("{}/ws/v1/streams/inventory/a", s.url))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
 }
 
@@ -60,7 +70,10 @@ fn retention_deletes_expired_points_in_the_background() {
     ]));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while s.history_all("ret/a", "").len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "retention did not run");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(s.history_all("ret/a", "")[0].1, json!(2.0));
@@ -86,7 +99,9 @@ fn everything_survives_a_graceful_restart() {
     assert_eq!(v["list"][0]["value"], json!(2997.0 / 8.0));
     let got = s.history_all("gw1/m/v", "");
     assert_eq!(got.len(), 1000);
-    assert!(got.iter().all(|(t, v)| v.as_f64().unwrap() == (t - 1000) as f64 / 8.0));
+    assert!(got
+        .iter()
+        .all(|(t, v)| v.as_f64().unwrap() == (t - 1000) as f64 / 8.0));
     // A clean shutdown leaves no log to replay.
     let wal: Vec<_> = std::fs::read_dir(dir.join("wal")).unwrap().collect();
     assert!(wal.len() <= 1, "{wal:?}");

@@ -1,6 +1,6 @@
 use meterstream_storage::{
-    Child, Config, Cursor, Engine, GroupIn, HistoryQuery, InValue, Order, PointIn, Store,
-    StorageError, StreamFilter, StreamType, StreamUpdate, Timeline, Value,
+    Child, Config, Cursor, Engine, GroupIn, HistoryQuery, InValue, Order, PointIn, StorageError,
+    Store, StreamFilter, StreamType, StreamUpdate, Timeline, Value,
 };
 use std::time::Duration;
 
@@ -61,7 +61,9 @@ pub fn all(store: &dyn Store, path: &str) -> Vec<(i64, f64)> {
 #[test]
 fn write_read_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let pts: Vec<(i64, f64)> = (0..500).map(|i| (1000 + i * 1000, i as f64 * 0.5)).collect();
+    let pts: Vec<(i64, f64)> = (0..500)
+        .map(|i| (1000 + i * 1000, i as f64 * 0.5))
+        .collect();
     {
         let s = Engine::open(small_config(dir.path())).unwrap();
         let out = s.write(vec![group("gw/m/v", &pts)], 5).unwrap();
@@ -88,8 +90,14 @@ fn late_points_replace_and_current_only_moves_forward() {
     let pts: Vec<(i64, f64)> = (0..300).map(|i| (i * 10, i as f64)).collect();
     s.write(vec![group("a", &pts)], 1).unwrap();
     // Late points: into sealed chunks, before the first chunk, between points, replacing.
-    s.write(vec![group("a", &[(5, -1.0), (0, -2.0), (1234, -3.0), (2990, -4.0)])], 2)
-        .unwrap();
+    s.write(
+        vec![group(
+            "a",
+            &[(5, -1.0), (0, -2.0), (1234, -3.0), (2990, -4.0)],
+        )],
+        2,
+    )
+    .unwrap();
     let mut want: std::collections::BTreeMap<i64, f64> = pts.into_iter().collect();
     for (t, v) in [(5, -1.0), (0, -2.0), (1234, -3.0), (2990, -4.0)] {
         want.insert(t, v);
@@ -107,7 +115,8 @@ fn delete_range_and_stream() {
     let dir = tempfile::tempdir().unwrap();
     let s = Engine::open(small_config(dir.path())).unwrap();
     let pts: Vec<(i64, f64)> = (0..300).map(|i| (i * 10, i as f64)).collect();
-    s.write(vec![group("a", &pts), group("b", &pts)], 1).unwrap();
+    s.write(vec![group("a", &pts), group("b", &pts)], 1)
+        .unwrap();
     assert_eq!(s.delete_history("a", 100, 2500).unwrap(), 240);
     let left = all(&s, "a");
     assert_eq!(left.len(), 60);
@@ -116,8 +125,14 @@ fn delete_range_and_stream() {
     s.delete_history("a", 2900, 3000).unwrap();
     assert_eq!(s.stream("a").unwrap().current.unwrap().timestamp, 2890);
     s.delete_stream("b").unwrap();
-    assert!(matches!(s.stream("b"), Err(StorageError::StreamNotFound { .. })));
-    assert!(matches!(s.delete_stream("b"), Err(StorageError::StreamNotFound { .. })));
+    assert!(matches!(
+        s.stream("b"),
+        Err(StorageError::StreamNotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete_stream("b"),
+        Err(StorageError::StreamNotFound { .. })
+    ));
     // A recreated stream starts empty.
     s.write(vec![group("b", &[(1, 1.0)])], 2).unwrap();
     assert_eq!(all(&s, "b"), vec![(1, 1.0)]);
@@ -160,13 +175,21 @@ fn type_checks_and_per_item_errors() {
         ],
         first_index: 10,
     };
-    let out = s.write(vec![g, group("bad//path", &[(1, 1.0)])], 77).unwrap();
+    let out = s
+        .write(vec![g, group("bad//path", &[(1, 1.0)])], 77)
+        .unwrap();
     assert_eq!(out.stored, 1);
     let idx: Vec<usize> = out.errors.iter().map(|e| e.index).collect();
     assert_eq!(idx, vec![0, 11, 12, 13]);
     assert!(out.errors[0].error.to_string().contains("empty segment"));
-    assert!(out.errors[1].error.to_string().contains("does not fit a INTEGER stream"));
-    assert!(out.errors[2].error.to_string().contains("outside the supported range"));
+    assert!(out.errors[1]
+        .error
+        .to_string()
+        .contains("does not fit a INTEGER stream"));
+    assert!(out.errors[2]
+        .error
+        .to_string()
+        .contains("outside the supported range"));
     let info = s.stream("dev/count").unwrap();
     assert_eq!(info.meta.units, "pcs");
     assert_eq!(info.current.unwrap().value, Value::Int(5));
@@ -297,7 +320,10 @@ fn listing_filters_and_folders() {
     assert_eq!(p2.items.len(), 1);
     assert!(p2.next.is_none());
     assert!(matches!(&p2.items[0], Child::Stream(i) if i.path == "gw1/status"));
-    assert!(matches!(s.children("nope", 10, None), Err(StorageError::StreamNotFound { .. })));
+    assert!(matches!(
+        s.children("nope", 10, None),
+        Err(StorageError::StreamNotFound { .. })
+    ));
 }
 
 #[test]
@@ -305,7 +331,8 @@ fn retention_deletes_expired_points() {
     let dir = tempfile::tempdir().unwrap();
     let s = Engine::open(small_config(dir.path())).unwrap();
     let pts: Vec<(i64, f64)> = (0..200).map(|i| (i * 1000, i as f64)).collect();
-    s.write(vec![group("r", &pts), group("keep", &pts)], 1).unwrap();
+    s.write(vec![group("r", &pts), group("keep", &pts)], 1)
+        .unwrap();
     s.put_stream(
         "r",
         StreamUpdate {
@@ -326,7 +353,8 @@ fn retention_deletes_expired_points() {
 fn server_timeline_orders_by_arrival() {
     let dir = tempfile::tempdir().unwrap();
     let s = Engine::open(small_config(dir.path())).unwrap();
-    s.write(vec![group("t", &[(300, 3.0), (100, 1.0)])], 1000).unwrap();
+    s.write(vec![group("t", &[(300, 3.0), (100, 1.0)])], 1000)
+        .unwrap();
     s.write(vec![group("t", &[(200, 2.0)])], 2000).unwrap();
     let q = |order, cursor| HistoryQuery {
         from: 0,

@@ -39,7 +39,11 @@ fn page_through(s: &dyn Store, order: Order, limit: usize, from: i64, to: i64) -
             )
             .unwrap();
         assert!(p.items.len() <= limit);
-        out.extend(p.items.iter().map(|p| (p.timestamp, p.value.as_f64().unwrap())));
+        out.extend(
+            p.items
+                .iter()
+                .map(|p| (p.timestamp, p.value.as_f64().unwrap())),
+        );
         match p.next {
             Some(c) => cursor = Some(c),
             None => return out,
