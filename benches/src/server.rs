@@ -85,6 +85,31 @@ impl ServerProcess {
         bail!("no VmRSS")
     }
 
+    /// Resident memory by mapping (largest first), from `/proc/PID/smaps`, for diagnosis.
+    pub fn smaps_summary(&self) -> Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id()))?;
+        let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut name = String::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.first().is_some_and(|a| {
+                a.contains('-') && a.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            }) {
+                name = f.get(5).map_or("[anon]".to_string(), |s| s.to_string());
+            } else if f.first() == Some(&"Rss:") {
+                *by.entry(name.clone()).or_default() +=
+                    f.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        let mut v: Vec<_> = by.into_iter().collect();
+        v.sort_by_key(|(_, kb)| std::cmp::Reverse(*kb));
+        Ok(v.iter()
+            .take(8)
+            .map(|(n, kb)| format!("{:>8} kB {n}", kb))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     /// Stops the server gracefully (SIGTERM) and waits for it.
     pub fn stop(mut self) -> Result<()> {
         // SAFETY-free: libc::kill on our own child's pid.

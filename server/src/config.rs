@@ -24,7 +24,7 @@ pub struct Config {
     /// Longest seconds between checkpoints of the store (open chunks saved, log truncated).
     /// Default 30.
     pub checkpoint_interval: u64,
-    /// Points per compressed chunk. Default 1024.
+    /// Points per compressed chunk. Default 2048.
     pub chunk_points: usize,
     /// sled page cache in MiB. Default 64.
     pub cache_mb: u64,
@@ -43,7 +43,7 @@ impl Default for Config {
             body_limit: 16 << 20,
             retention_sweep_interval: 60,
             checkpoint_interval: 30,
-            chunk_points: 1024,
+            chunk_points: 2048,
             cache_mb: 64,
             workers: 0,
             log: "info".into(),
@@ -238,7 +238,7 @@ mod tests {
         let c = Config::load(&args).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.body_limit, 4096);
-        assert_eq!(c.chunk_points, 1024);
+        assert_eq!(c.chunk_points, 2048);
     }
 
     #[test]

@@ -7,6 +7,11 @@ use meterstream_storage::Engine;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
+/// mimalloc instead of glibc malloc: the store allocates on request threads and frees on its apply
+/// thread, which left about 80 MB of fragmented arenas with glibc after the standard ingest.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(&Args::parse())?;

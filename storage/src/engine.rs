@@ -3,6 +3,7 @@
 
 use crate::codec;
 use crate::error::{Result, StorageError};
+use crate::head::Head;
 use crate::metrics::StoreMetrics;
 use crate::path::{device_id, validate_path};
 use crate::point::{stable_hash, DataPoint, GroupIn};
@@ -30,9 +31,12 @@ const SHARDS: usize = 1 << SHARD_BITS;
 pub struct Config {
     /// Data directory; holds `sled/` and `wal/`.
     pub path: PathBuf,
-    /// Points per sealed chunk (64..=65536). Larger chunks compress better and hold more memory
-    /// in open heads: at most `streams × chunk_points × 16` bytes.
+    /// Points per sealed chunk (64..=65536). Larger chunks compress better and keep more points
+    /// in open heads (about 2 bytes of memory each).
     pub chunk_points: usize,
+    /// Points per compressed block of an open head (8..=4096); the newest points, up to this
+    /// many, are kept uncompressed (16 bytes each).
+    pub head_block_points: usize,
     /// Size at which a log segment is closed.
     pub segment_bytes: u64,
     /// Longest time between checkpoints while there are changes.
@@ -50,7 +54,8 @@ impl Config {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Config {
             path: path.into(),
-            chunk_points: 1024,
+            chunk_points: 2048,
+            head_block_points: 128,
             segment_bytes: 64 << 20,
             checkpoint_interval: Duration::from_secs(30),
             checkpoint_log_bytes: 512 << 20,
@@ -65,6 +70,12 @@ impl Config {
             return Err(StorageError::invalid(
                 "chunk_points",
                 format!("{} is outside 64..=65536", self.chunk_points),
+            ));
+        }
+        if !(8..=4096).contains(&self.head_block_points) {
+            return Err(StorageError::invalid(
+                "head_block_points",
+                format!("{} is outside 8..=4096", self.head_block_points),
             ));
         }
         if self.segment_bytes < 1 << 16 {
@@ -105,27 +116,30 @@ fn shard_of_path(path: &str) -> u64 {
 
 struct StreamState {
     rec: StreamRecord,
-    head: Series,
+    head: Head,
     /// Largest timestamp in sealed chunks; every head point is newer.
     sealed_max: Option<i64>,
     /// The point with the largest timestamp (derived, cached).
     current: Option<DataPoint>,
     /// The head changed since the last checkpoint.
     dirty: bool,
+    /// The head as encoded in the last snapshot (reused while it does not change).
+    saved: Option<Box<[u8]>>,
     /// Server time of the last write, ms.
     last_write: i64,
 }
 
 impl StreamState {
-    fn new(rec: StreamRecord) -> Self {
+    fn new(rec: StreamRecord, block: usize) -> Self {
         let kind = rec.meta.stream_type.kind();
         StreamState {
             last_write: rec.created,
             rec,
-            head: Series::new(kind),
+            head: Head::new(kind, block),
             sealed_max: None,
             current: None,
             dirty: false,
+            saved: None,
         }
     }
 
@@ -174,7 +188,6 @@ struct Inner {
     cfg: Config,
     db: sled::Db,
     chunks: sled::Tree,
-    heads: sled::Tree,
     streams: sled::Tree,
     meta: sled::Tree,
     registry: RwLock<Registry>,
@@ -226,31 +239,33 @@ impl Inner {
     fn recompute_tail(&self, st: &mut StreamState) -> Result<()> {
         let last = self.last_chunk(st.rec.id)?;
         st.sealed_max = last.as_ref().and_then(|(_, s)| s.last_ts());
-        st.current = if !st.head.is_empty() {
-            Some(st.head.point(st.head.len() - 1))
-        } else {
-            last.map(|(_, s)| s.point(s.len() - 1))
+        st.current = match st.head.last_point()? {
+            Some(p) => Some(p),
+            None => last.map(|(_, s)| s.point(s.len() - 1)),
         };
         Ok(())
     }
 
     fn seal_full(&self, st: &mut StreamState) -> Result<()> {
         let cp = self.cfg.chunk_points;
-        while st.head.len() >= cp {
-            let rest = st.head.split_off(cp);
-            let full = std::mem::replace(&mut st.head, rest);
-            self.write_chunk(st.rec.id, &full)?;
-            st.sealed_max = full.last_ts();
+        if st.head.len() < cp {
+            return Ok(());
         }
-        Ok(())
+        let mut s = st.head.take()?;
+        while s.len() >= cp {
+            let rest = s.split_off(cp);
+            self.write_chunk(st.rec.id, &s)?;
+            st.sealed_max = s.last_ts();
+            s = rest;
+        }
+        st.head.replace(s)
     }
 
     fn seal_all(&self, st: &mut StreamState) -> Result<()> {
         if st.head.is_empty() {
             return Ok(());
         }
-        let kind = st.head.values.kind();
-        let full = std::mem::replace(&mut st.head, Series::new(kind));
+        let full = st.head.take()?;
         self.write_chunk(st.rec.id, &full)?;
         st.sealed_max = full.last_ts();
         st.dirty = true;
@@ -312,7 +327,7 @@ impl Inner {
         for p in late {
             let Some(target) = self.target_chunk(id, p.ts)? else {
                 // No chunk at all (they were deleted meanwhile): the point belongs to the head.
-                st.head.upsert(p.ts, p.value, server_ts, p.extras);
+                st.head.write(std::slice::from_ref(&p), server_ts)?;
                 continue;
             };
             if cur.as_ref().is_none_or(|(k, _)| *k != target) {
@@ -378,7 +393,6 @@ impl Inner {
             batch.remove(k?);
         }
         self.chunks.apply_batch(batch)?;
-        self.heads.remove(id_key(id))?;
         self.streams.remove(id_key(id))?;
         Ok(())
     }
@@ -405,14 +419,17 @@ impl Inner {
                 let mut sh = self.shards[shard_of_id(r.id)].lock();
                 match sh.streams.get_mut(&r.id) {
                     Some(st) => {
-                        if st.head.values.kind() != r.meta.stream_type.kind() && st.head.is_empty()
-                        {
-                            st.head = Series::new(r.meta.stream_type.kind());
+                        if st.head.kind() != r.meta.stream_type.kind() && st.head.is_empty() {
+                            st.head =
+                                Head::new(r.meta.stream_type.kind(), self.cfg.head_block_points);
                         }
                         st.rec = r.clone();
                     }
                     None => {
-                        sh.streams.insert(r.id, StreamState::new(r.clone()));
+                        sh.streams.insert(
+                            r.id,
+                            StreamState::new(r.clone(), self.cfg.head_block_points),
+                        );
                     }
                 }
                 Ok(0)
@@ -440,8 +457,8 @@ impl Inner {
                         continue; // deleted after the batch was checked
                     };
                     let before = st.head.len();
-                    let mut late = Vec::new();
-                    for p in points {
+                    // The newest point of the batch (the last written of equal timestamps).
+                    if let Some(p) = points.iter().max_by_key(|p| p.ts) {
                         if st.current.as_ref().is_none_or(|c| p.ts >= c.timestamp) {
                             st.current = Some(DataPoint {
                                 timestamp: p.ts,
@@ -450,15 +467,15 @@ impl Inner {
                                 extras: p.extras.clone(),
                             });
                         }
-                        if st.sealed_max.is_some_and(|m| p.ts <= m) {
-                            late.push(p.clone());
-                        } else {
-                            st.head
-                                .upsert(p.ts, p.value.clone(), *server_ts, p.extras.clone());
-                        }
                     }
-                    if !late.is_empty() {
-                        self.merge_late(st, late, *server_ts)?;
+                    match st.sealed_max {
+                        Some(m) if points.iter().any(|p| p.ts <= m) => {
+                            let (late, fresh): (Vec<PointRec>, Vec<PointRec>) =
+                                points.iter().cloned().partition(|p| p.ts <= m);
+                            st.head.write(&fresh, *server_ts)?;
+                            self.merge_late(st, late, *server_ts)?;
+                        }
+                        _ => st.head.write(points, *server_ts)?,
                     }
                     self.seal_full(st)?;
                     let after = st.head.len();
@@ -480,7 +497,7 @@ impl Inner {
                 let Some(st) = sh.streams.get_mut(id) else {
                     return Ok(0);
                 };
-                let from_head = st.head.delete_range(*from, *to);
+                let from_head = st.head.delete_range(*from, *to)?;
                 self.open_points.fetch_sub(from_head as u64, AtOrd::Relaxed);
                 let n = from_head as u64 + self.delete_chunks_in(*id, *from, *to)?;
                 if n > 0 {
@@ -506,20 +523,30 @@ impl Inner {
                     self.seal_all(st)?;
                     self.open_points.fetch_sub(n, AtOrd::Relaxed);
                 }
-                if !st.dirty {
-                    continue;
+                if st.dirty {
+                    st.saved = if st.head.is_empty() {
+                        None
+                    } else {
+                        Some(codec::encode(&st.head.to_series()?)?.into_boxed_slice())
+                    };
+                    st.dirty = false;
+                    saved += 1;
                 }
-                if st.head.is_empty() {
-                    self.heads.remove(id_key(st.rec.id))?;
-                } else {
-                    self.heads
-                        .insert(id_key(st.rec.id), codec::encode(&st.head)?)?;
-                }
-                st.dirty = false;
-                saved += 1;
             }
         }
+        // Chunks first: the snapshot's heads leave out what is sealed.
         self.db.flush()?;
+        let mut entries: Vec<(u64, Box<[u8]>)> = Vec::new();
+        for shard in self.shards.iter() {
+            let sh = shard.lock();
+            entries.extend(
+                sh.streams
+                    .values()
+                    .filter_map(|st| st.saved.clone().map(|b| (st.rec.id, b))),
+            );
+        }
+        crate::snapshot::write(&self.cfg.path, seq, entries.iter().map(|(i, b)| (*i, &**b)))?;
+        drop(entries);
         let next = self.registry.read().next_counter;
         self.meta.insert("checkpoint_seq", &seq.to_be_bytes())?;
         self.meta.insert("next_counter", &next.to_be_bytes())?;
@@ -547,7 +574,7 @@ impl Inner {
             self.shards[shard_of_id(rec.id)]
                 .lock()
                 .streams
-                .insert(rec.id, StreamState::new(rec));
+                .insert(rec.id, StreamState::new(rec, self.cfg.head_block_points));
         }
         if let Some(v) = self.meta.get("next_counter")? {
             let mut b = [0u8; 8];
@@ -555,13 +582,13 @@ impl Inner {
             reg.next_counter = reg.next_counter.max(u64::from_be_bytes(b));
         }
         drop(reg);
-        for kv in self.heads.iter() {
-            let (k, v) = kv?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k);
-            let id = u64::from_be_bytes(b);
-            if let Some(st) = self.shards[shard_of_id(id)].lock().streams.get_mut(&id) {
-                st.head = codec::decode(&v)?;
+        if let Some((_, entries)) = crate::snapshot::read(&self.cfg.path)? {
+            for (id, bytes) in entries {
+                if let Some(st) = self.shards[shard_of_id(id)].lock().streams.get_mut(&id) {
+                    st.head =
+                        Head::from_series(codec::decode(&bytes)?, self.cfg.head_block_points)?;
+                    st.saved = Some(bytes.into_boxed_slice());
+                }
             }
         }
         let mut open = 0u64;
@@ -572,7 +599,9 @@ impl Inner {
                 // A chunk sealed after the last checkpoint may already hold points of the saved
                 // head (sealing moves the whole head): those copies in the head are stale.
                 if let Some(m) = st.sealed_max {
-                    st.head.delete_range(0, m + 1);
+                    if st.head.delete_range(0, m + 1)? > 0 {
+                        st.dirty = true;
+                    }
                 }
                 open += st.head.len() as u64;
             }
@@ -677,7 +706,6 @@ impl Engine {
             .open()?;
         let inner = Arc::new(Inner {
             chunks: db.open_tree("chunks")?,
-            heads: db.open_tree("heads")?,
             streams: db.open_tree("streams")?,
             meta: db.open_tree("meta")?,
             db,
@@ -823,20 +851,10 @@ impl Engine {
                     }
                 }
                 if out.len() < want {
-                    for i in st.head.index_range(lo, hi) {
-                        out.push(st.head.point(i));
-                        if out.len() == want {
-                            break;
-                        }
-                    }
+                    st.head.collect(lo, hi, Order::Asc, want, &mut out)?;
                 }
             } else {
-                for i in st.head.index_range(lo, hi).rev() {
-                    out.push(st.head.point(i));
-                    if out.len() == want {
-                        break;
-                    }
-                }
+                st.head.collect(lo, hi, Order::Desc, want, &mut out)?;
                 if out.len() < want {
                     for kv in self.inner.chunks.range(chunk_key(id, 0)..hi_key).rev() {
                         let (k, v) = kv?;
@@ -905,7 +923,7 @@ impl Engine {
             }
             take(&codec::decode(&v)?);
         }
-        take(&st.head);
+        take(&st.head.to_series()?);
         found.sort_by_key(|p| (p.server_timestamp, p.timestamp));
         if q.order == Order::Desc {
             found.reverse();

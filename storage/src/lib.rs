@@ -10,6 +10,7 @@
 //! - [`wal`]: the write-ahead log with group commit; its format is drawn there.
 //! - [`codec`]: the chunk codec; its format is drawn there.
 //! - [`series`]: points of one stream in columns (open heads and decoded chunks).
+//! - [`head`]: the open head of a stream, compressed in memory; `snapshot` saves them all.
 //! - [`query`]: history queries, stream filters, pages and cursors.
 //! - [`stream`], [`point`], [`value`]: the data model.
 //! - [`path`]: stream path rules. [`time`]: timestamp range, parsing, formatting.
@@ -19,11 +20,11 @@
 //! ```text
 //! <data dir>/
 //!   wal/<first seq>.wal          write-ahead log segments (see wal)
-//!   sled/                        one sled database with four trees:
+//!   heads.snap                   every open head as of the last checkpoint (see snapshot)
+//!   sled/                        one sled database with three trees:
 //!     streams  id (u64 BE)              -> StreamRecord (MessagePack: id, path, meta, created)
 //!     chunks   id (u64 BE) ++ ts (u64 BE) -> chunk (see codec): sealed points from ts on
-//!     heads    id (u64 BE)              -> chunk: the open head as of the last checkpoint
-//!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled
+//!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled and the snapshot
 //!              "next_counter"           -> u64 BE: next stream id counter
 //! ```
 //! A stream id is `counter << 6 | hash(device id) % 64`: its low bits name the shard, so all
@@ -41,11 +42,13 @@
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod head;
 pub mod metrics;
 pub mod path;
 pub mod point;
 pub mod query;
 pub mod series;
+mod snapshot;
 pub mod store;
 pub mod stream;
 pub mod time;

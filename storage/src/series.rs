@@ -110,6 +110,21 @@ impl Values {
         }
     }
 
+    /// Appends every value of `other` (of the same kind; others are coerced one by one).
+    pub fn append(&mut self, other: Values) {
+        match (self, other) {
+            (Values::Int(a), Values::Int(b)) => a.extend(b),
+            (Values::Float(a), Values::Float(b)) => a.extend(b),
+            (Values::Text(a), Values::Text(b)) => a.extend(b),
+            (Values::Bytes(a), Values::Bytes(b)) => a.extend(b),
+            (a, b) => {
+                for i in 0..b.len() {
+                    a.push(b.get(i));
+                }
+            }
+        }
+    }
+
     /// Keeps the values whose index passes `keep`.
     fn retain_indices(&mut self, keep: &[bool]) {
         fn r<T>(v: &mut Vec<T>, keep: &[bool]) {
@@ -324,6 +339,23 @@ impl Series {
         }
         self.set_server_expanded(&expanded);
         self.set_extras(ts, extras);
+    }
+
+    /// Appends `other`, whose points are all newer than those of `self`.
+    pub fn append_newer(&mut self, other: Series) {
+        debug_assert!(match (self.last_ts(), other.first_ts()) {
+            (Some(a), Some(b)) => a < b,
+            _ => true,
+        });
+        let offset = self.len() as u32;
+        for (i, s) in other.server {
+            if self.server.last().map(|(_, last)| *last) != Some(s) {
+                self.server.push((i + offset, s));
+            }
+        }
+        self.ts.extend(other.ts);
+        self.values.append(other.values);
+        self.extras.extend(other.extras);
     }
 
     /// Merges every point of `other` into `self` (points of `other` win on equal timestamps).

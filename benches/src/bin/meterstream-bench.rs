@@ -115,6 +115,9 @@ struct IngestArgs {
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Extra flags for the server, e.g. `--server-arg=--cache-mb=16`.
+    #[arg(long = "server-arg")]
+    server_args: Vec<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -152,7 +155,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
         body_bytes as f64 / points
     );
 
-    let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &[])?;
+    let extra: Vec<&str> = a.server_args.iter().map(String::as_str).collect();
+    let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
     let cpu0 = srv.cpu_seconds()?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -199,6 +203,9 @@ fn ingest(a: IngestArgs) -> Result<()> {
     ensure!(v["count"] == 1, "last point not queryable: {v}");
     let cpu = srv.cpu_seconds()? - cpu0;
     let rss = srv.rss_bytes()?;
+    if std::env::var_os("BENCH_SMAPS").is_some() {
+        eprintln!("{}", srv.smaps_summary()?);
+    }
 
     // Raw history of one stream for the last hour.
     let stream = fleet.stream_path(a.meters / 2, 0);
@@ -227,7 +234,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
     srv.stop()?;
     let disk = dir_bytes(&dir);
     // Reopen and time it.
-    let (srv, reopen) = ServerProcess::start(&a.server_bin, &dir, &[])?;
+    let (srv, reopen) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
     let v: serde_json::Value = client
         .get(format!(
             "{}/ws/v1/streams/history/{probe}?order=desc&size=1",

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub fn small_config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir);
     c.chunk_points = 64;
+    c.head_block_points = 8;
     c.checkpoint_interval = Duration::from_millis(50);
     c.cache_bytes = 4 << 20;
     c

@@ -1,0 +1,301 @@
+//! The open head of a stream: its newest points, not yet sealed into a chunk, kept in memory
+//! compressed.
+//!
+//! Points arrive into an uncompressed tail. Every `block` points the tail is frozen into a block
+//! encoded with the chunk codec's fast value codec ([`ValueCodec::Delta`], about 10 ns per value
+//! and 1 to 2 bytes per value on meter data), so an open point costs about 2 bytes of memory
+//! instead of 16. Points newer than every frozen one take the fast path; a write into the
+//! frozen part thaws the head once per batch, applies the batch and freezes it again.
+
+use crate::codec::{self, ValueCodec};
+use crate::error::Result;
+use crate::point::DataPoint;
+use crate::query::Order;
+use crate::series::Series;
+use crate::value::{Value, ValueKind};
+use crate::wal::PointRec;
+
+struct Frozen {
+    first_ts: i64,
+    last_ts: i64,
+    n: usize,
+    bytes: Box<[u8]>,
+}
+
+/// The open head of one stream.
+pub struct Head {
+    frozen: Vec<Frozen>,
+    frozen_len: usize,
+    tail: Series,
+    block: usize,
+}
+
+impl Head {
+    /// An empty head freezing every `block` points.
+    pub fn new(kind: ValueKind, block: usize) -> Head {
+        Head {
+            frozen: Vec::new(),
+            frozen_len: 0,
+            tail: Series::new(kind),
+            block: block.max(1),
+        }
+    }
+
+    /// A head holding the points of `s`.
+    pub fn from_series(s: Series, block: usize) -> Result<Head> {
+        let mut h = Head::new(s.values.kind(), block);
+        h.fill(s)?;
+        Ok(h)
+    }
+
+    /// Replaces the content with `s`, freezing every full block.
+    fn fill(&mut self, mut s: Series) -> Result<()> {
+        self.frozen.clear();
+        self.frozen_len = 0;
+        while s.len() >= self.block {
+            let rest = s.split_off(self.block);
+            self.freeze(&s)?;
+            s = rest;
+        }
+        self.tail = s;
+        Ok(())
+    }
+
+    fn freeze(&mut self, s: &Series) -> Result<()> {
+        let (Some(first_ts), Some(last_ts)) = (s.first_ts(), s.last_ts()) else {
+            return Ok(());
+        };
+        let bytes = codec::encode_with(s, ValueCodec::Delta)?.into_boxed_slice();
+        self.frozen.push(Frozen {
+            first_ts,
+            last_ts,
+            n: s.len(),
+            bytes,
+        });
+        self.frozen_len += s.len();
+        Ok(())
+    }
+
+    /// The kind of its values.
+    pub fn kind(&self) -> ValueKind {
+        self.tail.values.kind()
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.frozen_len + self.tail.len()
+    }
+
+    /// Whether it holds no point.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Oldest timestamp.
+    pub fn first_ts(&self) -> Option<i64> {
+        self.frozen
+            .first()
+            .map(|f| f.first_ts)
+            .or(self.tail.first_ts())
+    }
+
+    /// Newest timestamp.
+    pub fn last_ts(&self) -> Option<i64> {
+        self.tail
+            .last_ts()
+            .or(self.frozen.last().map(|f| f.last_ts))
+    }
+
+    /// Writes points received at server time `server` (each replaces a point with its timestamp).
+    pub fn write(&mut self, points: &[PointRec], server: i64) -> Result<()> {
+        let frozen_last = self.frozen.last().map(|f| f.last_ts);
+        if points.iter().all(|p| frozen_last.is_none_or(|l| p.ts > l)) {
+            for p in points {
+                self.tail
+                    .upsert(p.ts, p.value.clone(), server, p.extras.clone());
+            }
+            while self.tail.len() >= self.block {
+                let rest = self.tail.split_off(self.block);
+                let full = std::mem::replace(&mut self.tail, rest);
+                self.freeze(&full)?;
+            }
+            return Ok(());
+        }
+        let mut s = self.take()?;
+        for p in points {
+            s.upsert(p.ts, p.value.clone(), server, p.extras.clone());
+        }
+        self.fill(s)
+    }
+
+    /// Writes one point.
+    pub fn write_one(&mut self, ts: i64, value: Value, server: i64) -> Result<()> {
+        self.write(
+            &[PointRec {
+                ts,
+                value,
+                extras: None,
+            }],
+            server,
+        )
+    }
+
+    /// Every point, as one series.
+    pub fn to_series(&self) -> Result<Series> {
+        let mut s = Series::new(self.kind());
+        for f in &self.frozen {
+            s.append_newer(codec::decode(&f.bytes)?);
+        }
+        s.append_newer(self.tail.clone());
+        Ok(s)
+    }
+
+    /// Takes every point out, leaving the head empty.
+    pub fn take(&mut self) -> Result<Series> {
+        let s = self.to_series()?;
+        self.frozen = Vec::new();
+        self.frozen_len = 0;
+        self.tail = Series::new(self.kind());
+        Ok(s)
+    }
+
+    /// Replaces the content with `s`.
+    pub fn replace(&mut self, s: Series) -> Result<()> {
+        self.fill(s)
+    }
+
+    /// Removes the points with `from <= ts < to`; returns how many.
+    pub fn delete_range(&mut self, from: i64, to: i64) -> Result<usize> {
+        match (self.first_ts(), self.last_ts()) {
+            (Some(f), Some(l)) if f < to && l >= from => {}
+            _ => return Ok(0),
+        }
+        let mut s = self.take()?;
+        let n = s.delete_range(from, to);
+        self.fill(s)?;
+        Ok(n)
+    }
+
+    /// The newest point.
+    pub fn last_point(&self) -> Result<Option<DataPoint>> {
+        if !self.tail.is_empty() {
+            return Ok(Some(self.tail.point(self.tail.len() - 1)));
+        }
+        match self.frozen.last() {
+            Some(f) => {
+                let s = codec::decode(&f.bytes)?;
+                Ok(Some(s.point(s.len() - 1)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Appends to `out` the points with `from <= ts < to` in `order`, until `out` holds `want`.
+    pub fn collect(
+        &self,
+        from: i64,
+        to: i64,
+        order: Order,
+        want: usize,
+        out: &mut Vec<DataPoint>,
+    ) -> Result<()> {
+        let overlaps = |f: &&Frozen| f.last_ts >= from && f.first_ts < to;
+        let take = |s: &Series, out: &mut Vec<DataPoint>| {
+            let r = s.index_range(from, to);
+            if order == Order::Asc {
+                for i in r {
+                    if out.len() >= want {
+                        break;
+                    }
+                    out.push(s.point(i));
+                }
+            } else {
+                for i in r.rev() {
+                    if out.len() >= want {
+                        break;
+                    }
+                    out.push(s.point(i));
+                }
+            }
+        };
+        if order == Order::Asc {
+            for f in self.frozen.iter().filter(overlaps) {
+                if out.len() >= want {
+                    return Ok(());
+                }
+                take(&codec::decode(&f.bytes)?, out);
+            }
+            take(&self.tail, out);
+        } else {
+            take(&self.tail, out);
+            for f in self.frozen.iter().rev().filter(overlaps) {
+                if out.len() >= want {
+                    return Ok(());
+                }
+                take(&codec::decode(&f.bytes)?, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.frozen
+            .iter()
+            .map(|f| f.bytes.len() + 40)
+            .sum::<usize>()
+            + self.tail.heap_bytes()
+    }
+
+    /// Number of points in frozen blocks (for tests and metrics).
+    pub fn frozen_points(&self) -> usize {
+        self.frozen.iter().map(|f| f.n).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pts(ts: &[i64]) -> Vec<PointRec> {
+        ts.iter()
+            .map(|t| PointRec {
+                ts: *t,
+                value: Value::Float(*t as f64 / 100.0),
+                extras: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn freezes_blocks_and_reads_back_in_both_orders() {
+        let mut h = Head::new(ValueKind::Float, 8);
+        h.write(&pts(&(0..30).collect::<Vec<_>>()), 1).unwrap();
+        assert_eq!((h.len(), h.frozen_points()), (30, 24));
+        // Out of order into the frozen part, and a replacement.
+        h.write(&pts(&[3, 100]), 2).unwrap();
+        h.write_one(5, Value::Float(-1.0), 3).unwrap();
+        assert_eq!(h.len(), 31);
+        let s = h.to_series().unwrap();
+        assert_eq!(s.ts.len(), 31);
+        assert_eq!(s.point(5).value, Value::Float(-1.0));
+        assert_eq!(s.point(5).server_timestamp, 3);
+        assert_eq!(s.point(3).server_timestamp, 2);
+        let mut out = Vec::new();
+        h.collect(4, 12, Order::Desc, 5, &mut out).unwrap();
+        assert_eq!(
+            out.iter().map(|p| p.timestamp).collect::<Vec<_>>(),
+            vec![11, 10, 9, 8, 7]
+        );
+        out.clear();
+        h.collect(28, 1000, Order::Asc, 100, &mut out).unwrap();
+        assert_eq!(
+            out.iter().map(|p| p.timestamp).collect::<Vec<_>>(),
+            vec![28, 29, 100]
+        );
+        assert_eq!(h.delete_range(0, 10).unwrap(), 10);
+        assert_eq!(h.first_ts(), Some(10));
+        assert_eq!(h.last_point().unwrap().unwrap().timestamp, 100);
+        assert!(h.heap_bytes() < 31 * 16);
+    }
+}
