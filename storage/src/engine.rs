@@ -1,6 +1,7 @@
 //! The sled-backed [`Store`]: registry, open heads, sealed chunks, the apply thread and
 //! checkpoints. The on-disk layout is drawn in the crate documentation.
 
+use crate::chunk_file::{ChunkFiles, Loc};
 use crate::codec;
 use crate::error::{Result, StorageError};
 use crate::head::Head;
@@ -190,6 +191,7 @@ struct Inner {
     chunks: sled::Tree,
     streams: sled::Tree,
     meta: sled::Tree,
+    files: ChunkFiles,
     registry: RwLock<Registry>,
     shards: Box<[Mutex<Shard>]>,
     metrics: StoreMetrics,
@@ -215,13 +217,34 @@ impl Inner {
             })
     }
 
-    fn write_chunk(&self, id: u64, s: &Series) -> Result<()> {
-        let Some(first) = s.first_ts() else {
-            return Ok(());
-        };
-        self.chunks
-            .insert(chunk_key(id, first), codec::encode(s)?)?;
-        self.metrics.chunks_written.inc();
+    /// The bytes of the chunk whose index value (its location) is `loc`.
+    fn chunk_bytes(&self, loc: &[u8]) -> Result<Vec<u8>> {
+        self.files.read(Loc::decode(loc)?)
+    }
+
+    /// Replaces the chunk at `old` (if any) with `pieces`: appends them, makes them durable,
+    /// then updates the index atomically. Every piece must be non-empty.
+    fn store_chunks(&self, id: u64, old: Option<&[u8]>, pieces: &[Series]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut released = None;
+        if let Some(k) = old {
+            if let Some(v) = self.chunks.get(k)? {
+                released = Some(Loc::decode(&v)?);
+            }
+            batch.remove(k);
+        }
+        for p in pieces {
+            if let Some(first) = p.first_ts() {
+                let loc = self.files.append(&codec::encode(p)?)?;
+                batch.insert(&chunk_key(id, first), &loc.encode());
+                self.metrics.chunks_written.inc();
+            }
+        }
+        self.files.sync()?;
+        self.chunks.apply_batch(batch)?;
+        if let Some(l) = released {
+            self.files.release(l);
+        }
         Ok(())
     }
 
@@ -229,7 +252,10 @@ impl Inner {
         match self.chunks.scan_prefix(id_key(id)).next_back() {
             Some(kv) => {
                 let (k, v) = kv?;
-                Ok(Some((chunk_key_ts(&k), codec::decode(&v)?)))
+                Ok(Some((
+                    chunk_key_ts(&k),
+                    codec::decode(&self.chunk_bytes(&v)?)?,
+                )))
             }
             None => Ok(None),
         }
@@ -246,29 +272,61 @@ impl Inner {
         Ok(())
     }
 
-    fn seal_full(&self, st: &mut StreamState) -> Result<()> {
+    /// Seals the heads of `ids`: full chunks of `chunk_points`, or (`all`) everything. In two
+    /// phases, so that one fsync covers them all and readers always see every point: first the
+    /// chunks are appended while the heads still hold their points; then, after the sync, each
+    /// stream's index entries go in and its head lets go of the sealed points.
+    fn seal(&self, ids: &[u64], all: bool) -> Result<()> {
         let cp = self.cfg.chunk_points;
-        if st.head.len() < cp {
+        let mut plans: Vec<(u64, sled::Batch, i64)> = Vec::new();
+        for id in ids {
+            let sh = self.shards[shard_of_id(*id)].lock();
+            let Some(st) = sh.streams.get(id) else {
+                continue;
+            };
+            if st.head.is_empty() || (!all && st.head.len() < cp) {
+                continue;
+            }
+            let mut s = st.head.to_series()?;
+            drop(sh);
+            let mut batch = sled::Batch::default();
+            let mut last = None;
+            loop {
+                let rest = if all || s.len() < cp {
+                    None
+                } else {
+                    Some(s.split_off(cp))
+                };
+                if let (Some(first), Some(l)) = (s.first_ts(), s.last_ts()) {
+                    let loc = self.files.append(&codec::encode(&s)?)?;
+                    batch.insert(&chunk_key(*id, first), &loc.encode());
+                    self.metrics.chunks_written.inc();
+                    last = Some(l);
+                }
+                match rest {
+                    Some(r) if r.len() >= cp => s = r,
+                    _ => break,
+                }
+            }
+            if let Some(m) = last {
+                plans.push((*id, batch, m));
+            }
+        }
+        if plans.is_empty() {
             return Ok(());
         }
-        let mut s = st.head.take()?;
-        while s.len() >= cp {
-            let rest = s.split_off(cp);
-            self.write_chunk(st.rec.id, &s)?;
-            st.sealed_max = s.last_ts();
-            s = rest;
+        self.files.sync()?;
+        for (id, batch, m) in plans {
+            let mut sh = self.shards[shard_of_id(id)].lock();
+            let Some(st) = sh.streams.get_mut(&id) else {
+                continue;
+            };
+            self.chunks.apply_batch(batch)?;
+            let n = st.head.delete_range(0, m + 1)?;
+            self.open_points.fetch_sub(n as u64, AtOrd::Relaxed);
+            st.sealed_max = Some(st.sealed_max.map_or(m, |old| old.max(m)));
+            st.dirty = true;
         }
-        st.head.replace(s)
-    }
-
-    fn seal_all(&self, st: &mut StreamState) -> Result<()> {
-        if st.head.is_empty() {
-            return Ok(());
-        }
-        let full = st.head.take()?;
-        self.write_chunk(st.rec.id, &full)?;
-        st.sealed_max = full.last_ts();
-        st.dirty = true;
         Ok(())
     }
 
@@ -293,8 +351,6 @@ impl Inner {
     /// Writes back a chunk read at `old_key` after changes: re-keyed when its first timestamp
     /// changed, split when it grew past twice the chunk size, removed when empty. Atomic.
     fn rewrite_chunk(&self, id: u64, old_key: &[u8], mut s: Series) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.remove(old_key);
         let cp = self.cfg.chunk_points;
         let mut pieces = Vec::new();
         while s.len() > 2 * cp {
@@ -304,14 +360,7 @@ impl Inner {
         if !s.is_empty() {
             pieces.push(s);
         }
-        for p in &pieces {
-            if let Some(first) = p.first_ts() {
-                batch.insert(&chunk_key(id, first), codec::encode(p)?);
-                self.metrics.chunks_written.inc();
-            }
-        }
-        self.chunks.apply_batch(batch)?;
-        Ok(())
+        self.store_chunks(id, Some(old_key), &pieces)
     }
 
     fn merge_late(
@@ -334,11 +383,11 @@ impl Inner {
                 if let Some((k, s)) = cur.take() {
                     self.rewrite_chunk(id, &k, s)?;
                 }
-                let bytes = self
+                let loc = self
                     .chunks
                     .get(&target)?
                     .ok_or_else(|| StorageError::corrupt("chunks", "chunk vanished"))?;
-                cur = Some((target, codec::decode(&bytes)?));
+                cur = Some((target, codec::decode(&self.chunk_bytes(&loc)?)?));
             }
             if let Some((_, s)) = cur.as_mut() {
                 s.upsert(p.ts, p.value, server_ts, p.extras);
@@ -368,15 +417,17 @@ impl Inner {
             }
         }
         for k in keys {
-            let Some(bytes) = self.chunks.get(&k)? else {
+            let Some(loc) = self.chunks.get(&k)? else {
                 continue;
             };
+            let bytes = self.chunk_bytes(&loc)?;
             let h = codec::decode_header(&bytes)?;
             if h.last_ts < from || h.first_ts >= to {
                 continue;
             }
             if h.first_ts >= from && h.last_ts < to {
                 self.chunks.remove(&k)?;
+                self.files.release(Loc::decode(&loc)?);
                 deleted += h.n as u64;
                 continue;
             }
@@ -389,10 +440,16 @@ impl Inner {
 
     fn remove_stream_data(&self, id: u64) -> Result<()> {
         let mut batch = sled::Batch::default();
-        for k in self.chunks.scan_prefix(id_key(id)).keys() {
-            batch.remove(k?);
+        let mut released = Vec::new();
+        for kv in self.chunks.scan_prefix(id_key(id)) {
+            let (k, v) = kv?;
+            released.push(Loc::decode(&v)?);
+            batch.remove(k);
         }
         self.chunks.apply_batch(batch)?;
+        for l in released {
+            self.files.release(l);
+        }
         self.streams.remove(id_key(id))?;
         Ok(())
     }
@@ -451,6 +508,7 @@ impl Inner {
             }
             Record::Points { server_ts, groups } => {
                 let mut n = 0u64;
+                let mut to_seal = Vec::new();
                 for (id, points) in groups {
                     let mut sh = self.shards[shard_of_id(*id)].lock();
                     let Some(st) = sh.streams.get_mut(id) else {
@@ -477,7 +535,9 @@ impl Inner {
                         }
                         _ => st.head.write(points, *server_ts)?,
                     }
-                    self.seal_full(st)?;
+                    if st.head.len() >= self.cfg.chunk_points {
+                        to_seal.push(*id);
+                    }
                     let after = st.head.len();
                     if after >= before {
                         self.open_points
@@ -490,6 +550,7 @@ impl Inner {
                     st.last_write = *server_ts;
                     n += points.len() as u64;
                 }
+                self.seal(&to_seal, false)?;
                 Ok(n)
             }
             Record::DeleteRange { id, from, to } => {
@@ -515,14 +576,23 @@ impl Inner {
         let started = Instant::now();
         let idle_ms = self.cfg.idle_seal.as_millis() as i64;
         let mut saved = 0usize;
+        let idle: Vec<u64> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .streams
+                    .values()
+                    .filter(|st| !st.head.is_empty() && now - st.last_write >= idle_ms)
+                    .map(|st| st.rec.id)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.seal(&idle, true)?;
         for shard in self.shards.iter() {
             let mut sh = shard.lock();
             for st in sh.streams.values_mut() {
-                if !st.head.is_empty() && now - st.last_write >= idle_ms {
-                    let n = st.head.len() as u64;
-                    self.seal_all(st)?;
-                    self.open_points.fetch_sub(n, AtOrd::Relaxed);
-                }
                 if st.dirty {
                     st.saved = if st.head.is_empty() {
                         None
@@ -551,6 +621,8 @@ impl Inner {
         self.meta.insert("checkpoint_seq", &seq.to_be_bytes())?;
         self.meta.insert("next_counter", &next.to_be_bytes())?;
         self.db.flush()?;
+        // No durable index entry points into a file without live bytes any more.
+        self.files.delete_dead()?;
         let secs = started.elapsed().as_secs_f64();
         self.metrics.checkpoint_seconds.observe(secs);
         tracing::debug!(seq, heads = saved, secs, "checkpoint");
@@ -558,6 +630,10 @@ impl Inner {
     }
 
     fn load(&self) -> Result<()> {
+        for kv in self.chunks.iter() {
+            let (_, v) = kv?;
+            self.files.count_live(Loc::decode(&v)?);
+        }
         let mut reg = self.registry.write();
         for kv in self.streams.iter() {
             let (_, v) = kv?;
@@ -708,6 +784,7 @@ impl Engine {
             chunks: db.open_tree("chunks")?,
             streams: db.open_tree("streams")?,
             meta: db.open_tree("meta")?,
+            files: ChunkFiles::open(&cfg.path.join("chunks"), 256 << 20)?,
             db,
             registry: RwLock::new(Registry {
                 by_path: BTreeMap::new(),
@@ -839,7 +916,7 @@ impl Engine {
                     None => chunk_key(id, lo).to_vec(),
                 };
                 for kv in self.inner.chunks.range(start..hi_key.to_vec()) {
-                    let s = codec::decode(&kv?.1)?;
+                    let s = codec::decode(&self.inner.chunk_bytes(&kv?.1)?)?;
                     for i in s.index_range(lo, hi) {
                         out.push(s.point(i));
                         if out.len() == want {
@@ -858,7 +935,7 @@ impl Engine {
                 if out.len() < want {
                     for kv in self.inner.chunks.range(chunk_key(id, 0)..hi_key).rev() {
                         let (k, v) = kv?;
-                        let s = codec::decode(&v)?;
+                        let s = codec::decode(&self.inner.chunk_bytes(&v)?)?;
                         for i in s.index_range(lo, hi).rev() {
                             out.push(s.point(i));
                             if out.len() == want {
@@ -917,11 +994,12 @@ impl Engine {
         };
         for kv in self.inner.chunks.scan_prefix(id_key(st.rec.id)) {
             let (_, v) = kv?;
-            let h = codec::decode_header(&v)?;
+            let bytes = self.inner.chunk_bytes(&v)?;
+            let h = codec::decode_header(&bytes)?;
             if h.max_server < q.from || h.min_server >= q.to {
                 continue;
             }
-            take(&codec::decode(&v)?);
+            take(&codec::decode(&bytes)?);
         }
         take(&st.head.to_series()?);
         found.sort_by_key(|p| (p.server_timestamp, p.timestamp));

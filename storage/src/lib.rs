@@ -11,6 +11,7 @@
 //! - [`codec`]: the chunk codec; its format is drawn there.
 //! - [`series`]: points of one stream in columns (open heads and decoded chunks).
 //! - [`head`]: the open head of a stream, compressed in memory; `snapshot` saves them all.
+//! - `chunk_file`: the append-only files that hold sealed chunks.
 //! - [`query`]: history queries, stream filters, pages and cursors.
 //! - [`stream`], [`point`], [`value`]: the data model.
 //! - [`path`]: stream path rules. [`time`]: timestamp range, parsing, formatting.
@@ -21,9 +22,11 @@
 //! <data dir>/
 //!   wal/<first seq>.wal          write-ahead log segments (see wal)
 //!   heads.snap                   every open head as of the last checkpoint (see snapshot)
+//!   chunks/<n>.chunks            sealed chunks (see codec), appended; located through sled
 //!   sled/                        one sled database with three trees:
 //!     streams  id (u64 BE)              -> StreamRecord (MessagePack: id, path, meta, created)
-//!     chunks   id (u64 BE) ++ ts (u64 BE) -> chunk (see codec): sealed points from ts on
+//!     chunks   id (u64 BE) ++ ts (u64 BE) -> location (file, offset, len) of the chunk of
+//!                                          sealed points from ts on (see chunk_file)
 //!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled and the snapshot
 //!              "next_counter"           -> u64 BE: next stream id counter
 //! ```
@@ -39,6 +42,7 @@
 //!   because every record sets state (put, replace, delete) rather than adjusting it.
 //! - The current value of a stream is its point with the largest timestamp.
 
+mod chunk_file;
 pub mod codec;
 pub mod engine;
 pub mod error;
