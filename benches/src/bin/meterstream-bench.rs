@@ -230,6 +230,19 @@ fn ingest(a: IngestArgs) -> Result<()> {
         );
     }
     let raw_ms = median(lat);
+    let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let syncs = metric("meterstream_storage_flush_duration_seconds_count");
+    let sync_mean_ms = metric("meterstream_storage_flush_duration_seconds_sum") / syncs * 1000.0;
+    let frames_per_sync = metric("meterstream_storage_group_commit_frames_sum")
+        / metric("meterstream_storage_group_commit_frames_count");
     let rss_after_queries = srv.rss_bytes()?;
     srv.stop()?;
     let disk = dir_bytes(&dir);
@@ -258,6 +271,9 @@ fn ingest(a: IngestArgs) -> Result<()> {
         "bytes_per_point": disk_settled as f64 / points,
         "raw_history_last_hour_median_ms": raw_ms,
         "reopen_seconds": reopen.as_secs_f64(),
+        "log_syncs": syncs,
+        "log_sync_mean_ms": sync_mean_ms,
+        "records_per_sync": frames_per_sync,
     });
     println!("{}", serde_json::to_string_pretty(&figures)?);
     if let Some(p) = a.json {
