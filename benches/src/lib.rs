@@ -5,7 +5,9 @@
 //! - [`workload`]: the standard smart-meter workload, generated deterministically.
 //! - [`batch`]: the workload as compact MessagePack batches.
 //! - [`server`]: starting and measuring a server process.
+//! - [`peer`]: VictoriaMetrics, the peer measured in the same run.
 
 pub mod batch;
+pub mod peer;
 pub mod server;
 pub mod workload;

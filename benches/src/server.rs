@@ -64,25 +64,12 @@ impl ServerProcess {
 
     /// CPU seconds (user + system) the server has used so far.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let utime: f64 = f.get(11).context("stat")?.parse()?;
-        let stime: f64 = f.get(12).context("stat")?.parse()?;
-        let hz = 100.0; // sysconf(_SC_CLK_TCK) on Linux
-        Ok((utime + stime) / hz)
+        cpu_seconds_of(self.child.id())
     }
 
     /// Resident memory in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        for l in status.lines() {
-            if let Some(v) = l.strip_prefix("VmRSS:") {
-                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
-                return Ok(kb * 1024);
-            }
-        }
-        bail!("no VmRSS")
+        rss_bytes_of(self.child.id())
     }
 
     /// Resident memory by mapping (largest first), from `/proc/PID/smaps`, for diagnosis.
@@ -112,9 +99,8 @@ impl ServerProcess {
 
     /// Stops the server gracefully (SIGTERM) and waits for it.
     pub fn stop(mut self) -> Result<()> {
-        // SAFETY-free: libc::kill on our own child's pid.
         let pid = self.child.id() as i32;
-        if unsafe_kill(pid, 15) {
+        if send_signal(pid, 15) {
             for _ in 0..3000 {
                 if self.child.try_wait()?.is_some() {
                     return Ok(());
@@ -128,8 +114,8 @@ impl ServerProcess {
     }
 }
 
-fn unsafe_kill(pid: i32, sig: i32) -> bool {
-    // `kill(1)` keeps this crate free of unsafe code.
+/// Sends signal `sig` with `kill(1)`, which keeps this crate free of unsafe code.
+fn send_signal(pid: i32, sig: i32) -> bool {
     Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -145,6 +131,29 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds_of(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = f.get(11).context("stat")?.parse()?;
+    let stime: f64 = f.get(12).context("stat")?.parse()?;
+    let hz = 100.0; // sysconf(_SC_CLK_TCK) on Linux
+    Ok((utime + stime) / hz)
+}
+
+/// Resident memory of process `pid` in bytes.
+pub fn rss_bytes_of(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for l in status.lines() {
+        if let Some(v) = l.strip_prefix("VmRSS:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmRSS")
 }
 
 /// Bytes of all files under `p`.

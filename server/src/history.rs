@@ -139,16 +139,12 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let info = st2.store.stream(&path)?;
         let page = st2.store.history(&path, &q)?;
         let ty = info.meta.stream_type;
-        let list: Vec<_> = page
+        let items = page
             .items
             .iter()
             .map(|pt| wire::point(&path, ty, pt))
             .collect();
-        let mut body = json!({"count": list.len(), "size": limit, "list": list});
-        if let Some(c) = page.next {
-            body["cursor"] = json!(c.encode());
-        }
-        Ok(body)
+        Ok(wire::list(items, limit, page.next))
     })
     .await??;
     Ok(HttpResponse::Ok().json(body))

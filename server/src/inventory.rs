@@ -32,12 +32,8 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
         let page = st2
             .store
             .list_streams(&filter, order, limit, cursor.as_ref())?;
-        let list: Vec<_> = page.items.iter().map(wire::stream).collect();
-        let mut body = json!({"count": list.len(), "size": limit, "list": list});
-        if let Some(c) = page.next {
-            body["cursor"] = json!(c.encode());
-        }
-        Ok(body)
+        let items = page.items.iter().map(wire::stream).collect();
+        Ok(wire::list(items, limit, page.next))
     })
     .await??;
     Ok(HttpResponse::Ok().json(body))
@@ -163,10 +159,8 @@ pub async fn folders(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
                 }
             })
             .collect();
-        let mut body = json!({"path": prefix, "count": list.len(), "size": limit, "list": list});
-        if let Some(c) = page.next {
-            body["cursor"] = json!(c.encode());
-        }
+        let mut body = wire::list(list, limit, page.next);
+        body["path"] = json!(prefix);
         Ok(body)
     })
     .await??;

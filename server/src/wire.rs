@@ -8,7 +8,7 @@
 
 use meterstream_storage::point::point_id;
 use meterstream_storage::time::format_iso;
-use meterstream_storage::{DataPoint, StreamInfo, StreamType};
+use meterstream_storage::{Cursor, DataPoint, StreamInfo, StreamType};
 use serde_json::{Map, Value as J};
 
 /// A point of `stream` (of type `ty`) as JSON.
@@ -90,5 +90,18 @@ pub fn stream(s: &StreamInfo) -> J {
             }
         }
     }
+    J::Object(m)
+}
+
+/// Digi's list envelope: `{"count", "size", "cursor", "list"}`, where `count` is the number of
+/// items on this page and `cursor` is absent on the last page.
+pub fn list(items: Vec<J>, size: usize, next: Option<Cursor>) -> J {
+    let mut m = Map::with_capacity(4);
+    m.insert("count".into(), J::from(items.len()));
+    m.insert("size".into(), J::from(size));
+    if let Some(c) = next {
+        m.insert("cursor".into(), J::String(c.encode()));
+    }
+    m.insert("list".into(), J::Array(items));
     J::Object(m)
 }

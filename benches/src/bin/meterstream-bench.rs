@@ -115,6 +115,10 @@ struct IngestArgs {
     /// Write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also measure VictoriaMetrics on the same data in the same run (needs the Debian package
+    /// `victoria-metrics`).
+    #[arg(long)]
+    peer: bool,
     /// Extra flags for the server, e.g. `--server-arg=--cache-mb=16`.
     #[arg(long = "server-arg")]
     server_args: Vec<String>,
@@ -123,6 +127,20 @@ struct IngestArgs {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// The newest point of `stream`, as the history API answers it.
+fn newest_point(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    stream: &str,
+) -> Result<serde_json::Value> {
+    Ok(client
+        .get(format!(
+            "{url}/ws/v1/streams/history/{stream}?order=desc&size=1"
+        ))
+        .send()?
+        .json()?)
 }
 
 fn ingest(a: IngestArgs) -> Result<()> {
@@ -192,13 +210,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
     // Acknowledged means applied: the last point of a stream is queryable now.
     let client = reqwest::blocking::Client::new();
     let probe = fleet.stream_path(a.meters - 1, 11);
-    let v: serde_json::Value = client
-        .get(format!(
-            "{}/ws/v1/streams/history/{probe}?order=desc&size=1",
-            srv.url
-        ))
-        .send()?
-        .json()?;
+    let v = newest_point(&client, &srv.url, &probe)?;
     let elapsed = started.elapsed().as_secs_f64();
     ensure!(v["count"] == 1, "last point not queryable: {v}");
     let cpu = srv.cpu_seconds()? - cpu0;
@@ -230,6 +242,33 @@ fn ingest(a: IngestArgs) -> Result<()> {
         );
     }
     let raw_ms = median(lat);
+    // The whole hour of one stream (3,600 points), following cursors, to compare with a peer
+    // that answers it in one request.
+    let mut lat_all = Vec::new();
+    for _ in 0..a.query_runs {
+        let t = Instant::now();
+        let mut n = 0;
+        let mut cursor = String::new();
+        loop {
+            let v: serde_json::Value = client
+                .get(format!(
+                    "{}/ws/v1/streams/history/{stream}?start_time={}&end_time={}{cursor}",
+                    srv.url,
+                    now - 3_600_000,
+                    now
+                ))
+                .send()?
+                .json()?;
+            n += v["count"].as_u64().unwrap_or(0);
+            match v["cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
+        lat_all.push(t.elapsed().as_secs_f64() * 1000.0);
+        ensure!(n == a.seconds.min(3600) as u64, "whole hour: {n} points");
+    }
+    let raw_all_ms = median(lat_all);
     let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
     let metric = |name: &str| -> f64 {
         metrics
@@ -248,13 +287,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
     let disk = dir_bytes(&dir);
     // Reopen and time it.
     let (srv, reopen) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
-    let v: serde_json::Value = client
-        .get(format!(
-            "{}/ws/v1/streams/history/{probe}?order=desc&size=1",
-            srv.url
-        ))
-        .send()?
-        .json()?;
+    let v = newest_point(&client, &srv.url, &probe)?;
     ensure!(v["count"] == 1, "after reopen: {v}");
     srv.stop()?;
     let disk_settled = dir_bytes(&dir);
@@ -270,17 +303,131 @@ fn ingest(a: IngestArgs) -> Result<()> {
         "disk_bytes_settled": disk_settled,
         "bytes_per_point": disk_settled as f64 / points,
         "raw_history_last_hour_median_ms": raw_ms,
+        "raw_history_whole_hour_all_pages_median_ms": raw_all_ms,
         "reopen_seconds": reopen.as_secs_f64(),
         "log_syncs": syncs,
         "log_sync_mean_ms": sync_mean_ms,
         "records_per_sync": frames_per_sync,
     });
+    let mut figures = figures;
+    if a.peer {
+        figures["victoria_metrics"] = victoria(&a, start_ms, now, points)?;
+    }
     println!("{}", serde_json::to_string_pretty(&figures)?);
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&figures)?)
             .with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// The same workload into VictoriaMetrics, measured the same way.
+fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serde_json::Value> {
+    use meterstream_bench::peer::{line_batches, Victoria};
+    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    let batches = Arc::new(line_batches(
+        &mut fleet,
+        a.meters_per_gateway,
+        start_ms,
+        a.seconds,
+        a.batch,
+    ));
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("vm");
+    let vm = Victoria::start(&dir)?;
+    let cpu0 = vm.cpu_seconds()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..a.connections {
+        let (batches, next, url) = (batches.clone(), next.clone(), vm.url.clone());
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(b) = batches.get(i) else {
+                    return Ok(());
+                };
+                let r = client.post(format!("{url}/write")).body(b.clone()).send()?;
+                ensure!(r.status().is_success(), "batch {i}: {}", r.status());
+            }
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    }
+    let client = reqwest::blocking::Client::new();
+    client
+        .get(format!("{}/internal/force_flush", vm.url))
+        .send()?;
+    let (gw, dev) = (
+        fleet.gateway_id(a.meters - 1),
+        fleet.meter_name(a.meters - 1),
+    );
+    let last_s = (now - 1000) / 1000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = client
+            .get(format!("{}/api/v1/export", vm.url))
+            .query(&[
+                (
+                    "match[]",
+                    format!("meter_reactive_energy{{gw=\"{gw}\",dev=\"{dev}\"}}"),
+                ),
+                ("start", last_s.to_string()),
+            ])
+            .send()?
+            .text()?;
+        if body.contains(&format!("{}", last_s * 1000)) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "VictoriaMetrics never made the last point queryable"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = vm.cpu_seconds()? - cpu0;
+    let rss = vm.rss_bytes()?;
+    let m = a.meters / 2;
+    let series = format!(
+        "meter_voltage_l1{{gw=\"{}\",dev=\"{}\"}}",
+        fleet.gateway_id(m),
+        fleet.meter_name(m)
+    );
+    let mut lat = Vec::new();
+    for _ in 0..a.query_runs {
+        let t = Instant::now();
+        let body = client
+            .get(format!("{}/api/v1/export", vm.url))
+            .query(&[
+                ("match[]", series.clone()),
+                ("start", ((now - 3_600_000) / 1000).to_string()),
+                ("end", (now / 1000 - 1).to_string()),
+            ])
+            .send()?
+            .text()?;
+        let v: serde_json::Value = serde_json::from_str(body.lines().next().unwrap_or("{}"))?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        ensure!(
+            v["values"].as_array().map_or(0, |a| a.len()) == a.seconds.min(3600),
+            "VM export returned {} values",
+            v["values"].as_array().map_or(0, |a| a.len())
+        );
+    }
+    vm.stop()?;
+    let disk = dir_bytes(&dir);
+    Ok(serde_json::json!({
+        "points_per_second": points / elapsed,
+        "server_cpu_seconds_per_million_points": cpu / (points / 1e6),
+        "rss_bytes_after_ingest": rss,
+        "bytes_per_point": disk as f64 / points,
+        "raw_history_whole_hour_median_ms": median(lat),
+        "acknowledges": "before data is durable (in-memory buffers, flushed about every second)",
+    }))
 }
 
 fn main() -> Result<()> {
