@@ -135,19 +135,18 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         cursor,
     };
     let st2 = st.clone();
-    let body = web::block(move || -> Result<serde_json::Value, ApiError> {
+    let body = web::block(move || -> Result<Vec<u8>, ApiError> {
         let info = st2.store.stream(&path)?;
         let page = st2.store.history(&path, &q)?;
         let ty = info.meta.stream_type;
-        let items = page
-            .items
-            .iter()
-            .map(|pt| wire::point(&path, ty, pt))
-            .collect();
-        Ok(wire::list(items, limit, page.next))
+        let items = wire::points(&path, ty, &page.items);
+        serde_json::to_vec(&wire::ListOut::new(items, limit, page.next))
+            .map_err(|e| ApiError::Internal(e.to_string()))
     })
     .await??;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// `DELETE /ws/v1/streams/history/{stream_id}`: deletes the points in

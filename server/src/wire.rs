@@ -6,37 +6,95 @@
 //! "rollup_ttl", "created", "history_uri"}` and, when it has points, its current value as
 //! `"value", "timestamp", "server_timestamp"` (and `"quality", "location"` when set).
 
-use meterstream_storage::point::point_id;
+use meterstream_storage::point::{point_id_hashed, stable_hash};
 use meterstream_storage::time::format_iso;
-use meterstream_storage::{Cursor, DataPoint, StreamInfo, StreamType};
+use meterstream_storage::{Cursor, DataPoint, StreamInfo, StreamType, Value};
+use serde::Serialize;
 use serde_json::{Map, Value as J};
 
-/// A point of `stream` (of type `ty`) as JSON.
-pub fn point(stream: &str, ty: StreamType, p: &DataPoint) -> J {
-    let mut m = Map::with_capacity(8);
-    m.insert(
-        "id".into(),
-        J::String(point_id(stream, p.timestamp).to_string()),
-    );
-    m.insert("stream_id".into(), J::String(stream.to_string()));
-    m.insert("timestamp".into(), J::String(format_iso(p.timestamp)));
-    m.insert(
-        "server_timestamp".into(),
-        J::String(format_iso(p.server_timestamp)),
-    );
-    m.insert("value".into(), p.value.to_json(ty));
-    if let Some(e) = &p.extras {
-        if let Some(q) = e.quality {
-            m.insert("quality".into(), J::from(q));
-        }
-        if let Some(l) = &e.location {
-            m.insert("location".into(), J::String(l.clone()));
-        }
-        if let Some(d) = &e.description {
-            m.insert("description".into(), J::String(d.clone()));
+/// A point of `stream` (of type `ty`), serialized straight to JSON without building a map.
+#[derive(Serialize)]
+pub struct PointOut<'a> {
+    id: String,
+    stream_id: &'a str,
+    timestamp: String,
+    server_timestamp: String,
+    value: ValueOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+}
+
+/// A value as JSON for its stream type (see [`Value::to_json`]), without intermediate maps.
+pub struct ValueOut<'a> {
+    value: &'a Value,
+    ty: StreamType,
+}
+
+impl Serialize for ValueOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.value, self.ty) {
+            (Value::Int(i), _) => s.serialize_i64(*i),
+            (Value::Float(f), _) if f.is_finite() => s.serialize_f64(*f),
+            (Value::Text(t), StreamType::Json | StreamType::Geojson) => {
+                match serde_json::value::RawValue::from_string(t.clone()) {
+                    Ok(raw) => raw.serialize(s),
+                    Err(_) => s.serialize_str(t),
+                }
+            }
+            (Value::Text(t), _) => s.serialize_str(t),
+            (v, ty) => v.to_json(ty).serialize(s),
         }
     }
-    J::Object(m)
+}
+
+/// Points of one stream, ready to serialize.
+pub fn points<'a>(stream: &'a str, ty: StreamType, points: &'a [DataPoint]) -> Vec<PointOut<'a>> {
+    let h = stable_hash(stream);
+    points.iter().map(|p| point(stream, h, ty, p)).collect()
+}
+
+/// A point of `stream` (whose [`stable_hash`] is `h`, of type `ty`), ready to serialize.
+fn point<'a>(stream: &'a str, h: u64, ty: StreamType, p: &'a DataPoint) -> PointOut<'a> {
+    let e = p.extras.as_deref();
+    PointOut {
+        id: point_id_hashed(h, p.timestamp).to_string(),
+        stream_id: stream,
+        timestamp: format_iso(p.timestamp),
+        server_timestamp: format_iso(p.server_timestamp),
+        value: ValueOut {
+            value: &p.value,
+            ty,
+        },
+        quality: e.and_then(|e| e.quality),
+        location: e.and_then(|e| e.location.as_deref()),
+        description: e.and_then(|e| e.description.as_deref()),
+    }
+}
+
+/// Digi's list envelope, typed: `{"count", "size", "cursor", "list"}`.
+#[derive(Serialize)]
+pub struct ListOut<T: Serialize> {
+    count: usize,
+    size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    list: Vec<T>,
+}
+
+impl<T: Serialize> ListOut<T> {
+    /// A page of `list` for a request of `size`, with the cursor of the next page.
+    pub fn new(list: Vec<T>, size: usize, next: Option<Cursor>) -> Self {
+        ListOut {
+            count: list.len(),
+            size,
+            cursor: next.map(|c| c.encode()),
+            list,
+        }
+    }
 }
 
 /// Percent-encodes a stream path for use in a URL path (segments kept apart by `/`).

@@ -81,7 +81,11 @@ pub fn stable_hash(s: &str) -> u64 {
 /// point is identified by (stream, timestamp), the id is derived, never stored, and a point that
 /// is written again keeps its id.
 pub fn point_id(stream: &str, timestamp: i64) -> uuid::Uuid {
-    let h = stable_hash(stream);
+    point_id_hashed(stable_hash(stream), timestamp)
+}
+
+/// [`point_id`] with the path's [`stable_hash`] computed once, for pages of many points.
+pub fn point_id_hashed(h: u64, timestamp: i64) -> uuid::Uuid {
     let mut b = [0u8; 16];
     b[..6].copy_from_slice(&(timestamp as u64).to_be_bytes()[2..]);
     b[6..8].copy_from_slice(&h.to_be_bytes()[..2]);
