@@ -134,7 +134,7 @@ pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
 
 /// `GET /ws/v1/streams/folders[/{prefix}]`.
 pub async fn folders(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let prefix = req.match_info().get("prefix").unwrap_or("").to_string();
+    let prefix = crate::path_tail(&req)?;
     let mut p = Params::parse(req.query_string())?;
     let limit = p.size()?;
     let cursor = p.cursor()?;

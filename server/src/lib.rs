@@ -43,16 +43,24 @@ pub struct AppState {
     pub body_limit: usize,
 }
 
-/// The stream id of a request: the rest of the path after the route's prefix, percent-decoded.
-pub fn stream_id(req: &HttpRequest) -> Result<String, ApiError> {
-    let raw = req.match_info().get("stream_id").unwrap_or("");
-    let decoded = percent_decode(raw).ok_or_else(|| {
+/// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
+/// decoded strictly once (actix's own decoding of match info is lossy for invalid UTF-8).
+pub fn path_tail(req: &HttpRequest) -> Result<String, ApiError> {
+    let pattern = req.match_pattern().unwrap_or_default();
+    let prefix = pattern.split('{').next().unwrap_or("");
+    let raw = req.path().strip_prefix(prefix).unwrap_or("");
+    percent_decode(raw).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "the stream id {raw:?} is not valid percent-encoded UTF-8"
         ))
-    })?;
-    meterstream_storage::path::validate_path(&decoded)?;
-    Ok(decoded)
+    })
+}
+
+/// The stream id of a request, checked against the path rules.
+pub fn stream_id(req: &HttpRequest) -> Result<String, ApiError> {
+    let id = path_tail(req)?;
+    meterstream_storage::path::validate_path(&id)?;
+    Ok(id)
 }
 
 fn percent_decode(s: &str) -> Option<String> {

@@ -177,3 +177,25 @@ fn delete_history_by_range() {
     // The stream itself remains.
     assert_eq!(s.get_json("/ws/v1/streams/inventory/h/d").0, 200);
 }
+
+#[test]
+fn stream_ids_with_percent_and_unicode_in_urls() {
+    let s = TestServer::start();
+    s.post_json(&json!([
+        {"stream_id": "a/100%", "value": 1, "timestamp": 1},
+        {"stream_id": "a/ü", "value": 2, "timestamp": 1},
+        {"stream_id": "a/x%2Fy", "value": 3, "timestamp": 1}
+    ]));
+    assert_eq!(s.history_all("a/100%25", ""), vec![(1, json!(1.0))]);
+    assert_eq!(s.history_all("a/%C3%BC", ""), vec![(1, json!(2.0))]);
+    assert_eq!(s.history_all("a/x%252Fy", ""), vec![(1, json!(3.0))]);
+    // history_uri is the URL that reads the stream back.
+    let (_, v) = s.get_json("/ws/v1/streams/inventory/a/100%25");
+    let uri = v["history_uri"].as_str().unwrap().to_string();
+    assert_eq!(uri, "/ws/v1/streams/history/a/100%25");
+    let (st, h) = s.get_json(&uri);
+    assert_eq!((st, h["count"].clone()), (200, json!(1)));
+    // A broken escape is a 400 that names the id.
+    let (st, v) = s.get_json("/ws/v1/streams/history/a/%FF");
+    assert_eq!(st, 400, "{v}");
+}
