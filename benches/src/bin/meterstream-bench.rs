@@ -129,6 +129,52 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Posts every batch to `url` over `connections` concurrent connections, each taking the next
+/// unsent batch; fails on the first answer that is not 2xx.
+fn send_all(
+    batches: &Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    url: &str,
+    content_type: &str,
+) -> Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..connections {
+        let (batches, next, url, ct) = (
+            batches.clone(),
+            next.clone(),
+            url.to_string(),
+            content_type.to_string(),
+        );
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(b) = batches.get(i) else {
+                    return Ok(());
+                };
+                let r = client
+                    .post(&url)
+                    .header("content-type", &ct)
+                    .body(b.clone())
+                    .send()?;
+                ensure!(
+                    r.status().is_success(),
+                    "batch {i}: {} {}",
+                    r.status(),
+                    r.text()?
+                );
+            }
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    }
+    Ok(())
+}
+
 /// The newest point of `stream`, as the history API answers it.
 fn newest_point(
     client: &reqwest::blocking::Client,
@@ -176,37 +222,13 @@ fn ingest(a: IngestArgs) -> Result<()> {
     let extra: Vec<&str> = a.server_args.iter().map(String::as_str).collect();
     let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
     let cpu0 = srv.cpu_seconds()?;
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..a.connections {
-        let (batches, next, url) = (batches.clone(), next.clone(), srv.url.clone());
-        handles.push(std::thread::spawn(move || -> Result<()> {
-            let client = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(b) = batches.get(i) else {
-                    return Ok(());
-                };
-                let r = client
-                    .post(format!("{url}/ws/v1/streams/history"))
-                    .header("content-type", "application/msgpack")
-                    .body(b.clone())
-                    .send()?;
-                ensure!(
-                    r.status().as_u16() == 201,
-                    "batch {i}: {} {}",
-                    r.status(),
-                    r.text()?
-                );
-            }
-        }));
-    }
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    }
+    send_all(
+        &batches,
+        a.connections,
+        &format!("{}/ws/v1/streams/history", srv.url),
+        "application/msgpack",
+    )?;
     // Acknowledged means applied: the last point of a stream is queryable now.
     let client = reqwest::blocking::Client::new();
     let probe = fleet.stream_path(a.meters - 1, 11);
@@ -336,28 +358,13 @@ fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serd
     let dir = tmp.path().join("vm");
     let vm = Victoria::start(&dir)?;
     let cpu0 = vm.cpu_seconds()?;
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..a.connections {
-        let (batches, next, url) = (batches.clone(), next.clone(), vm.url.clone());
-        handles.push(std::thread::spawn(move || -> Result<()> {
-            let client = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(b) = batches.get(i) else {
-                    return Ok(());
-                };
-                let r = client.post(format!("{url}/write")).body(b.clone()).send()?;
-                ensure!(r.status().is_success(), "batch {i}: {}", r.status());
-            }
-        }));
-    }
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    }
+    send_all(
+        &batches,
+        a.connections,
+        &format!("{}/write", vm.url),
+        "text/plain",
+    )?;
     let client = reqwest::blocking::Client::new();
     client
         .get(format!("{}/internal/force_flush", vm.url))
