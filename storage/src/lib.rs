@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod path;
 pub mod point;
 pub mod query;
+pub mod rollup;
 pub mod series;
 mod snapshot;
 pub mod store;
