@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
+//! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
 //! - [`inventory`]: `/ws/v1/streams/inventory` and `/ws/v1/streams/folders`; [`filter`] parses
 //!   the inventory `query` language.
 //! - [`wire`]: the JSON shapes of streams and points. [`params`]: query parameters.
@@ -22,6 +23,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod params;
 pub mod retention;
+pub mod rollups;
 pub mod wire;
 
 use actix_web::dev::Service as _;
@@ -112,6 +114,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/ws/v1/streams/history/{stream_id:.*}")
                 .route(web::get().to(history::get))
                 .route(web::delete().to(history::delete)),
+        )
+        .service(
+            resource("/ws/v1/streams/rollups/{stream_id:.*}").route(web::get().to(rollups::get)),
         )
         .service(resource("/ws/v1/streams/inventory").route(web::get().to(inventory::list)))
         .service(

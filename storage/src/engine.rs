@@ -9,8 +9,9 @@ use crate::metrics::StoreMetrics;
 use crate::path::{device_id, validate_path};
 use crate::point::{stable_hash, DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
+use crate::rollup::{roll_up, RollupSpec, RollupValue};
 use crate::series::Series;
-use crate::store::{ItemError, Store, StoreStats, WriteOutcome};
+use crate::store::{ItemError, RollupQuery, Store, StoreStats, WriteOutcome};
 use crate::stream::{StreamInfo, StreamMeta, StreamUpdate};
 use crate::time::check_range;
 use crate::value::{StreamType, ValueKind};
@@ -1385,6 +1386,103 @@ impl Store for Engine {
             Timeline::Client => self.history_client(st, q),
             Timeline::Server => self.history_server(st, q),
         }
+    }
+
+    fn rollups(&self, path: &str, q: &RollupQuery) -> Result<Page<RollupValue>> {
+        Self::check_cursor(q.cursor.as_ref(), q.order)?;
+        let info = self.stream(path)?;
+        let ty = info.meta.stream_type;
+        if !ty.is_numeric() {
+            return Err(StorageError::invalid(
+                "stream",
+                format!("{path:?} is a {ty} stream; only numeric streams roll up"),
+            ));
+        }
+        if let (Some(f), Some(t)) = (q.from, q.to) {
+            if t <= f {
+                return Err(StorageError::invalid(
+                    "end_time",
+                    "it must be after start_time",
+                ));
+            }
+        }
+        // Reference implementation: roll up the raw points of the range at query time.
+        let (from, to) = (
+            q.from.unwrap_or(crate::time::MIN_TIMESTAMP),
+            q.to.unwrap_or(crate::time::MAX_TIMESTAMP + 1),
+        );
+        let mut points: Vec<(i64, f64)> = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.history(
+                path,
+                &HistoryQuery {
+                    from,
+                    to,
+                    order: Order::Asc,
+                    timeline: Timeline::Client,
+                    limit: 1 << 20,
+                    cursor,
+                },
+            )?;
+            points.extend(
+                page.items
+                    .iter()
+                    .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v))),
+            );
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let before = self
+            .history(
+                path,
+                &HistoryQuery {
+                    from: crate::time::MIN_TIMESTAMP,
+                    to: from,
+                    order: Order::Desc,
+                    timeline: Timeline::Client,
+                    limit: 1,
+                    cursor: None,
+                },
+            )?
+            .items
+            .first()
+            .and_then(|p| p.value.as_f64());
+        // Without an explicit bound the range is the data's own.
+        let from = q.from.or(points.first().map(|p| p.0)).unwrap_or(from);
+        let to = q.to.or(points.last().map(|p| p.0 + 1)).unwrap_or(from);
+        let spec = RollupSpec {
+            interval: q.interval,
+            method: q.method,
+            tz: &q.tz,
+            fill: q.fill,
+        };
+        let mut all = roll_up(&points, before, &spec, from, to)?;
+        if q.order == Order::Desc {
+            all.reverse();
+        }
+        if let Some(Cursor::Client { ts, .. }) = &q.cursor {
+            all.retain(|v| {
+                if q.order == Order::Asc {
+                    v.timestamp > *ts
+                } else {
+                    v.timestamp < *ts
+                }
+            });
+        } else if q.cursor.is_some() {
+            return Err(StorageError::invalid(
+                "cursor",
+                "it belongs to another kind of listing",
+            ));
+        }
+        let next = (all.len() > q.limit).then(|| Cursor::Client {
+            order: q.order,
+            ts: all[q.limit - 1].timestamp,
+        });
+        all.truncate(q.limit);
+        Ok(Page { items: all, next })
     }
 
     fn delete_history(&self, path: &str, from: i64, to: i64) -> Result<u64> {

@@ -13,6 +13,7 @@
 //! - [`head`]: the open head of a stream, compressed in memory; `snapshot` saves them all.
 //! - `chunk_file`: the append-only files that hold sealed chunks.
 //! - [`query`]: history queries, stream filters, pages and cursors.
+//! - [`rollup`]: intervals, methods, mergeable summaries, time-zone boundaries, rolling up.
 //! - [`stream`], [`point`], [`value`]: the data model.
 //! - [`path`]: stream path rules. [`time`]: timestamp range, parsing, formatting.
 //! - [`metrics`], [`error`].
@@ -67,6 +68,7 @@ pub use point::{DataPoint, Extras, GroupIn, PointIn};
 pub use query::{
     Child, CmpOp, Condition, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline,
 };
-pub use store::{ItemError, Store, StoreStats, WriteOutcome};
+pub use rollup::{Fill, Interval, Method, RollupValue};
+pub use store::{ItemError, RollupQuery, Store, StoreStats, WriteOutcome};
 pub use stream::{StreamInfo, StreamMeta, StreamUpdate};
 pub use value::{InValue, StreamType, Value, ValueKind};

@@ -9,6 +9,7 @@ use crate::error::{Result, StorageError};
 use crate::metrics::StoreMetrics;
 use crate::point::{DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter};
+use crate::rollup::{Fill, Interval, Method, RollupValue};
 use crate::stream::{StreamInfo, StreamUpdate};
 
 /// The error of one item of a write batch.
@@ -42,6 +43,29 @@ pub struct StoreStats {
     pub open_points: usize,
 }
 
+/// A rollup read of one stream.
+#[derive(Debug, Clone)]
+pub struct RollupQuery {
+    /// First timestamp of the points rolled up (inclusive); `None` = from the first point.
+    pub from: Option<i64>,
+    /// End of the points rolled up (exclusive); `None` = through the last point.
+    pub to: Option<i64>,
+    /// Interval.
+    pub interval: Interval,
+    /// Method.
+    pub method: Method,
+    /// Zone of the interval boundaries.
+    pub tz: jiff::tz::TimeZone,
+    /// What empty intervals answer.
+    pub fill: Fill,
+    /// Order of the intervals.
+    pub order: Order,
+    /// Most intervals returned.
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
 /// A durable store of streams and their points.
 pub trait Store: Send + Sync + 'static {
     /// Writes points, creating streams on their first point. Good items are stored even when
@@ -73,6 +97,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Raw points of a stream.
     fn history(&self, path: &str, query: &HistoryQuery) -> Result<Page<DataPoint>>;
+
+    /// Rolled-up values of a numeric stream.
+    fn rollups(&self, path: &str, query: &RollupQuery) -> Result<Page<RollupValue>>;
 
     /// Deletes the points of a stream with `from <= timestamp < to`; returns how many.
     fn delete_history(&self, path: &str, from: i64, to: i64) -> Result<u64>;

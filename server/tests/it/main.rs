@@ -8,5 +8,6 @@ mod history;
 mod ingest;
 mod inventory;
 mod readme;
+mod rollups;
 mod service;
 mod support;

@@ -1,0 +1,161 @@
+use crate::support::{error_message, TestServer};
+use serde_json::{json, Value};
+
+fn vals(v: &Value) -> Vec<(String, Value)> {
+    v["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["timestamp"].as_str().unwrap().to_string(),
+                i["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn load(s: &TestServer) {
+    // Minute 0: 10, 20; minute 2: 30, 40 (2026-01-01T00:00Z onwards).
+    let base = 1_767_225_600_000i64;
+    s.post_json(&json!([
+        {"stream_id": "r/v", "value": 10.0, "timestamp": base},
+        {"stream_id": "r/v", "value": 20.0, "timestamp": base + 30_000},
+        {"stream_id": "r/v", "value": 30.0, "timestamp": base + 120_000},
+        {"stream_id": "r/v", "value": 40.0, "timestamp": base + 150_000},
+        {"stream_id": "r/s", "value": "on", "timestamp": base}
+    ]));
+}
+
+#[test]
+fn every_method_over_minutes() {
+    let s = TestServer::start();
+    load(&s);
+    let q = |m: &str| {
+        s.get_json(&format!(
+            "/ws/v1/streams/rollups/r/v?interval=1m&method={m}"
+        ))
+        .1
+    };
+    let first = |m: &str| vals(&q(m)).into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+    assert_eq!(first("sum"), vec![json!(30.0), json!(70.0)]);
+    assert_eq!(first("average"), vec![json!(15.0), json!(35.0)]);
+    assert_eq!(first("min"), vec![json!(10.0), json!(30.0)]);
+    assert_eq!(first("max"), vec![json!(20.0), json!(40.0)]);
+    assert_eq!(first("count"), vec![json!(2.0), json!(2.0)]);
+    assert_eq!(first("first"), vec![json!(10.0), json!(30.0)]);
+    assert_eq!(first("last"), vec![json!(20.0), json!(40.0)]);
+    assert_eq!(first("increase"), vec![json!(10.0), json!(20.0)]);
+    let sd = first("standarddev");
+    assert!((sd[0].as_f64().unwrap() - 7.0710678118654755).abs() < 1e-12);
+    let v = q("sum");
+    assert_eq!(
+        v["list"][0],
+        json!({"stream_id": "r/v", "timestamp": "2026-01-01T00:00:00.000Z", "value": 30.0})
+    );
+    assert_eq!(
+        (v["count"].clone(), v["size"].clone()),
+        (json!(2), json!(1000))
+    );
+}
+
+#[test]
+fn fill_order_size_cursor_and_ranges() {
+    let s = TestServer::start();
+    load(&s);
+    let (_, v) = s.get_json("/ws/v1/streams/rollups/r/v?interval=1m&method=count&fill=null&start_time=2026-01-01T00:00:00Z&end_time=2026-01-01T00:04:00Z");
+    let got: Vec<Value> = vals(&v).into_iter().map(|x| x.1).collect();
+    assert_eq!(got, vec![json!(2.0), Value::Null, json!(2.0), Value::Null]);
+    let (_, v) = s.get_json("/ws/v1/streams/rollups/r/v?interval=1m&method=max&fill=previous&start_time=2026-01-01T00:00:00Z&end_time=2026-01-01T00:04:00Z&order=desc&size=3");
+    let got: Vec<Value> = vals(&v).into_iter().map(|x| x.1).collect();
+    assert_eq!(got, vec![json!(40.0), json!(40.0), json!(20.0)]);
+    let c = v["cursor"].as_str().unwrap().to_string();
+    let (_, v) = s.get_json(&format!("/ws/v1/streams/rollups/r/v?interval=1m&method=max&fill=previous&start_time=2026-01-01T00:00:00Z&end_time=2026-01-01T00:04:00Z&order=desc&size=3&cursor={c}"));
+    assert_eq!(
+        vals(&v),
+        vec![("2026-01-01T00:00:00.000Z".to_string(), json!(20.0))]
+    );
+    assert!(v.get("cursor").is_none());
+    let (_, v) = s.get_json("/ws/v1/streams/rollups/r/v?interval=1m&method=sum&fill=zero&start_time=2026-01-01T00:01:00Z&end_time=2026-01-01T00:02:00Z");
+    assert_eq!(
+        vals(&v),
+        vec![("2026-01-01T00:01:00.000Z".to_string(), json!(0.0))]
+    );
+    // Points are clipped to the range; the interval keeps its own start.
+    let (_, v) = s.get_json(
+        "/ws/v1/streams/rollups/r/v?interval=hour&method=sum&start_time=2026-01-01T00:00:10Z",
+    );
+    assert_eq!(
+        vals(&v),
+        vec![("2026-01-01T00:00:00.000Z".to_string(), json!(90.0))]
+    );
+    // Increase counts from the last value before the range.
+    let (_, v) = s.get_json(
+        "/ws/v1/streams/rollups/r/v?interval=1m&method=increase&start_time=2026-01-01T00:02:00Z",
+    );
+    assert_eq!(
+        vals(&v),
+        vec![("2026-01-01T00:02:00.000Z".to_string(), json!(20.0))]
+    );
+}
+
+#[test]
+fn time_zones_set_day_and_hour_boundaries() {
+    let s = TestServer::start();
+    // One point per hour across Sofia's spring-forward day (2026-03-29).
+    let pts: Vec<Value> = (0..48)
+        .map(|h| json!({"stream_id": "tz/v", "value": 1.0, "timestamp": 1_774_656_000_000i64 + h * 3_600_000}))
+        .collect();
+    s.post_json(&json!(pts));
+    let (_, v) =
+        s.get_json("/ws/v1/streams/rollups/tz/v?interval=day&method=count&timezone=Europe/Sofia");
+    let days = vals(&v);
+    assert!(
+        days.contains(&("2026-03-28T22:00:00.000Z".to_string(), json!(23.0))),
+        "{days:?}"
+    );
+    let (_, v) = s.get_json(
+        "/ws/v1/streams/rollups/tz/v?interval=hour&method=count&timezone=Asia/Kolkata&size=1",
+    );
+    assert_eq!(vals(&v)[0].0, "2026-03-27T23:30:00.000Z");
+    let (_, v) = s.get_json("/ws/v1/streams/rollups/tz/v?interval=week&method=count&timezone=UTC");
+    assert_eq!(vals(&v)[0].0, "2026-03-23T00:00:00.000Z");
+}
+
+#[test]
+fn bad_input_is_a_400_naming_it() {
+    let s = TestServer::start();
+    load(&s);
+    for (q, word) in [
+        ("interval=2h", "interval"),
+        ("method=median", "method"),
+        ("timezone=Mars/Olympus", "timezone"),
+        ("fill=linear", "fill"),
+        (
+            "start_time=2026-01-02T00:00:00Z&end_time=2026-01-01T00:00:00Z",
+            "end_time",
+        ),
+        ("size=0", "size"),
+        ("cursor=zzz", "cursor"),
+        ("aggregate=sum", "aggregate"),
+        (
+            "interval=1m&fill=null&start_time=0&end_time=9999999999999",
+            "narrow",
+        ),
+    ] {
+        let (st, v) = s.get_json(&format!("/ws/v1/streams/rollups/r/v?{q}"));
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(error_message(&v, 400).contains(word), "{q}: {v}");
+    }
+    let (st, v) = s.get_json("/ws/v1/streams/rollups/r/s");
+    assert_eq!(st, 400);
+    assert!(
+        error_message(&v, 400).contains("only numeric streams roll up"),
+        "{v}"
+    );
+    let (st, _) = s.get_json("/ws/v1/streams/rollups/r/none");
+    assert_eq!(st, 404);
+    let (st, v) = s.get_json("/ws/v1/streams/rollups/r//v");
+    assert_eq!(st, 400);
+    assert!(error_message(&v, 400).contains("empty segment"));
+}
