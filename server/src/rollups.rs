@@ -1,21 +1,32 @@
-//! `GET /ws/v1/streams/rollups/{stream_id}`: rolled-up values of one numeric stream.
+//! `GET /ws/v1/streams/rollups/{stream or pattern}`: rolled-up values of numeric streams.
 //!
 //! Parameters: `interval` (`1m 5m 15m half|30m hour day week month`, default `hour`), `method`
 //! (`sum average min max count standarddev first last increase`, default `average`),
 //! `start_time`/`end_time` (the points rolled up; default: all of them), `timezone` (IANA name,
-//! default `UTC`), `fill` (`none null previous zero`, default `none`), `order`, `size`, `cursor`.
-//! Answers Digi's shape: `{"count", "size", "cursor", "list": [{"stream_id", "timestamp",
-//! "value"}]}`, each `timestamp` the start of its interval; `value` is null for a `fill=null`
-//! interval (and for `fill=previous` before the first non-empty one).
+//! default `UTC`), `fill` (`none null previous zero`, default `none`), `order`, `size`, `cursor`,
+//! and for patterns `aggregate` (`sum average min max`).
+//!
+//! The path is a stream id, or a pattern whose segments may be `*` (one segment each, e.g.
+//! `*/*/active_power`). A pattern answers one series per matching numeric stream, ordered by
+//! stream and then time; with `aggregate` the streams are combined into one series, interval by
+//! interval, leaving out the streams with no point in that interval (`stream_id` is then the
+//! pattern). Answers Digi's shape: `{"count", "size", "cursor", "list": [{"stream_id",
+//! "timestamp", "value"}]}`, each `timestamp` the start of its interval; `value` is null for a
+//! `fill=null` interval (and for `fill=previous` before the first non-empty one).
 
 use crate::error::ApiError;
 use crate::params::Params;
-use crate::{stream_id, wire, AppState};
+use crate::{path_tail, wire, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
-use meterstream_storage::rollup::zone;
+use meterstream_storage::path::{matches_pattern, pattern_prefix, validate_path, validate_pattern};
+use meterstream_storage::rollup::{fill_intervals, zone, MAX_INTERVALS};
 use meterstream_storage::time::{format_iso, now_ms};
-use meterstream_storage::{Fill, Interval, Method, RollupQuery};
+use meterstream_storage::{
+    Condition, Cursor, Fill, Interval, Method, Order, RollupQuery, RollupValue, StorageError,
+    Store, StreamFilter,
+};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 const PARAMS: &[&str] = &[
     "interval",
@@ -27,7 +38,34 @@ const PARAMS: &[&str] = &[
     "order",
     "size",
     "cursor",
+    "aggregate",
 ];
+
+/// How a pattern's streams are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aggregate {
+    Sum,
+    Average,
+    Min,
+    Max,
+}
+
+impl Aggregate {
+    fn parse(s: &str) -> Result<Aggregate, ApiError> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "sum" => Aggregate::Sum,
+            "average" | "avg" => Aggregate::Average,
+            "min" => Aggregate::Min,
+            "max" => Aggregate::Max,
+            _ => {
+                return Err(ApiError::param(
+                    "aggregate",
+                    format!("{s:?} is not one of sum, average, min, max"),
+                ))
+            }
+        })
+    }
+}
 
 #[derive(Serialize)]
 struct RollupOut<'a> {
@@ -36,9 +74,22 @@ struct RollupOut<'a> {
     value: Option<f64>,
 }
 
-/// `GET /ws/v1/streams/rollups/{stream_id}`.
-pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let path = stream_id(&req)?;
+/// A parsed rollup request.
+struct Request {
+    target: String,
+    pattern: bool,
+    query: RollupQuery,
+    aggregate: Option<Aggregate>,
+}
+
+fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
+    let target = path_tail(req)?;
+    let pattern = target.contains('*');
+    if pattern {
+        validate_pattern(&target)?;
+    } else {
+        validate_path(&target)?;
+    }
     let now = now_ms();
     let mut p = Params::parse(req.query_string())?;
     let interval = Interval::parse(p.take("interval")?.as_deref().unwrap_or("hour"))?;
@@ -50,31 +101,192 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     let order = p.order()?;
     let limit = p.size()?;
     let cursor = p.cursor()?;
+    let aggregate = p
+        .take("aggregate")?
+        .map(|a| Aggregate::parse(&a))
+        .transpose()?;
     p.finish(PARAMS)?;
-    let q = RollupQuery {
-        from,
-        to,
-        interval,
-        method,
-        tz,
-        fill,
-        order,
-        limit,
-        cursor,
+    if let (Some(f), Some(t)) = (from, to) {
+        if t <= f {
+            return Err(ApiError::param("end_time", "it must be after start_time"));
+        }
+    }
+    Ok(Request {
+        target,
+        pattern,
+        query: RollupQuery {
+            from,
+            to,
+            interval,
+            method,
+            tz,
+            fill,
+            order,
+            limit,
+            cursor,
+        },
+        aggregate,
+    })
+}
+
+/// The numeric streams matching a pattern, in path order.
+fn matching_streams(store: &dyn Store, pattern: &str) -> Result<Vec<String>, ApiError> {
+    let filter = StreamFilter {
+        conditions: vec![Condition::IdStartsWith(pattern_prefix(pattern))],
     };
+    let mut out = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = store.list_streams(&filter, Order::Asc, 1000, cursor.as_ref())?;
+        out.extend(
+            page.items
+                .iter()
+                .filter(|s| s.meta.stream_type.is_numeric() && matches_pattern(pattern, &s.path))
+                .map(|s| s.path.clone()),
+        );
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Every interval of one stream (no paging), for combining.
+fn whole_series(
+    store: &dyn Store,
+    path: &str,
+    q: &RollupQuery,
+    fill: Fill,
+) -> Result<Vec<RollupValue>, StorageError> {
+    let all = RollupQuery {
+        fill,
+        order: Order::Asc,
+        limit: MAX_INTERVALS + 1,
+        cursor: None,
+        ..q.clone()
+    };
+    Ok(store.rollups(path, &all)?.items)
+}
+
+/// (stream, value) rows of one page, and the cursor of the next.
+type Rows = (Vec<(String, RollupValue)>, Option<Cursor>);
+
+fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
+    let q = &r.query;
+    if !r.pattern && r.aggregate.is_none() {
+        let page = store.rollups(&r.target, q)?;
+        let rows = page
+            .items
+            .into_iter()
+            .map(|v| (r.target.clone(), v))
+            .collect();
+        return Ok((rows, page.next));
+    }
+    let streams = if r.pattern {
+        matching_streams(store, &r.target)?
+    } else {
+        vec![r.target.clone()]
+    };
+    let mut rows: Vec<(String, RollupValue)> = Vec::new();
+    if let Some(agg) = r.aggregate {
+        // Combine per interval over the streams that have a value there, then fill.
+        let mut acc: BTreeMap<i64, (f64, u64)> = BTreeMap::new();
+        for s in &streams {
+            for v in whole_series(store, s, q, Fill::None)? {
+                let Some(x) = v.value else { continue };
+                let e = acc.entry(v.timestamp).or_insert(match agg {
+                    Aggregate::Min => (f64::INFINITY, 0),
+                    Aggregate::Max => (f64::NEG_INFINITY, 0),
+                    _ => (0.0, 0),
+                });
+                e.0 = match agg {
+                    Aggregate::Sum | Aggregate::Average => e.0 + x,
+                    Aggregate::Min => e.0.min(x),
+                    Aggregate::Max => e.0.max(x),
+                };
+                e.1 += 1;
+            }
+        }
+        let combined: Vec<(i64, f64)> = acc
+            .into_iter()
+            .map(|(t, (v, n))| {
+                (
+                    t,
+                    if agg == Aggregate::Average {
+                        v / n as f64
+                    } else {
+                        v
+                    },
+                )
+            })
+            .collect();
+        let from = q.from.or(combined.first().map(|c| c.0)).unwrap_or(0);
+        let to = q.to.or(combined.last().map(|c| c.0 + 1)).unwrap_or(0);
+        let filled = fill_intervals(&combined, q.interval, &q.tz, q.fill, from, to)?;
+        rows.extend(filled.into_iter().map(|v| (r.target.clone(), v)));
+    } else {
+        for s in &streams {
+            rows.extend(
+                whole_series(store, s, q, q.fill)?
+                    .into_iter()
+                    .map(|v| (s.clone(), v)),
+            );
+        }
+    }
+    if q.order == Order::Desc {
+        // Streams stay in path order; time runs backwards within each.
+        rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.timestamp.cmp(&a.1.timestamp)));
+    }
+    // The cursor is "stream\u{1}timestamp" (control characters cannot occur in paths).
+    let key = |(s, v): &(String, RollupValue)| (s.clone(), v.timestamp);
+    if let Some(c) = &q.cursor {
+        let Cursor::Key { key: k, .. } = c else {
+            return Err(
+                StorageError::invalid("cursor", "it belongs to another kind of listing").into(),
+            );
+        };
+        let (s, t) = k
+            .split_once('\u{1}')
+            .and_then(|(s, t)| t.parse::<i64>().ok().map(|t| (s.to_string(), t)))
+            .ok_or_else(|| StorageError::invalid("cursor", "it is not a rollup cursor"))?;
+        rows.retain(|row| {
+            let (rs, rt) = key(row);
+            rs > s
+                || (rs == s
+                    && if q.order == Order::Asc {
+                        rt > t
+                    } else {
+                        rt < t
+                    })
+        });
+    }
+    let next = (rows.len() > q.limit).then(|| {
+        let (s, t) = key(&rows[q.limit - 1]);
+        Cursor::Key {
+            order: q.order,
+            key: format!("{s}\u{1}{t}"),
+        }
+    });
+    rows.truncate(q.limit);
+    Ok((rows, next))
+}
+
+/// `GET /ws/v1/streams/rollups/{stream or pattern}`.
+pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let r = parse(&req)?;
+    let limit = r.query.limit;
     let st2 = st.clone();
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
-        let page = st2.store.rollups(&path, &q)?;
-        let items: Vec<RollupOut> = page
-            .items
+        let (rows, next) = page_of(&*st2.store, &r)?;
+        let items: Vec<RollupOut> = rows
             .iter()
-            .map(|v| RollupOut {
-                stream_id: &path,
+            .map(|(s, v)| RollupOut {
+                stream_id: s,
                 timestamp: format_iso(v.timestamp),
                 value: v.value,
             })
             .collect();
-        serde_json::to_vec(&wire::ListOut::new(items, limit, page.next))
+        serde_json::to_vec(&wire::ListOut::new(items, limit, next))
             .map_err(|e| ApiError::Internal(e.to_string()))
     })
     .await??;

@@ -51,6 +51,58 @@ pub fn validate_path(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a stream pattern: a path whose segments may each be `*` (any one segment). The same
+/// rules as [`validate_path`] otherwise; the error names the rule.
+pub fn validate_pattern(pattern: &str) -> Result<()> {
+    if pattern
+        .split('/')
+        .any(|seg| seg.contains('*') && seg != "*")
+    {
+        return Err(StorageError::InvalidPath {
+            path: pattern.to_string(),
+            reason: "'*' must stand alone as a whole segment (gw/*/voltage)".into(),
+        });
+    }
+    // A pattern obeys the path rules once its wildcards are replaced by a plain segment.
+    let probe: String = pattern
+        .split('/')
+        .map(|seg| if seg == "*" { "x" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/");
+    validate_path(&probe).map_err(|e| match e {
+        StorageError::InvalidPath { reason, .. } => StorageError::InvalidPath {
+            path: pattern.to_string(),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// Whether `path` matches `pattern` segment by segment (`*` matches any one segment).
+pub fn matches_pattern(pattern: &str, path: &str) -> bool {
+    let (mut p, mut s) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), s.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// The literal prefix of a pattern before its first wildcard segment (`gw1/` for `gw1/*/v`).
+pub fn pattern_prefix(pattern: &str) -> String {
+    let mut out = String::new();
+    for seg in pattern.split('/') {
+        if seg == "*" {
+            return out;
+        }
+        out.push_str(seg);
+        out.push('/');
+    }
+    out
+}
+
 /// The device id of a path: its first segment.
 pub fn device_id(path: &str) -> &str {
     path.split('/').next().unwrap_or(path)
@@ -90,6 +142,26 @@ mod tests {
         validate_path(&"a".repeat(255)).unwrap();
         // 255 bytes counted in UTF-8, not characters.
         assert!(validate_path(&"é".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn patterns_match_whole_segments() {
+        validate_pattern("*/*/active_power").unwrap();
+        validate_pattern("gw1/*").unwrap();
+        assert!(validate_pattern("gw*/x")
+            .unwrap_err()
+            .to_string()
+            .contains("whole segment"));
+        assert!(validate_pattern("*//x")
+            .unwrap_err()
+            .to_string()
+            .contains("empty segment"));
+        assert!(matches_pattern("*/*/p", "gw/m1/p"));
+        assert!(!matches_pattern("*/*/p", "gw/m1/q"));
+        assert!(!matches_pattern("*/p", "gw/m1/p"));
+        assert!(matches_pattern("gw/m1/p", "gw/m1/p"));
+        assert_eq!(pattern_prefix("gw1/*/v"), "gw1/");
+        assert_eq!(pattern_prefix("*/v"), "");
     }
 
     #[test]

@@ -427,6 +427,60 @@ pub struct RollupSpec<'a> {
     pub fill: Fill,
 }
 
+/// Applies `fill` to rolled-up values (ascending, each at an interval start) over the intervals
+/// of `[from, to)`.
+pub fn fill_intervals(
+    values: &[(i64, f64)],
+    interval: Interval,
+    tz: &TimeZone,
+    fill: Fill,
+    from: i64,
+    to: i64,
+) -> Result<Vec<RollupValue>> {
+    if fill == Fill::None || from >= to {
+        return Ok(values
+            .iter()
+            .map(|(t, v)| RollupValue {
+                timestamp: *t,
+                value: Some(*v),
+            })
+            .collect());
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut prev = None;
+    let mut start = bucket_start(from, interval, tz)?;
+    while start < to {
+        if out.len() >= MAX_INTERVALS {
+            return Err(StorageError::invalid(
+                "end_time",
+                format!(
+                    "the range holds more than {MAX_INTERVALS} {} intervals to fill; narrow it or use fill=none",
+                    interval.name()
+                ),
+            ));
+        }
+        let value = match values.get(i) {
+            Some((t, v)) if *t == start => {
+                i += 1;
+                prev = Some(*v);
+                Some(*v)
+            }
+            _ => match fill {
+                Fill::Null | Fill::None => None,
+                Fill::Previous => prev,
+                Fill::Zero => Some(0.0),
+            },
+        };
+        out.push(RollupValue {
+            timestamp: start,
+            value,
+        });
+        start = next_start(start, interval, tz)?;
+    }
+    Ok(out)
+}
+
 /// Most intervals one rollup query walks through (empty ones included, when filling).
 pub const MAX_INTERVALS: usize = 2_000_000;
 

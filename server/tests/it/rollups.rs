@@ -137,7 +137,7 @@ fn bad_input_is_a_400_naming_it() {
         ),
         ("size=0", "size"),
         ("cursor=zzz", "cursor"),
-        ("aggregate=sum", "aggregate"),
+        ("aggregate=total", "aggregate"),
         (
             "interval=1m&fill=null&start_time=0&end_time=9999999999999",
             "narrow",
@@ -158,4 +158,129 @@ fn bad_input_is_a_400_naming_it() {
     let (st, v) = s.get_json("/ws/v1/streams/rollups/r//v");
     assert_eq!(st, 400);
     assert!(error_message(&v, 400).contains("empty segment"));
+}
+
+fn fleet(s: &TestServer) {
+    // Three meters' active power; m3 has no point in the second minute.
+    let base = 1_767_225_600_000i64;
+    let mut pts = Vec::new();
+    for (m, vals) in [
+        ("m1", [1.0, 2.0]),
+        ("m2", [10.0, 20.0]),
+        ("m3", [100.0, f64::NAN]),
+    ] {
+        for (k, v) in vals.iter().enumerate() {
+            if !v.is_nan() {
+                pts.push(json!({"stream_id": format!("gw/{m}/p"), "value": v, "timestamp": base + k as i64 * 60_000}));
+            }
+        }
+        pts.push(json!({"stream_id": format!("gw/{m}/status"), "value": "ok", "timestamp": base}));
+    }
+    s.post_json(&json!(pts));
+}
+
+#[test]
+fn patterns_give_one_series_per_stream() {
+    let s = TestServer::start();
+    fleet(&s);
+    let (st, v) = s.get_json("/ws/v1/streams/rollups/*/*/p?interval=1m&method=sum");
+    assert_eq!(st, 200, "{v}");
+    let rows: Vec<(String, f64)> = v["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["stream_id"].as_str().unwrap().to_string(),
+                i["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("gw/m1/p".to_string(), 1.0),
+            ("gw/m1/p".to_string(), 2.0),
+            ("gw/m2/p".to_string(), 10.0),
+            ("gw/m2/p".to_string(), 20.0),
+            ("gw/m3/p".to_string(), 100.0),
+        ]
+    );
+    // Non-numeric matches are left out.
+    let (_, v) = s.get_json("/ws/v1/streams/rollups/gw/*/status?interval=1m&method=count");
+    assert_eq!(v["count"], 0);
+    // Paging by (stream, time), both orders.
+    let mut seen = Vec::new();
+    let mut q =
+        "/ws/v1/streams/rollups/gw/*/p?interval=1m&method=sum&order=desc&size=2".to_string();
+    loop {
+        let (_, v) = s.get_json(&q);
+        for i in v["list"].as_array().unwrap() {
+            seen.push((
+                i["stream_id"].as_str().unwrap().to_string(),
+                i["value"].as_f64().unwrap(),
+            ));
+        }
+        match v["cursor"].as_str() {
+            Some(c) => q = format!(
+                "/ws/v1/streams/rollups/gw/*/p?interval=1m&method=sum&order=desc&size=2&cursor={c}"
+            ),
+            None => break,
+        }
+    }
+    let vals: Vec<f64> = seen.iter().map(|x| x.1).collect();
+    assert_eq!(vals, vec![2.0, 1.0, 20.0, 10.0, 100.0]);
+}
+
+#[test]
+fn aggregate_combines_streams_per_interval() {
+    let s = TestServer::start();
+    fleet(&s);
+    let get = |agg: &str, extra: &str| {
+        let (st, v) = s.get_json(&format!(
+            "/ws/v1/streams/rollups/*/*/p?interval=1m&method=sum&aggregate={agg}{extra}"
+        ));
+        assert_eq!(st, 200, "{v}");
+        v
+    };
+    let v = get("sum", "");
+    assert_eq!(
+        vals(&v),
+        vec![
+            ("2026-01-01T00:00:00.000Z".to_string(), json!(111.0)),
+            ("2026-01-01T00:01:00.000Z".to_string(), json!(22.0))
+        ]
+    );
+    assert_eq!(v["list"][0]["stream_id"], "*/*/p");
+    // m3 has no point in the second minute: left out of that interval's average.
+    let v = get("average", "");
+    assert_eq!(vals(&v)[1].1, json!(11.0));
+    assert_eq!(vals(&get("min", ""))[0].1, json!(1.0));
+    assert_eq!(vals(&get("max", ""))[1].1, json!(20.0));
+    let v = get(
+        "sum",
+        "&fill=zero&start_time=2026-01-01T00:00:00Z&end_time=2026-01-01T00:03:00Z",
+    );
+    assert_eq!(
+        vals(&v).into_iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![json!(111.0), json!(22.0), json!(0.0)]
+    );
+    let v = get("sum", "&order=desc&size=1");
+    assert_eq!(vals(&v)[0].1, json!(22.0));
+    assert!(v["cursor"].is_string());
+}
+
+#[test]
+fn bad_patterns_and_aggregates_are_400() {
+    let s = TestServer::start();
+    fleet(&s);
+    for (q, word) in [
+        ("*//p", "empty segment"),
+        ("gw*/m1/p", "whole segment"),
+        ("*/*/p?aggregate=median", "aggregate"),
+    ] {
+        let (st, v) = s.get_json(&format!("/ws/v1/streams/rollups/{q}"));
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(error_message(&v, 400).contains(word), "{q}: {v}");
+    }
 }
