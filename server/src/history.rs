@@ -111,7 +111,53 @@ const GET_PARAMS: &[&str] = &[
     "size",
     "cursor",
     "timeline",
+    "format",
 ];
+
+/// Points per page while streaming CSV.
+const CSV_PAGE: usize = 10_000;
+
+/// CSV columns of a raw point.
+const CSV_HEADER: [&str; 8] = [
+    "id",
+    "stream_id",
+    "timestamp",
+    "server_timestamp",
+    "value",
+    "quality",
+    "location",
+    "description",
+];
+
+fn csv_rows(
+    path: &str,
+    ty: meterstream_storage::StreamType,
+    points: &[meterstream_storage::DataPoint],
+) -> Result<bytes::Bytes, ApiError> {
+    let h = meterstream_storage::point::stable_hash(path);
+    crate::csv_export::rows(points.iter().map(|p| {
+        let e = p.extras.as_deref();
+        let value = match &p.value {
+            meterstream_storage::Value::Text(t) => t.clone(),
+            v => match v.to_json(ty) {
+                serde_json::Value::String(s) => s,
+                j => j.to_string(),
+            },
+        };
+        [
+            meterstream_storage::point::point_id_hashed(h, p.timestamp).to_string(),
+            path.to_string(),
+            meterstream_storage::time::format_iso(p.timestamp),
+            meterstream_storage::time::format_iso(p.server_timestamp),
+            value,
+            e.and_then(|e| e.quality)
+                .map(|q| q.to_string())
+                .unwrap_or_default(),
+            e.and_then(|e| e.location.clone()).unwrap_or_default(),
+            e.and_then(|e| e.description.clone()).unwrap_or_default(),
+        ]
+    }))
+}
 
 /// `GET /ws/v1/streams/history/{stream_id}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -124,15 +170,38 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     let limit = p.size()?;
     let cursor = p.cursor()?;
     let timeline = p.timeline()?;
+    let csv = crate::csv_export::wanted(&req, p.take("format")?.as_deref())?;
     p.finish(GET_PARAMS)?;
     let q = HistoryQuery {
         from,
         to,
         order,
         timeline,
-        limit,
+        limit: if csv { CSV_PAGE } else { limit },
         cursor,
     };
+    if csv {
+        let (st2, path2, q2) = (st.clone(), path.clone(), q.clone());
+        let (first, next, ty) = web::block(move || -> Result<_, ApiError> {
+            let ty = st2.store.stream(&path2)?.meta.stream_type;
+            let page = st2.store.history(&path2, &q2)?;
+            let mut b = crate::csv_export::rows([CSV_HEADER])?.to_vec();
+            b.extend_from_slice(&csv_rows(&path2, ty, &page.items)?);
+            Ok((bytes::Bytes::from(b), page.next, ty))
+        })
+        .await??;
+        let store = st.store.clone();
+        return Ok(crate::csv_export::stream(first, next, move |c| {
+            let page = store.history(
+                &path,
+                &HistoryQuery {
+                    cursor: Some(c),
+                    ..q.clone()
+                },
+            )?;
+            Ok((csv_rows(&path, ty, &page.items)?, page.next))
+        }));
+    }
     let st2 = st.clone();
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
         let info = st2.store.stream(&path)?;

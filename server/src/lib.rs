@@ -10,11 +10,13 @@
 //! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
 //! - [`inventory`]: `/ws/v1/streams/inventory` and `/ws/v1/streams/folders`; [`filter`] parses
 //!   the inventory `query` language.
-//! - [`wire`]: the JSON shapes of streams and points. [`params`]: query parameters.
+//! - [`wire`]: the JSON shapes of streams and points; [`csv_export`]: streamed CSV answers.
+//!   [`params`]: query parameters.
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
 
 pub mod config;
+pub mod csv_export;
 pub mod error;
 pub mod filter;
 pub mod history;

@@ -39,7 +39,11 @@ const PARAMS: &[&str] = &[
     "size",
     "cursor",
     "aggregate",
+    "format",
 ];
+
+/// Intervals per page while streaming CSV.
+const CSV_PAGE: usize = 10_000;
 
 /// How a pattern's streams are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +79,13 @@ struct RollupOut<'a> {
 }
 
 /// A parsed rollup request.
+#[derive(Clone)]
 struct Request {
     target: String,
     pattern: bool,
     query: RollupQuery,
     aggregate: Option<Aggregate>,
+    csv: bool,
 }
 
 fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
@@ -105,6 +111,7 @@ fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
         .take("aggregate")?
         .map(|a| Aggregate::parse(&a))
         .transpose()?;
+    let csv = crate::csv_export::wanted(req, p.take("format")?.as_deref())?;
     p.finish(PARAMS)?;
     if let (Some(f), Some(t)) = (from, to) {
         if t <= f {
@@ -122,10 +129,11 @@ fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
             tz,
             fill,
             order,
-            limit,
+            limit: if csv { CSV_PAGE } else { limit },
             cursor,
         },
         aggregate,
+        csv,
     })
 }
 
@@ -271,9 +279,36 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
     Ok((rows, next))
 }
 
+fn csv_rows(rows: &[(String, RollupValue)]) -> Result<bytes::Bytes, ApiError> {
+    crate::csv_export::rows(rows.iter().map(|(s, v)| {
+        [
+            s.clone(),
+            format_iso(v.timestamp),
+            v.value.map(|x| x.to_string()).unwrap_or_default(),
+        ]
+    }))
+}
+
 /// `GET /ws/v1/streams/rollups/{stream or pattern}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let r = parse(&req)?;
+    if r.csv {
+        let (st2, r2) = (st.clone(), r.clone());
+        let (first, next) = web::block(move || -> Result<_, ApiError> {
+            let (rows, next) = page_of(&*st2.store, &r2)?;
+            let mut b = crate::csv_export::rows([["stream_id", "timestamp", "value"]])?.to_vec();
+            b.extend_from_slice(&csv_rows(&rows)?);
+            Ok((bytes::Bytes::from(b), next))
+        })
+        .await??;
+        let store = st.store.clone();
+        return Ok(crate::csv_export::stream(first, next, move |c| {
+            let mut r = r.clone();
+            r.query.cursor = Some(c);
+            let (rows, next) = page_of(&*store, &r)?;
+            Ok((csv_rows(&rows)?, next))
+        }));
+    }
     let limit = r.query.limit;
     let st2 = st.clone();
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure should fail the test loudly
 
 mod crash;
+mod csv;
 mod history;
 mod ingest;
 mod inventory;

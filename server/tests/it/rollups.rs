@@ -222,9 +222,11 @@ fn patterns_give_one_series_per_stream() {
             ));
         }
         match v["cursor"].as_str() {
-            Some(c) => q = format!(
+            Some(c) => {
+                q = format!(
                 "/ws/v1/streams/rollups/gw/*/p?interval=1m&method=sum&order=desc&size=2&cursor={c}"
-            ),
+            )
+            }
             None => break,
         }
     }
