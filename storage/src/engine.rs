@@ -9,7 +9,7 @@ use crate::metrics::StoreMetrics;
 use crate::path::{device_id, validate_path};
 use crate::point::{stable_hash, DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
-use crate::rollup::{roll_up, RollupSpec, RollupValue};
+use crate::rollup::{Roller, RollupSpec, RollupValue};
 use crate::series::Series;
 use crate::store::{ItemError, RollupQuery, Store, StoreStats, WriteOutcome};
 use crate::stream::{StreamInfo, StreamMeta, StreamUpdate};
@@ -1406,60 +1406,71 @@ impl Store for Engine {
                 ));
             }
         }
-        // Reference implementation: roll up the raw points of the range at query time.
-        let (from, to) = (
-            q.from.unwrap_or(crate::time::MIN_TIMESTAMP),
-            q.to.unwrap_or(crate::time::MAX_TIMESTAMP + 1),
-        );
-        let mut points: Vec<(i64, f64)> = Vec::new();
-        let mut cursor = None;
-        loop {
+        // Reference implementation: roll up the raw points of the range at query time, fed page
+        // by page so that only the answer is held in memory.
+        let edge = |order: Order, from: i64, to: i64| -> Result<Option<(i64, f64)>> {
             let page = self.history(
                 path,
                 &HistoryQuery {
                     from,
                     to,
-                    order: Order::Asc,
-                    timeline: Timeline::Client,
-                    limit: 1 << 20,
-                    cursor,
-                },
-            )?;
-            points.extend(
-                page.items
-                    .iter()
-                    .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v))),
-            );
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        let before = self
-            .history(
-                path,
-                &HistoryQuery {
-                    from: crate::time::MIN_TIMESTAMP,
-                    to: from,
-                    order: Order::Desc,
+                    order,
                     timeline: Timeline::Client,
                     limit: 1,
                     cursor: None,
                 },
-            )?
-            .items
-            .first()
-            .and_then(|p| p.value.as_f64());
+            )?;
+            Ok(page
+                .items
+                .first()
+                .and_then(|p| p.value.as_f64().map(|v| (p.timestamp, v))))
+        };
+        let (lo, hi) = (crate::time::MIN_TIMESTAMP, crate::time::MAX_TIMESTAMP + 1);
         // Without an explicit bound the range is the data's own.
-        let from = q.from.or(points.first().map(|p| p.0)).unwrap_or(from);
-        let to = q.to.or(points.last().map(|p| p.0 + 1)).unwrap_or(from);
+        let from = match q.from {
+            Some(f) => f,
+            None => edge(Order::Asc, lo, hi)?.map_or(lo, |p| p.0),
+        };
+        let to = match q.to {
+            Some(t) => t,
+            None => edge(Order::Desc, lo, hi)?.map_or(from, |p| p.0 + 1),
+        };
+        let before = edge(Order::Desc, lo, from)?.map(|p| p.1);
         let spec = RollupSpec {
             interval: q.interval,
             method: q.method,
             tz: &q.tz,
             fill: q.fill,
         };
-        let mut all = roll_up(&points, before, &spec, from, to)?;
+        let mut all = if from < to {
+            let mut roller = Roller::new(spec, before, from, to)?;
+            let mut cursor = None;
+            loop {
+                let page = self.history(
+                    path,
+                    &HistoryQuery {
+                        from,
+                        to,
+                        order: Order::Asc,
+                        timeline: Timeline::Client,
+                        limit: 10_000,
+                        cursor,
+                    },
+                )?;
+                for p in &page.items {
+                    if let Some(v) = p.value.as_f64() {
+                        roller.push(p.timestamp, v)?;
+                    }
+                }
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            roller.finish()?
+        } else {
+            Vec::new()
+        };
         if q.order == Order::Desc {
             all.reverse();
         }

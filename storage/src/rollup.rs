@@ -484,6 +484,115 @@ pub fn fill_intervals(
 /// Most intervals one rollup query walks through (empty ones included, when filling).
 pub const MAX_INTERVALS: usize = 2_000_000;
 
+/// Rolls up points fed in time order, one at a time, holding only the intervals it answers:
+/// a year of raw points never has to be in memory at once.
+pub struct Roller<'a> {
+    spec: RollupSpec<'a>,
+    to: i64,
+    /// Last value before the current interval (for `increase`).
+    prev_last: Option<f64>,
+    /// Value of the last non-empty interval (for `fill=previous`).
+    prev_value: Option<f64>,
+    /// The open interval: start, next start, summary so far.
+    cur: Option<(i64, i64, Summary)>,
+    /// Start of the first interval not answered yet.
+    next_unanswered: i64,
+    out: Vec<RollupValue>,
+}
+
+impl<'a> Roller<'a> {
+    /// A roller for the points of `[from, to)`; `before` is the last value before `from`.
+    pub fn new(
+        spec: RollupSpec<'a>,
+        before: Option<f64>,
+        from: i64,
+        to: i64,
+    ) -> Result<Roller<'a>> {
+        Ok(Roller {
+            next_unanswered: bucket_start(from, spec.interval, spec.tz)?,
+            spec,
+            to,
+            prev_last: before,
+            prev_value: None,
+            cur: None,
+            out: Vec::new(),
+        })
+    }
+
+    fn emit(&mut self, timestamp: i64, value: Option<f64>) -> Result<()> {
+        if self.out.len() >= MAX_INTERVALS {
+            return Err(StorageError::invalid(
+                "end_time",
+                format!(
+                    "the range holds more than {MAX_INTERVALS} {} intervals; narrow it{}",
+                    self.spec.interval.name(),
+                    if self.spec.fill == Fill::None {
+                        ""
+                    } else {
+                        " or use fill=none"
+                    }
+                ),
+            ));
+        }
+        self.out.push(RollupValue { timestamp, value });
+        Ok(())
+    }
+
+    /// Answers the empty intervals before `until` (when filling).
+    fn fill_until(&mut self, until: i64) -> Result<()> {
+        if self.spec.fill == Fill::None {
+            self.next_unanswered = self.next_unanswered.max(until);
+            return Ok(());
+        }
+        while self.next_unanswered < until {
+            let v = match self.spec.fill {
+                Fill::Previous => self.prev_value,
+                Fill::Zero => Some(0.0),
+                Fill::Null | Fill::None => None,
+            };
+            self.emit(self.next_unanswered, v)?;
+            self.next_unanswered =
+                next_start(self.next_unanswered, self.spec.interval, self.spec.tz)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some((start, next, s)) = self.cur.take() {
+            let v = s.value(self.spec.method, self.prev_last);
+            self.prev_last = Some(s.last);
+            self.prev_value = Some(v);
+            self.emit(start, Some(v))?;
+            self.next_unanswered = next;
+        }
+        Ok(())
+    }
+
+    /// Feeds the next point (newer than every point fed so far, inside `[from, to)`).
+    pub fn push(&mut self, ts: i64, v: f64) -> Result<()> {
+        if let Some((_, next, s)) = &mut self.cur {
+            if ts < *next {
+                s.push(ts, v);
+                return Ok(());
+            }
+        }
+        self.close()?;
+        let start = bucket_start(ts, self.spec.interval, self.spec.tz)?;
+        self.fill_until(start)?;
+        let next = next_start(start, self.spec.interval, self.spec.tz)?;
+        self.cur = Some((start, next, Summary::of(ts, v)));
+        Ok(())
+    }
+
+    /// The values of every interval, ascending.
+    pub fn finish(mut self) -> Result<Vec<RollupValue>> {
+        self.close()?;
+        let to = self.to;
+        self.fill_until(to)?;
+        Ok(self.out)
+    }
+}
+
 /// Rolls up points (in time order, all in `[from, to)`) into the intervals that hold them,
 /// in ascending order. `before` is the last value before `from`, for `increase`. Points are
 /// clipped to the range but each interval is stamped with its own start, as InfluxDB does.
@@ -494,75 +603,14 @@ pub fn roll_up(
     from: i64,
     to: i64,
 ) -> Result<Vec<RollupValue>> {
-    let RollupSpec {
-        interval,
-        method,
-        tz,
-        fill,
-    } = *spec;
-    let mut out = Vec::new();
-    let mut prev_last = before;
-    let mut prev_value: Option<f64> = None;
-    let mut i = 0;
     if from >= to {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    let mut start = bucket_start(from, interval, tz)?;
-    let mut steps = 0usize;
-    while start < to {
-        steps += 1;
-        if steps > MAX_INTERVALS {
-            return Err(StorageError::invalid(
-                "end_time",
-                format!(
-                    "the range holds more than {MAX_INTERVALS} {} intervals to fill; narrow it or use fill=none",
-                    interval.name()
-                ),
-            ));
-        }
-        let next = next_start(start, interval, tz)?;
-        if fill == Fill::None {
-            // Jump straight to the interval of the next point.
-            match points.get(i) {
-                None => break,
-                Some((t, _)) if *t >= next => {
-                    start = bucket_start(*t, interval, tz)?;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        let j = i + points[i..].partition_point(|(t, _)| *t < next);
-        match Summary::of_points(points[i..j].iter().copied()) {
-            Some(s) => {
-                let v = s.value(method, prev_last);
-                prev_last = Some(s.last);
-                prev_value = Some(v);
-                out.push(RollupValue {
-                    timestamp: start,
-                    value: Some(v),
-                });
-            }
-            None => match fill {
-                Fill::None => {}
-                Fill::Null => out.push(RollupValue {
-                    timestamp: start,
-                    value: None,
-                }),
-                Fill::Previous => out.push(RollupValue {
-                    timestamp: start,
-                    value: prev_value,
-                }),
-                Fill::Zero => out.push(RollupValue {
-                    timestamp: start,
-                    value: Some(0.0),
-                }),
-            },
-        }
-        i = j;
-        start = next;
+    let mut r = Roller::new(*spec, before, from, to)?;
+    for (t, v) in points {
+        r.push(*t, *v)?;
     }
-    Ok(out)
+    r.finish()
 }
 
 #[cfg(test)]
