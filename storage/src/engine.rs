@@ -14,7 +14,7 @@ use crate::series::Series;
 use crate::store::{ItemError, RollupQuery, Store, StoreStats, WriteOutcome};
 use crate::stream::{StreamInfo, StreamMeta, StreamUpdate};
 use crate::time::check_range;
-use crate::value::{StreamType, ValueKind};
+use crate::value::StreamType;
 use crate::wal::{self, Pending, PointRec, Record, StreamRecord, Wal};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
@@ -1572,12 +1572,5 @@ impl Store for Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-impl ValueKind {
-    /// Whether values of this kind are numbers.
-    pub fn is_numeric(self) -> bool {
-        matches!(self, ValueKind::Int | ValueKind::Float)
     }
 }

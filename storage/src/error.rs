@@ -100,19 +100,6 @@ impl StorageError {
         }
     }
 
-    /// Whether the error was caused by the caller's input (a 4xx) rather than by the store.
-    pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            StorageError::InvalidPath { .. }
-                | StorageError::InvalidValue { .. }
-                | StorageError::InvalidTimestamp { .. }
-                | StorageError::InvalidArgument { .. }
-                | StorageError::StreamNotFound { .. }
-                | StorageError::Conflict { .. }
-        )
-    }
-
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StorageError::Io {
             path: path.into(),

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::point::DataPoint;
 use crate::query::Order;
 use crate::series::Series;
-use crate::value::{Value, ValueKind};
+use crate::value::ValueKind;
 use crate::wal::PointRec;
 
 struct Frozen {
@@ -126,18 +126,6 @@ impl Head {
             s.upsert(p.ts, p.value.clone(), server, p.extras.clone());
         }
         self.fill(s)
-    }
-
-    /// Writes one point.
-    pub fn write_one(&mut self, ts: i64, value: Value, server: i64) -> Result<()> {
-        self.write(
-            &[PointRec {
-                ts,
-                value,
-                extras: None,
-            }],
-            server,
-        )
     }
 
     /// Every point, as one series.
@@ -256,6 +244,7 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::Value;
 
     fn pts(ts: &[i64]) -> Vec<PointRec> {
         ts.iter()
@@ -274,7 +263,15 @@ mod tests {
         assert_eq!((h.len(), h.frozen_points()), (30, 24));
         // Out of order into the frozen part, and a replacement.
         h.write(&pts(&[3, 100]), 2).unwrap();
-        h.write_one(5, Value::Float(-1.0), 3).unwrap();
+        h.write(
+            &[PointRec {
+                ts: 5,
+                value: Value::Float(-1.0),
+                extras: None,
+            }],
+            3,
+        )
+        .unwrap();
         assert_eq!(h.len(), 31);
         let s = h.to_series().unwrap();
         assert_eq!(s.ts.len(), 31);

@@ -258,13 +258,6 @@ impl StreamFilter {
             .max_by_key(|p| p.len())
             .unwrap_or("")
     }
-
-    /// Whether the filter needs the current value (so the scan must look at stream state).
-    pub fn needs_current(&self) -> bool {
-        self.conditions
-            .iter()
-            .any(|c| matches!(c, Condition::LastUpdate(..)))
-    }
 }
 
 /// A direct child of a folder.
