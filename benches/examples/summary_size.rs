@@ -87,6 +87,32 @@ fn main() {
         .collect();
     println!("  by column (B per raw point): {}", parts.join(", "));
 
+    // With sums and increases rounded to the values' decimal resolution (what exact integer
+    // accumulation gives) and m2 as a 4-byte float.
+    let mut exact = 0usize;
+    for (i, s) in series.iter().enumerate() {
+        let decimals = meterstream_bench::workload::CHANNELS[i % 12].1 as i32;
+        let scale = 10f64.powi(decimals);
+        let round = |x: f64| (x * scale).round() / scale;
+        let mins: Vec<Summary> = s
+            .chunks(60)
+            .map(|c| Summary::of_points(c.iter().copied()).unwrap())
+            .collect();
+        let col = |vals: Vec<f64>| column_bytes(&vals);
+        exact += col(mins.iter().map(|m| round(m.sum)).collect())
+            + col(mins.iter().map(|m| round(m.increase)).collect())
+            + col(mins.iter().map(|m| m.min).collect())
+            + col(mins.iter().map(|m| m.max).collect())
+            + col(mins.iter().map(|m| m.first).collect())
+            + col(mins.iter().map(|m| m.last).collect())
+            + mins.len() * 4 // m2 as f32
+            + mins.len() * 3;
+    }
+    println!(
+        "1-minute summaries with exact decimal sums and f32 m2: {:.3} B per raw point",
+        exact as f64 / points
+    );
+
     // 15-minute summaries for comparison.
     let mut q15 = 0usize;
     for s in &series {
