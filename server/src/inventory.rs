@@ -77,11 +77,12 @@ fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
 /// (200). A new stream without `type` is DOUBLE.
 pub async fn put(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let path = stream_id(&req)?;
     Params::parse(req.query_string())?.finish(&[])?;
+    let body = crate::read_body(&req, payload, st.body_limit).await?;
     let b: PutBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid stream body: {e}")))?;
     if let Some(id) = &b.id {

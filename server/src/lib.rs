@@ -31,6 +31,7 @@ pub mod wire;
 use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use error::ApiError;
+use futures_util::StreamExt;
 use meterstream_storage::Store;
 use metrics::Metrics;
 use std::future::Future;
@@ -82,6 +83,33 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    // Sized once from Content-Length: growing chunk by chunk showed up as copying in profiles.
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 async fn health() -> HttpResponse {
@@ -152,12 +180,10 @@ pub async fn run(
         store.clone(),
         Duration::from_secs(cfg.retention_sweep_interval),
     ));
-    let body_limit = cfg.body_limit;
     let mut server = HttpServer::new(move || {
         let m = state.metrics.clone();
         App::new()
             .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(body_limit))
             .wrap_fn(move |req, srv| {
                 let started = Instant::now();
                 let method = req.method().to_string();

@@ -183,3 +183,15 @@ fn folders_list_direct_children() {
     assert_eq!(s.get_json("/ws/v1/streams/folders/nope").0, 404);
     assert_eq!(s.get_json("/ws/v1/streams/folders/a//b").0, 400);
 }
+
+#[test]
+fn oversized_stream_metadata_is_a_json_413() {
+    let s = TestServer::start_with(|c| c.body_limit = 2048);
+    let r = s.put_json(
+        "/ws/v1/streams/inventory/big/meta",
+        &json!({"description": "x".repeat(5000)}),
+    );
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(error_message(&json_of(r), 413).contains("2048"));
+    assert_eq!(s.get_json("/ws/v1/streams/inventory/big/meta").0, 404);
+}
