@@ -54,11 +54,14 @@ pub fn path_tail(req: &HttpRequest) -> Result<String, ApiError> {
     let pattern = req.match_pattern().unwrap_or_default();
     let prefix = pattern.split('{').next().unwrap_or("");
     let raw = req.path().strip_prefix(prefix).unwrap_or("");
-    percent_decode(raw).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "the stream id {raw:?} is not valid percent-encoded UTF-8"
-        ))
-    })
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "the stream id {raw:?} is not valid percent-encoded UTF-8"
+            ))
+        })
 }
 
 /// The stream id of a request, checked against the path rules.
@@ -66,23 +69,6 @@ pub fn stream_id(req: &HttpRequest) -> Result<String, ApiError> {
     let id = path_tail(req)?;
     meterstream_storage::path::validate_path(&id)?;
     Ok(id)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Reads the body, refusing it as soon as it passes `limit` bytes.
