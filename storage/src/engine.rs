@@ -126,7 +126,7 @@ struct StreamState {
     /// The head changed since the last checkpoint.
     dirty: bool,
     /// The head as encoded in the last snapshot (reused while it does not change).
-    saved: Option<Box<[u8]>>,
+    saved: Option<Arc<[u8]>>,
     /// Server time of the last write, ms.
     last_write: i64,
 }
@@ -598,7 +598,7 @@ impl Inner {
                     st.saved = if st.head.is_empty() {
                         None
                     } else {
-                        Some(codec::encode(&st.head.to_series()?)?.into_boxed_slice())
+                        Some(Arc::from(codec::encode(&st.head.to_series()?)?))
                     };
                     st.dirty = false;
                     saved += 1;
@@ -607,7 +607,7 @@ impl Inner {
         }
         // Chunks first: the snapshot's heads leave out what is sealed.
         self.db.flush()?;
-        let mut entries: Vec<(u64, Box<[u8]>)> = Vec::new();
+        let mut entries: Vec<(u64, Arc<[u8]>)> = Vec::new();
         for shard in self.shards.iter() {
             let sh = shard.lock();
             entries.extend(
@@ -664,7 +664,7 @@ impl Inner {
                 if let Some(st) = self.shards[shard_of_id(id)].lock().streams.get_mut(&id) {
                     st.head =
                         Head::from_series(codec::decode(&bytes)?, self.cfg.head_block_points)?;
-                    st.saved = Some(bytes.into_boxed_slice());
+                    st.saved = Some(Arc::from(bytes));
                 }
             }
         }

@@ -538,6 +538,10 @@ impl LogThread {
                 }
                 continue;
             }
+            // The bytes are on disk: only the decoded record is needed from here on.
+            for p in &mut group {
+                p.frame = Vec::new();
+            }
             if apply_tx.send(group).is_err() {
                 break;
             }
