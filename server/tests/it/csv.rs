@@ -62,8 +62,9 @@ fn csv_quotes_text_and_reports_errors_before_streaming() {
     let (st, v) = s.get_json("/ws/v1/streams/history/c/s?format=xml");
     assert_eq!(st, 400);
     assert!(error_message(&v, 400).contains("format"));
-    let (st, _) = s.get_json("/ws/v1/streams/history/c/none?format=csv");
+    let (st, v) = s.get_json("/ws/v1/streams/history/c/none?format=csv");
     assert_eq!(st, 404);
+    assert!(error_message(&v, 404).contains("c/none"), "{v}");
 }
 
 #[test]

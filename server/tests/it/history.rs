@@ -145,10 +145,15 @@ fn unknown_streams_and_bad_paths() {
     let (st, v) = s.get_json("/ws/v1/streams/history/a//b");
     assert_eq!(st, 400);
     assert!(error_message(&v, 400).contains("empty segment"));
-    let (st, _) = s.get_json("/ws/v1/streams/history/a/%2A");
+    let (st, v) = s.get_json("/ws/v1/streams/history/a/%2A");
     assert_eq!(st, 400);
+    assert!(
+        error_message(&v, 400).contains("reserved for patterns"),
+        "{v}"
+    );
     let r = s.delete("/ws/v1/streams/history/no/such").send().unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    assert!(error_message(&json_of(r), 404).contains("no/such"));
 }
 
 #[test]

@@ -153,8 +153,9 @@ fn bad_input_is_a_400_naming_it() {
         error_message(&v, 400).contains("only numeric streams roll up"),
         "{v}"
     );
-    let (st, _) = s.get_json("/ws/v1/streams/rollups/r/none");
+    let (st, v) = s.get_json("/ws/v1/streams/rollups/r/none");
     assert_eq!(st, 404);
+    assert!(error_message(&v, 404).contains("r/none"), "{v}");
     let (st, v) = s.get_json("/ws/v1/streams/rollups/r//v");
     assert_eq!(st, 400);
     assert!(error_message(&v, 400).contains("empty segment"));
