@@ -225,7 +225,7 @@ pub fn encode(s: &Series) -> Result<Vec<u8>> {
 
 /// The power of ten `e` (0..=9) that turns every value into an integer exactly, such that
 /// `(n as f64) / 10^e` gives back each value bit for bit.
-fn decimal_exponent(v: &[f64]) -> Option<u8> {
+pub(crate) fn decimal_exponent(v: &[f64]) -> Option<u8> {
     'e: for e in 0u8..=9 {
         let scale = 10f64.powi(e as i32);
         for &x in v {

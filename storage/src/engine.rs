@@ -1,6 +1,7 @@
 //! The sled-backed [`Store`]: registry, open heads, sealed chunks, the apply thread and
 //! checkpoints. The on-disk layout is drawn in the crate documentation.
 
+use crate::buckets::{self, Bucket, DAY, MINUTE, QUARTER};
 use crate::chunk_file::{ChunkFiles, Loc};
 use crate::codec;
 use crate::error::{Result, StorageError};
@@ -9,7 +10,7 @@ use crate::metrics::StoreMetrics;
 use crate::path::{device_id, validate_path};
 use crate::point::{stable_hash, DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
-use crate::rollup::{Roller, RollupSpec, RollupValue};
+use crate::rollup::{Interval, Roller, RollupSpec, RollupValue};
 use crate::series::Series;
 use crate::store::{ItemError, RollupQuery, Store, StoreStats, WriteOutcome};
 use crate::stream::{StreamInfo, StreamMeta, StreamUpdate};
@@ -180,6 +181,67 @@ fn chunk_key(id: u64, ts: i64) -> [u8; 16] {
     k
 }
 
+/// End (exclusive) of a stream's chunk keys: its rollup records sort after them.
+fn chunks_end(id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8] = 0xFF;
+    k
+}
+
+/// Key of a stream's 15-minute rollup record of the UTC day starting at `day`.
+fn rollup_key(id: u64, day: i64) -> [u8; 17] {
+    let mut k = [0xFFu8; 17];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[9..].copy_from_slice(&(day.max(0) as u64).to_be_bytes());
+    k
+}
+
+fn rollup_key_day(k: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[9..17]);
+    u64::from_be_bytes(b) as i64
+}
+
+/// A chunk index value: the location of the chunk's bytes followed by its 1-minute summaries
+/// (`buckets` format), and the length of that summary part.
+fn index_value(whole: Loc, minutes_len: u32) -> [u8; 20] {
+    let mut v = [0u8; 20];
+    v[..16].copy_from_slice(&whole.encode());
+    v[16..].copy_from_slice(&minutes_len.to_le_bytes());
+    v
+}
+
+/// Where a chunk index value points: (everything, the chunk, its minute summaries).
+fn parse_index(v: &[u8]) -> Result<(Loc, Loc, Option<Loc>)> {
+    if v.len() != 20 {
+        return Err(StorageError::corrupt(
+            "chunk index",
+            "value is not 20 bytes",
+        ));
+    }
+    let whole = Loc::decode(&v[..16])?;
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&v[16..]);
+    let ml = u32::from_le_bytes(b);
+    if ml >= whole.len {
+        return Err(StorageError::corrupt(
+            "chunk index",
+            "summary part is longer than the chunk",
+        ));
+    }
+    let chunk = Loc {
+        len: whole.len - ml,
+        ..whole
+    };
+    let mins = (ml > 0).then_some(Loc {
+        file: whole.file,
+        offset: whole.offset + (whole.len - ml) as u64,
+        len: ml,
+    });
+    Ok((whole, chunk, mins))
+}
+
 fn chunk_key_ts(k: &[u8]) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&k[8..16]);
@@ -218,9 +280,354 @@ impl Inner {
             })
     }
 
-    /// The bytes of the chunk whose index value (its location) is `loc`.
-    fn chunk_bytes(&self, loc: &[u8]) -> Result<Vec<u8>> {
-        self.files.read(Loc::decode(loc)?)
+    /// The chunk index entries of stream `id`, in time order.
+    fn chunk_scan(&self, id: u64) -> sled::Iter {
+        self.chunks.range(chunk_key(id, 0)..chunks_end(id))
+    }
+
+    /// The bytes of the chunk whose index value is `v`.
+    fn chunk_bytes(&self, v: &[u8]) -> Result<Vec<u8>> {
+        self.files.read(parse_index(v)?.1)
+    }
+
+    /// The 1-minute summaries of the chunk whose index value is `v`.
+    fn chunk_minutes(&self, v: &[u8]) -> Result<Vec<Bucket>> {
+        let (_, chunk, mins) = parse_index(v)?;
+        match mins {
+            Some(l) => buckets::decode(&self.files.read(l)?, MINUTE),
+            None => Ok(buckets::summarize_series(
+                &codec::decode(&self.files.read(chunk)?)?,
+                MINUTE,
+            )),
+        }
+    }
+
+    /// Appends a non-empty series as a chunk followed by its 1-minute summaries; returns the
+    /// index value and the summaries.
+    fn append_chunk(&self, s: &Series) -> Result<([u8; 20], Vec<Bucket>)> {
+        let mut bytes = codec::encode(s)?;
+        let mins = buckets::summarize_series(s, MINUTE);
+        let mut ml = 0u32;
+        if !mins.is_empty() {
+            let m = buckets::encode(&mins, MINUTE);
+            ml = m.len() as u32;
+            bytes.extend_from_slice(&m);
+        }
+        let loc = self.files.append(&bytes)?;
+        self.metrics.chunks_written.inc();
+        Ok((index_value(loc, ml), mins))
+    }
+
+    /// Adds newly sealed points' 15-minute summaries to the stream's day records, in `batch`.
+    fn add_quarters(&self, id: u64, quarters: &[Bucket], batch: &mut sled::Batch) -> Result<()> {
+        let mut i = 0;
+        while i < quarters.len() {
+            let day = buckets::floor(quarters[i].0, DAY);
+            let j = i + quarters[i..]
+                .iter()
+                .take_while(|q| buckets::floor(q.0, DAY) == day)
+                .count();
+            let key = rollup_key(id, day);
+            let mut rec = match self.chunks.get(key)? {
+                Some(v) => buckets::decode(&v, QUARTER)?,
+                None => Vec::new(),
+            };
+            for q in &quarters[i..j] {
+                match rec.binary_search_by_key(&q.0, |b| b.0) {
+                    Ok(k) => rec[k].1 = rec[k].1.combine(&q.1),
+                    Err(k) => rec.insert(k, *q),
+                }
+            }
+            batch.insert(&key[..], buckets::encode(&rec, QUARTER));
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// The 1-minute summaries of sealed points in minutes starting in `[lo, hi)` (minute-aligned).
+    fn sealed_minutes(&self, id: u64, lo: i64, hi: i64) -> Result<Vec<Bucket>> {
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok(out);
+        }
+        let start = match self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, lo))
+            .next_back()
+        {
+            Some(kv) => kv?.0.to_vec(),
+            None => chunk_key(id, lo).to_vec(),
+        };
+        let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
+        for kv in self.chunks.range(start..hi_key.to_vec()) {
+            let (_, v) = kv?;
+            for b in self.chunk_minutes(&v)? {
+                if b.0 >= lo && b.0 < hi {
+                    buckets::merge_later(&mut out, &[b]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sealed points in `[lo, hi)`, in time order (numeric values only).
+    fn sealed_points(&self, id: u64, lo: i64, hi: i64) -> Result<Vec<(i64, f64)>> {
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok(out);
+        }
+        let start = match self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, lo))
+            .next_back()
+        {
+            Some(kv) => kv?.0.to_vec(),
+            None => chunk_key(id, lo).to_vec(),
+        };
+        let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
+        for kv in self.chunks.range(start..hi_key.to_vec()) {
+            let s = codec::decode(&self.chunk_bytes(&kv?.1)?)?;
+            for i in s.index_range(lo, hi) {
+                if let Some(v) = s.values.get(i).as_f64() {
+                    out.push((s.ts[i], v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first and last stored timestamps of a stream's day records.
+    fn quarter_span(&self, id: u64) -> Result<Option<(i64, i64)>> {
+        let mut r = self
+            .chunks
+            .range(rollup_key(id, 0)..=rollup_key(id, i64::MAX));
+        let (Some(first), Some(last)) = (r.next(), r.next_back().or(None)) else {
+            return Ok(None);
+        };
+        let f = buckets::decode(&first?.1, QUARTER)?;
+        let l = buckets::decode(&last?.1, QUARTER)?;
+        Ok(match (f.first(), l.last()) {
+            (Some(a), Some(b)) => Some((a.1.first_ts, b.1.last_ts)),
+            _ => None,
+        })
+    }
+
+    /// The range a rollup query covers (its bounds, or the stream's data, raw or rolled up)
+    /// and the last value before it (for `increase`); `None` when there is nothing.
+    fn rollup_range(
+        &self,
+        st: &StreamState,
+        q: &RollupQuery,
+    ) -> Result<Option<(i64, i64, Option<f64>)>> {
+        let id = st.rec.id;
+        let raw_first = match self.chunk_scan(id).next() {
+            Some(kv) => Some(chunk_key_ts(&kv?.0)),
+            None => st.head.first_ts(),
+        };
+        let raw_last = st.head.last_ts().or(st.sealed_max);
+        let qs = self.quarter_span(id)?;
+        let from = match q.from {
+            Some(f) => f,
+            None => match (raw_first, qs) {
+                (Some(a), Some((b, _))) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some((b, _))) => b,
+                (None, None) => return Ok(None),
+            },
+        };
+        let to = match q.to {
+            Some(t) => t,
+            None => match (raw_last, qs) {
+                (Some(a), Some((_, b))) => a.max(b) + 1,
+                (Some(a), None) => a + 1,
+                (None, Some((_, b))) => b + 1,
+                (None, None) => return Ok(None),
+            },
+        };
+        if from >= to {
+            return Ok(None);
+        }
+        // The last value before `from`: a raw point if one is kept, else a rolled-up quarter.
+        let mut before = None;
+        if st.head.first_ts().is_some_and(|f| f < from) {
+            let mut out = Vec::new();
+            st.head.collect(0, from, Order::Desc, 1, &mut out)?;
+            before = out.first().and_then(|p| p.value.as_f64());
+        }
+        if before.is_none() {
+            if let Some(kv) = self
+                .chunks
+                .range(chunk_key(id, 0)..chunk_key(id, from))
+                .next_back()
+            {
+                let s = codec::decode(&self.chunk_bytes(&kv?.1)?)?;
+                let r = s.index_range(0, from);
+                if r.end > 0 {
+                    before = s.values.get(r.end - 1).as_f64();
+                }
+            }
+        }
+        if before.is_none() {
+            for kv in self
+                .chunks
+                .range(rollup_key(id, 0)..=rollup_key(id, buckets::floor(from, DAY)))
+                .rev()
+                .take(2)
+            {
+                let rec = buckets::decode(&kv?.1, QUARTER)?;
+                if let Some(b) = rec.iter().rev().find(|b| b.1.last_ts < from) {
+                    before = Some(b.1.last);
+                    break;
+                }
+            }
+        }
+        Ok(Some((from, to, before)))
+    }
+
+    /// Feeds the data of `[from, to)` into `roller` as pieces: 15-minute summaries from the day
+    /// records (`quarters`), 1-minute summaries from sealed chunks and the open head, and raw
+    /// points only at range edges that are not minute-aligned. Returns `false` when an interval
+    /// boundary is off the grid used, so that the caller retries with a finer one.
+    fn feed(
+        &self,
+        st: &StreamState,
+        roller: &mut Roller<'_>,
+        from: i64,
+        to: i64,
+        quarters: bool,
+    ) -> Result<bool> {
+        let id = st.rec.id;
+        let (a1, b1) = {
+            let (a, b) = (buckets::ceil(from, MINUTE), buckets::floor(to, MINUTE));
+            if a < b {
+                (a, b)
+            } else {
+                (to, to)
+            }
+        };
+        let (a15, b15) = {
+            let (a, b) = (buckets::ceil(from, QUARTER), buckets::floor(to, QUARTER));
+            if quarters && a < b && a1 < b1 {
+                (a, b)
+            } else {
+                (b1, b1)
+            }
+        };
+        let pieces = |roller: &mut Roller<'_>, list: Vec<Bucket>, grid: i64| -> Result<bool> {
+            for (start, sm) in list {
+                if !roller.push_piece(start, start + grid, &sm)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        // Sealed data, oldest first; all of it is older than the open head.
+        for (t, v) in self.sealed_points(id, from, a1)? {
+            roller.push(t, v)?;
+        }
+        if !pieces(roller, self.sealed_minutes(id, a1, a15)?, MINUTE)?
+            || !pieces(roller, self.quarters(id, a15, b15)?, QUARTER)?
+            || !pieces(roller, self.sealed_minutes(id, b15, b1)?, MINUTE)?
+        {
+            return Ok(false);
+        }
+        for (t, v) in self.sealed_points(id, b1, to)? {
+            roller.push(t, v)?;
+        }
+        // The open head.
+        let raw = |lo: i64, hi: i64| -> Result<Vec<(i64, f64)>> {
+            let mut out = Vec::new();
+            if lo < hi {
+                st.head.collect(lo, hi, Order::Asc, usize::MAX, &mut out)?;
+            }
+            Ok(out
+                .iter()
+                .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v)))
+                .collect())
+        };
+        for (t, v) in raw(from, a1)? {
+            roller.push(t, v)?;
+        }
+        let mins = st.head.minutes();
+        let lo = mins.partition_point(|b| b.0 < a1);
+        let hi = mins.partition_point(|b| b.0 < b1);
+        if !pieces(roller, mins[lo..hi].to_vec(), MINUTE)? {
+            return Ok(false);
+        }
+        for (t, v) in raw(b1, to)? {
+            roller.push(t, v)?;
+        }
+        Ok(true)
+    }
+
+    /// The 15-minute summaries in the day records of stream `id` with starts in `[lo, hi)`.
+    fn quarters(&self, id: u64, lo: i64, hi: i64) -> Result<Vec<Bucket>> {
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok(out);
+        }
+        for kv in self
+            .chunks
+            .range(rollup_key(id, buckets::floor(lo, DAY))..rollup_key(id, hi))
+        {
+            let (_, v) = kv?;
+            out.extend(
+                buckets::decode(&v, QUARTER)?
+                    .into_iter()
+                    .filter(|b| b.0 >= lo && b.0 < hi),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds the 15-minute summaries of the quarters that `[from, to)` touches from the sealed
+    /// points' minute summaries (after late points, replacements or deletions there).
+    fn recompute_quarters(&self, id: u64, from: i64, to: i64) -> Result<()> {
+        let lo = buckets::floor(from.max(0), QUARTER);
+        let hi = buckets::ceil(to.min(crate::time::MAX_TIMESTAMP + 1), QUARTER);
+        if lo >= hi {
+            return Ok(());
+        }
+        let quarters = buckets::regrid(self.sealed_minutes(id, lo, hi)?, QUARTER);
+        let mut days: BTreeMap<i64, Vec<Bucket>> = BTreeMap::new();
+        for kv in self
+            .chunks
+            .range(rollup_key(id, buckets::floor(lo, DAY))..rollup_key(id, hi))
+        {
+            let (k, v) = kv?;
+            let mut rec = buckets::decode(&v, QUARTER)?;
+            rec.retain(|b| b.0 < lo || b.0 >= hi);
+            days.insert(rollup_key_day(&k), rec);
+        }
+        for q in quarters {
+            days.entry(buckets::floor(q.0, DAY)).or_default().push(q);
+        }
+        let mut batch = sled::Batch::default();
+        for (day, mut rec) in days {
+            rec.sort_by_key(|b| b.0);
+            let key = rollup_key(id, day);
+            if rec.is_empty() {
+                batch.remove(&key[..]);
+            } else {
+                batch.insert(&key[..], buckets::encode(&rec, QUARTER));
+            }
+        }
+        self.chunks.apply_batch(batch)?;
+        self.metrics.rollup_recomputes.inc();
+        Ok(())
+    }
+
+    /// Removes the day records of stream `id` that end at or before `before`.
+    fn expire_rollups(&self, id: u64, before: i64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for kv in self
+            .chunks
+            .range(rollup_key(id, 0)..rollup_key(id, buckets::floor(before, DAY) - DAY + 1))
+        {
+            batch.remove(kv?.0);
+        }
+        self.chunks.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Replaces the chunk at `old` (if any) with `pieces`: appends them, makes them durable,
@@ -230,15 +637,14 @@ impl Inner {
         let mut released = None;
         if let Some(k) = old {
             if let Some(v) = self.chunks.get(k)? {
-                released = Some(Loc::decode(&v)?);
+                released = Some(parse_index(&v)?.0);
             }
             batch.remove(k);
         }
         for p in pieces {
             if let Some(first) = p.first_ts() {
-                let loc = self.files.append(&codec::encode(p)?)?;
-                batch.insert(&chunk_key(id, first), &loc.encode());
-                self.metrics.chunks_written.inc();
+                let (v, _) = self.append_chunk(p)?;
+                batch.insert(&chunk_key(id, first), &v);
             }
         }
         self.files.sync()?;
@@ -250,7 +656,7 @@ impl Inner {
     }
 
     fn last_chunk(&self, id: u64) -> Result<Option<(i64, Series)>> {
-        match self.chunks.scan_prefix(id_key(id)).next_back() {
+        match self.chunk_scan(id).next_back() {
             Some(kv) => {
                 let (k, v) = kv?;
                 Ok(Some((
@@ -280,7 +686,10 @@ impl Inner {
     fn seal(&self, ids: &[u64], all: bool) -> Result<()> {
         let cp = self.cfg.chunk_points;
         let mut plans: Vec<(u64, sled::Batch, i64)> = Vec::new();
-        for id in ids {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
             let sh = self.shards[shard_of_id(*id)].lock();
             let Some(st) = sh.streams.get(id) else {
                 continue;
@@ -292,6 +701,7 @@ impl Inner {
             drop(sh);
             let mut batch = sled::Batch::default();
             let mut last = None;
+            let mut mins = Vec::new();
             loop {
                 let rest = if all || s.len() < cp {
                     None
@@ -299,9 +709,9 @@ impl Inner {
                     Some(s.split_off(cp))
                 };
                 if let (Some(first), Some(l)) = (s.first_ts(), s.last_ts()) {
-                    let loc = self.files.append(&codec::encode(&s)?)?;
-                    batch.insert(&chunk_key(*id, first), &loc.encode());
-                    self.metrics.chunks_written.inc();
+                    let (v, m) = self.append_chunk(&s)?;
+                    batch.insert(&chunk_key(*id, first), &v);
+                    buckets::merge_later(&mut mins, &m);
                     last = Some(l);
                 }
                 match rest {
@@ -309,6 +719,8 @@ impl Inner {
                     _ => break,
                 }
             }
+            // Sealed points are newer than every sealed one: they merge into the day records.
+            self.add_quarters(*id, &buckets::regrid(mins, QUARTER), &mut batch)?;
             if let Some(m) = last {
                 plans.push((*id, batch, m));
             }
@@ -341,12 +753,7 @@ impl Inner {
         {
             return Ok(Some(kv?.0));
         }
-        Ok(self
-            .chunks
-            .scan_prefix(id_key(id))
-            .next()
-            .transpose()?
-            .map(|kv| kv.0))
+        Ok(self.chunk_scan(id).next().transpose()?.map(|kv| kv.0))
     }
 
     /// Writes back a chunk read at `old_key` after changes: re-keyed when its first timestamp
@@ -373,6 +780,10 @@ impl Inner {
         self.metrics.late_points.inc_by(late.len() as u64);
         late.sort_by_key(|p| p.ts);
         let id = st.rec.id;
+        let span = match (late.first(), late.last()) {
+            (Some(a), Some(b)) => (a.ts, b.ts + 1),
+            _ => return Ok(()),
+        };
         let mut cur: Option<(sled::IVec, Series)> = None;
         for p in late {
             let Some(target) = self.target_chunk(id, p.ts)? else {
@@ -397,10 +808,12 @@ impl Inner {
         if let Some((k, s)) = cur.take() {
             self.rewrite_chunk(id, &k, s)?;
         }
-        Ok(())
+        self.recompute_quarters(id, span.0, span.1)
     }
 
-    fn delete_chunks_in(&self, id: u64, from: i64, to: i64) -> Result<u64> {
+    /// Deletes sealed points in `[from, to)`. The 15-minute rollups there are recomputed, unless
+    /// `keep_rollups` (retention: rollups outlive raw points).
+    fn delete_chunks_in(&self, id: u64, from: i64, to: i64, keep_rollups: bool) -> Result<u64> {
         let mut deleted = 0u64;
         let mut keys: Vec<sled::IVec> = Vec::new();
         if let Some(kv) = self
@@ -428,13 +841,16 @@ impl Inner {
             }
             if h.first_ts >= from && h.last_ts < to {
                 self.chunks.remove(&k)?;
-                self.files.release(Loc::decode(&loc)?);
+                self.files.release(parse_index(&loc)?.0);
                 deleted += h.n as u64;
                 continue;
             }
             let mut s = codec::decode(&bytes)?;
             deleted += s.delete_range(from, to) as u64;
             self.rewrite_chunk(id, &k, s)?;
+        }
+        if !keep_rollups {
+            self.recompute_quarters(id, from, to)?;
         }
         Ok(deleted)
     }
@@ -444,7 +860,9 @@ impl Inner {
         let mut released = Vec::new();
         for kv in self.chunks.scan_prefix(id_key(id)) {
             let (k, v) = kv?;
-            released.push(Loc::decode(&v)?);
+            if k.len() == 16 {
+                released.push(parse_index(&v)?.0);
+            }
             batch.remove(k);
         }
         self.chunks.apply_batch(batch)?;
@@ -561,11 +979,39 @@ impl Inner {
                 };
                 let from_head = st.head.delete_range(*from, *to)?;
                 self.open_points.fetch_sub(from_head as u64, AtOrd::Relaxed);
-                let n = from_head as u64 + self.delete_chunks_in(*id, *from, *to)?;
+                let n = from_head as u64 + self.delete_chunks_in(*id, *from, *to, false)?;
                 if n > 0 {
                     self.recompute_tail(st)?;
                     st.dirty = true;
                 }
+                Ok(n)
+            }
+            Record::Expire {
+                id,
+                raw_before,
+                rollups_before,
+            } => {
+                // Expiring points of the open head reach the rollups first: sealing adds them.
+                let seal_first = self.shards[shard_of_id(*id)]
+                    .lock()
+                    .streams
+                    .get(id)
+                    .is_some_and(|st| st.head.first_ts().is_some_and(|f| f < *raw_before));
+                if seal_first {
+                    self.seal(&[*id], true)?;
+                }
+                let mut sh = self.shards[shard_of_id(*id)].lock();
+                let Some(st) = sh.streams.get_mut(id) else {
+                    return Ok(0);
+                };
+                let from_head = st.head.delete_range(0, *raw_before)?;
+                self.open_points.fetch_sub(from_head as u64, AtOrd::Relaxed);
+                let n = from_head as u64 + self.delete_chunks_in(*id, 0, *raw_before, true)?;
+                if n > 0 {
+                    self.recompute_tail(st)?;
+                    st.dirty = true;
+                }
+                self.expire_rollups(*id, *rollups_before)?;
                 Ok(n)
             }
         }
@@ -632,8 +1078,10 @@ impl Inner {
 
     fn load(&self) -> Result<()> {
         for kv in self.chunks.iter() {
-            let (_, v) = kv?;
-            self.files.count_live(Loc::decode(&v)?);
+            let (k, v) = kv?;
+            if k.len() == 16 {
+                self.files.count_live(parse_index(&v)?.0);
+            }
         }
         let mut reg = self.registry.write();
         for kv in self.streams.iter() {
@@ -838,6 +1286,74 @@ impl Engine {
         })
     }
 
+    /// Rolls up the raw points of the range at query time, page by page, so that only the answer
+    /// is held in memory: for interval boundaries off the stored grids.
+    fn rollups_from_raw(&self, path: &str, q: &RollupQuery) -> Result<Vec<RollupValue>> {
+        let edge = |order: Order, from: i64, to: i64| -> Result<Option<(i64, f64)>> {
+            let page = self.history(
+                path,
+                &HistoryQuery {
+                    from,
+                    to,
+                    order,
+                    timeline: Timeline::Client,
+                    limit: 1,
+                    cursor: None,
+                },
+            )?;
+            Ok(page
+                .items
+                .first()
+                .and_then(|p| p.value.as_f64().map(|v| (p.timestamp, v))))
+        };
+        let (lo, hi) = (crate::time::MIN_TIMESTAMP, crate::time::MAX_TIMESTAMP + 1);
+        // Without an explicit bound the range is the data's own.
+        let from = match q.from {
+            Some(f) => f,
+            None => edge(Order::Asc, lo, hi)?.map_or(lo, |p| p.0),
+        };
+        let to = match q.to {
+            Some(t) => t,
+            None => edge(Order::Desc, lo, hi)?.map_or(from, |p| p.0 + 1),
+        };
+        let before = edge(Order::Desc, lo, from)?.map(|p| p.1);
+        let spec = RollupSpec {
+            interval: q.interval,
+            method: q.method,
+            tz: &q.tz,
+            fill: q.fill,
+        };
+        if from < to {
+            let mut roller = Roller::new(spec, before, from, to)?;
+            let mut cursor = None;
+            loop {
+                let page = self.history(
+                    path,
+                    &HistoryQuery {
+                        from,
+                        to,
+                        order: Order::Asc,
+                        timeline: Timeline::Client,
+                        limit: 10_000,
+                        cursor,
+                    },
+                )?;
+                for p in &page.items {
+                    if let Some(v) = p.value.as_f64() {
+                        roller.push(p.timestamp, v)?;
+                    }
+                }
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            roller.finish()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     fn log_and_wait(&self, rec: Record) -> Result<u64> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.wal.append(rec, Some(tx))?;
@@ -993,7 +1509,7 @@ impl Engine {
                 }
             }
         };
-        for kv in self.inner.chunks.scan_prefix(id_key(st.rec.id)) {
+        for kv in self.inner.chunk_scan(st.rec.id) {
             let (_, v) = kv?;
             let bytes = self.inner.chunk_bytes(&v)?;
             let h = codec::decode_header(&bytes)?;
@@ -1390,12 +1906,14 @@ impl Store for Engine {
 
     fn rollups(&self, path: &str, q: &RollupQuery) -> Result<Page<RollupValue>> {
         Self::check_cursor(q.cursor.as_ref(), q.order)?;
-        let info = self.stream(path)?;
-        let ty = info.meta.stream_type;
-        if !ty.is_numeric() {
+        let e = self.inner.entry(path)?;
+        if !e.ty.is_numeric() {
             return Err(StorageError::invalid(
                 "stream",
-                format!("{path:?} is a {ty} stream; only numeric streams roll up"),
+                format!(
+                    "{path:?} is a {} stream; only numeric streams roll up",
+                    e.ty
+                ),
             ));
         }
         if let (Some(f), Some(t)) = (q.from, q.to) {
@@ -1406,70 +1924,44 @@ impl Store for Engine {
                 ));
             }
         }
-        // Reference implementation: roll up the raw points of the range at query time, fed page
-        // by page so that only the answer is held in memory.
-        let edge = |order: Order, from: i64, to: i64| -> Result<Option<(i64, f64)>> {
-            let page = self.history(
-                path,
-                &HistoryQuery {
-                    from,
-                    to,
-                    order,
-                    timeline: Timeline::Client,
-                    limit: 1,
-                    cursor: None,
-                },
-            )?;
-            Ok(page
-                .items
-                .first()
-                .and_then(|p| p.value.as_f64().map(|v| (p.timestamp, v))))
-        };
-        let (lo, hi) = (crate::time::MIN_TIMESTAMP, crate::time::MAX_TIMESTAMP + 1);
-        // Without an explicit bound the range is the data's own.
-        let from = match q.from {
-            Some(f) => f,
-            None => edge(Order::Asc, lo, hi)?.map_or(lo, |p| p.0),
-        };
-        let to = match q.to {
-            Some(t) => t,
-            None => edge(Order::Desc, lo, hi)?.map_or(from, |p| p.0 + 1),
-        };
-        let before = edge(Order::Desc, lo, from)?.map(|p| p.1);
         let spec = RollupSpec {
             interval: q.interval,
             method: q.method,
             tz: &q.tz,
             fill: q.fill,
         };
-        let mut all = if from < to {
-            let mut roller = Roller::new(spec, before, from, to)?;
-            let mut cursor = None;
-            loop {
-                let page = self.history(
-                    path,
-                    &HistoryQuery {
-                        from,
-                        to,
-                        order: Order::Asc,
-                        timeline: Timeline::Client,
-                        limit: 10_000,
-                        cursor,
-                    },
-                )?;
-                for p in &page.items {
-                    if let Some(v) = p.value.as_f64() {
-                        roller.push(p.timestamp, v)?;
+        let levels: &[bool] = match q.interval {
+            Interval::Minute1 | Interval::Minute5 => &[false],
+            _ => &[true, false],
+        };
+        let found = {
+            let sh = self.inner.shards[shard_of_id(e.id)].lock();
+            let st = sh
+                .streams
+                .get(&e.id)
+                .ok_or_else(|| StorageError::StreamNotFound { path: path.into() })?;
+            match self.inner.rollup_range(st, q)? {
+                None => Some(Vec::new()),
+                Some((from, to, before)) => {
+                    let mut found = None;
+                    for quarters in levels {
+                        let mut roller = Roller::new(spec, before, from, to)?;
+                        if self.inner.feed(st, &mut roller, from, to, *quarters)? {
+                            found = Some(roller.finish()?);
+                            break;
+                        }
                     }
-                }
-                match page.next {
-                    Some(c) => cursor = Some(c),
-                    None => break,
+                    found
                 }
             }
-            roller.finish()?
-        } else {
-            Vec::new()
+        };
+        let mut all = match found {
+            Some(v) => v,
+            None => {
+                // A boundary off the 1-minute grid (a zone's historical offset in seconds).
+                self.inner.metrics.rollup_raw_fallbacks.inc();
+                self.rollups_from_raw(path, q)?
+            }
         };
         if q.order == Order::Desc {
             all.reverse();
@@ -1523,20 +2015,36 @@ impl Store for Engine {
                 continue;
             };
             let cutoff = now.saturating_sub((ttl as i64).saturating_mul(1000));
-            let first = match self.inner.chunks.scan_prefix(id_key(e.id)).next() {
+            // Rollups live for rollup_ttl, and never less long than the raw points.
+            let rollup_cutoff = st.rec.meta.rollup_ttl.map_or(0, |r| {
+                now.saturating_sub((r as i64).saturating_mul(1000))
+                    .min(cutoff)
+            });
+            let first = match self.inner.chunk_scan(e.id).next() {
                 Some(kv) => Some(chunk_key_ts(&kv?.0)),
                 None => st.head.first_ts(),
             };
-            if first.is_some_and(|f| f < cutoff) {
-                expired.push((e.id, cutoff));
+            let first_day = match self
+                .inner
+                .chunks
+                .range(rollup_key(e.id, 0)..=rollup_key(e.id, i64::MAX))
+                .next()
+            {
+                Some(kv) => Some(rollup_key_day(&kv?.0)),
+                None => None,
+            };
+            if first.is_some_and(|f| f < cutoff)
+                || first_day.is_some_and(|d| d + buckets::DAY <= rollup_cutoff)
+            {
+                expired.push((e.id, cutoff, rollup_cutoff));
             }
         }
         let mut n = 0;
-        for (id, cutoff) in expired {
-            n += self.log_and_wait(Record::DeleteRange {
+        for (id, raw_before, rollups_before) in expired {
+            n += self.log_and_wait(Record::Expire {
                 id,
-                from: 0,
-                to: cutoff,
+                raw_before,
+                rollups_before,
             })?;
         }
         if n > 0 {

@@ -7,10 +7,12 @@
 //! instead of 16. Points newer than every frozen one take the fast path; a write into the
 //! frozen part thaws the head once per batch, applies the batch and freezes it again.
 
+use crate::buckets::{self, Bucket, MINUTE};
 use crate::codec::{self, ValueCodec};
 use crate::error::Result;
 use crate::point::DataPoint;
 use crate::query::Order;
+use crate::rollup::Summary;
 use crate::series::Series;
 use crate::value::ValueKind;
 use crate::wal::PointRec;
@@ -28,6 +30,8 @@ pub struct Head {
     frozen_len: usize,
     tail: Series,
     block: usize,
+    /// 1-minute summaries of the points (numeric heads), kept up to date by every change.
+    mins: Vec<Bucket>,
 }
 
 impl Head {
@@ -38,6 +42,7 @@ impl Head {
             frozen_len: 0,
             tail: Series::new(kind),
             block: block.max(1),
+            mins: Vec::new(),
         }
     }
 
@@ -52,6 +57,7 @@ impl Head {
     fn fill(&mut self, mut s: Series) -> Result<()> {
         self.frozen.clear();
         self.frozen_len = 0;
+        self.mins = buckets::summarize_series(&s, MINUTE);
         while s.len() >= self.block {
             let rest = s.split_off(self.block);
             self.freeze(&s)?;
@@ -108,8 +114,32 @@ impl Head {
 
     /// Writes points received at server time `server` (each replaces a point with its timestamp).
     pub fn write(&mut self, points: &[PointRec], server: i64) -> Result<()> {
+        let mut touched: Vec<i64> = Vec::new();
         let frozen_last = self.frozen.last().map(|f| f.last_ts);
         if points.iter().all(|p| frozen_last.is_none_or(|l| p.ts > l)) {
+            let last = self.last_ts();
+            let in_order = points
+                .iter()
+                .zip(points.iter().skip(1))
+                .all(|(a, b)| a.ts < b.ts)
+                && points
+                    .first()
+                    .is_some_and(|p| last.is_none_or(|l| p.ts > l));
+            if matches!(self.kind(), ValueKind::Int | ValueKind::Float) {
+                if in_order {
+                    for p in points {
+                        if let Some(v) = p.value.as_f64() {
+                            let b = (buckets::floor(p.ts, MINUTE), Summary::of(p.ts, v));
+                            buckets::merge_later(&mut self.mins, &[b]);
+                        }
+                    }
+                } else {
+                    touched = points
+                        .iter()
+                        .map(|p| buckets::floor(p.ts, MINUTE))
+                        .collect();
+                }
+            }
             for p in points {
                 self.tail
                     .upsert(p.ts, p.value.clone(), server, p.extras.clone());
@@ -119,6 +149,7 @@ impl Head {
                 let full = std::mem::replace(&mut self.tail, rest);
                 self.freeze(&full)?;
             }
+            self.resummarize(touched)?;
             return Ok(());
         }
         let mut s = self.take()?;
@@ -126,6 +157,34 @@ impl Head {
             s.upsert(p.ts, p.value.clone(), server, p.extras.clone());
         }
         self.fill(s)
+    }
+
+    /// Recomputes the minute summaries of the minutes starting at `minutes` from the points.
+    fn resummarize(&mut self, mut minutes: Vec<i64>) -> Result<()> {
+        minutes.sort_unstable();
+        minutes.dedup();
+        for m in minutes {
+            let mut pts = Vec::new();
+            self.collect(m, m + MINUTE, Order::Asc, usize::MAX, &mut pts)?;
+            let s = Summary::of_points(
+                pts.iter()
+                    .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v))),
+            );
+            match (self.mins.binary_search_by_key(&m, |b| b.0), s) {
+                (Ok(i), Some(s)) => self.mins[i].1 = s,
+                (Ok(i), None) => {
+                    self.mins.remove(i);
+                }
+                (Err(i), Some(s)) => self.mins.insert(i, (m, s)),
+                (Err(_), None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// 1-minute summaries of the points, ascending (empty for text and binary heads).
+    pub fn minutes(&self) -> &[Bucket] {
+        &self.mins
     }
 
     /// Every point, as one series.
@@ -144,6 +203,7 @@ impl Head {
         self.frozen = Vec::new();
         self.frozen_len = 0;
         self.tail = Series::new(self.kind());
+        self.mins = Vec::new();
         Ok(s)
     }
 
@@ -233,6 +293,7 @@ impl Head {
             .map(|f| f.bytes.len() + 40)
             .sum::<usize>()
             + self.tail.heap_bytes()
+            + self.mins.capacity() * std::mem::size_of::<Bucket>()
     }
 
     /// Number of points in frozen blocks (for tests and metrics).
@@ -293,6 +354,8 @@ mod tests {
         assert_eq!(h.delete_range(0, 10).unwrap(), 10);
         assert_eq!(h.first_ts(), Some(10));
         assert_eq!(h.last_point().unwrap().unwrap().timestamp, 100);
-        assert!(h.heap_bytes() < 31 * 16);
+        assert!(h.heap_bytes() < 31 * 16 + 8 * std::mem::size_of::<Bucket>());
+        assert_eq!(h.minutes().len(), 1);
+        assert_eq!(h.minutes()[0].1.count, 21);
     }
 }

@@ -43,6 +43,7 @@
 //!   because every record sets state (put, replace, delete) rather than adjusting it.
 //! - The current value of a stream is its point with the largest timestamp.
 
+pub mod buckets;
 mod chunk_file;
 pub mod codec;
 pub mod engine;

@@ -20,6 +20,12 @@ pub struct StoreMetrics {
     pub chunks_written: IntCounter,
     /// Points that landed in an already sealed chunk (`meterstream_storage_late_points_total`).
     pub late_points: IntCounter,
+    /// Rebuilds of 15-minute rollups after late, replaced or deleted sealed points
+    /// (`meterstream_storage_rollup_recomputes_total`).
+    pub rollup_recomputes: IntCounter,
+    /// Rollup queries answered from raw points because an interval boundary was off the stored
+    /// 1-minute grid (`meterstream_storage_rollup_raw_fallbacks_total`).
+    pub rollup_raw_fallbacks: IntCounter,
 }
 
 fn hist(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -62,6 +68,14 @@ impl StoreMetrics {
                 "meterstream_storage_late_points_total",
                 "Points merged into chunks that were already sealed.",
             ),
+            rollup_recomputes: counter(
+                "meterstream_storage_rollup_recomputes_total",
+                "Rebuilds of 15-minute rollups after late, replaced or deleted sealed points.",
+            ),
+            rollup_raw_fallbacks: counter(
+                "meterstream_storage_rollup_raw_fallbacks_total",
+                "Rollup queries answered from raw points (an interval boundary off the 1-minute grid).",
+            ),
         }
     }
 
@@ -74,6 +88,8 @@ impl StoreMetrics {
             Box::new(self.checkpoint_seconds.clone()),
             Box::new(self.chunks_written.clone()),
             Box::new(self.late_points.clone()),
+            Box::new(self.rollup_recomputes.clone()),
+            Box::new(self.rollup_raw_fallbacks.clone()),
         ]
     }
 }

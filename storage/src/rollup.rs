@@ -229,6 +229,16 @@ impl Summary {
         }
     }
 
+    /// Merges two summaries whichever holds the older points. When their points interleave in
+    /// time (which the store avoids), `first`, `last` and `increase` are taken in argument order.
+    pub fn combine(&self, other: &Summary) -> Summary {
+        if self.first_ts > other.last_ts {
+            other.merge(self)
+        } else {
+            self.merge(other)
+        }
+    }
+
     /// The summary of points in time order; `None` for none.
     pub fn of_points(points: impl IntoIterator<Item = (i64, f64)>) -> Option<Summary> {
         let mut it = points.into_iter();
@@ -576,12 +586,31 @@ impl<'a> Roller<'a> {
                 return Ok(());
             }
         }
+        self.push_piece(ts, ts + 1, &Summary::of(ts, v)).map(|_| ())
+    }
+
+    /// Feeds the summary of points lying in `[start, end)`, all newer than every point fed so
+    /// far. Returns `false`, feeding nothing, when an interval boundary falls strictly inside
+    /// `[start, end)`: the piece cannot be split, so the caller must use finer pieces.
+    pub fn push_piece(&mut self, start: i64, end: i64, s: &Summary) -> Result<bool> {
+        if let Some((cs, next, acc)) = &mut self.cur {
+            if start < *next {
+                if end > *next || start < *cs {
+                    return Ok(false);
+                }
+                *acc = acc.merge(s);
+                return Ok(true);
+            }
+        }
+        let bs = bucket_start(start, self.spec.interval, self.spec.tz)?;
+        let next = next_start(bs, self.spec.interval, self.spec.tz)?;
+        if end > next {
+            return Ok(false);
+        }
         self.close()?;
-        let start = bucket_start(ts, self.spec.interval, self.spec.tz)?;
-        self.fill_until(start)?;
-        let next = next_start(start, self.spec.interval, self.spec.tz)?;
-        self.cur = Some((start, next, Summary::of(ts, v)));
-        Ok(())
+        self.fill_until(bs)?;
+        self.cur = Some((bs, next, *s));
+        Ok(true)
     }
 
     /// The values of every interval, ascending.

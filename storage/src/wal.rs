@@ -25,6 +25,7 @@
 //!   kind (0 Int zvarint, 1 Float 8 bytes LE, 2 Text str, 3 Bytes str) with bit 7 set when
 //!   extras follow (see the chunk codec).
 //! - 4 `DeleteRange`: varint id, zvarint from, zvarint to (from inclusive, to exclusive).
+//! - 5 `Expire`: varint id, zvarint raw_before, zvarint rollups_before.
 //!
 //! # Group commit
 //! Writers encode their record on their own thread, then take a sequence number and hand the frame
@@ -102,6 +103,16 @@ pub enum Record {
         /// First timestamp kept after the range.
         to: i64,
     },
+    /// Retention: drop raw points older than `raw_before` (their rollups stay) and rollups of
+    /// UTC days that end at or before `rollups_before`.
+    Expire {
+        /// Internal id.
+        id: u64,
+        /// First raw timestamp kept.
+        raw_before: i64,
+        /// Rollups of days ending at or before this go.
+        rollups_before: i64,
+    },
 }
 
 impl Record {
@@ -163,6 +174,16 @@ impl Record {
                 put_zvarint(&mut out, *from);
                 put_zvarint(&mut out, *to);
             }
+            Record::Expire {
+                id,
+                raw_before,
+                rollups_before,
+            } => {
+                out.push(5);
+                put_varint(&mut out, *id);
+                put_zvarint(&mut out, *raw_before);
+                put_zvarint(&mut out, *rollups_before);
+            }
         }
         out
     }
@@ -215,6 +236,11 @@ impl Record {
                 id: r.varint()?,
                 from: r.zvarint()?,
                 to: r.zvarint()?,
+            }),
+            5 => Ok(Record::Expire {
+                id: r.varint()?,
+                raw_before: r.zvarint()?,
+                rollups_before: r.zvarint()?,
             }),
             k => Err(StorageError::corrupt(
                 "log record",
@@ -597,6 +623,11 @@ mod tests {
                 id: 3,
                 from: 0,
                 to: 99,
+            },
+            Record::Expire {
+                id: 3,
+                raw_before: 99,
+                rollups_before: 42,
             },
             Record::Points {
                 server_ts: 1_700_000_000_000,
