@@ -401,11 +401,14 @@ impl Inner {
         let mut r = self
             .chunks
             .range(rollup_key(id, 0)..=rollup_key(id, i64::MAX));
-        let (Some(first), Some(last)) = (r.next(), r.next_back().or(None)) else {
+        let Some(first) = r.next() else {
             return Ok(None);
         };
         let f = buckets::decode(&first?.1, QUARTER)?;
-        let l = buckets::decode(&last?.1, QUARTER)?;
+        let l = match r.next_back() {
+            Some(last) => buckets::decode(&last?.1, QUARTER)?,
+            None => f.clone(),
+        };
         Ok(match (f.first(), l.last()) {
             (Some(a), Some(b)) => Some((a.1.first_ts, b.1.last_ts)),
             _ => None,
@@ -1943,10 +1946,17 @@ impl Store for Engine {
             match self.inner.rollup_range(st, q)? {
                 None => Some(Vec::new()),
                 Some((from, to, before)) => {
+                    // Without a bound the range is the data's own; widened to the grid, so that
+                    // rollups whose raw points have expired still answer to the edge.
+                    let feed_from = q.from.unwrap_or(buckets::floor(from, QUARTER));
+                    let feed_to = q.to.unwrap_or(buckets::ceil(to, QUARTER));
                     let mut found = None;
                     for quarters in levels {
                         let mut roller = Roller::new(spec, before, from, to)?;
-                        if self.inner.feed(st, &mut roller, from, to, *quarters)? {
+                        if self
+                            .inner
+                            .feed(st, &mut roller, feed_from, feed_to, *quarters)?
+                        {
                             found = Some(roller.finish()?);
                             break;
                         }

@@ -4,3 +4,4 @@
 
 mod engine;
 mod model;
+mod rollups;
