@@ -224,3 +224,72 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn boundaries_off_the_minute_grid_fall_back_to_raw_points() {
+    // Liberia kept UTC-0:44:30 until 1972: its days began at 00:44:30 UTC.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    let start = "1971-03-01T00:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond();
+    let pts: Vec<(i64, f64)> = (0..3000).map(|i| (start + i * 60_000, i as f64)).collect();
+    s.write(vec![group("gw/m/p", &pts)], 1).unwrap();
+    let tz = zone("Africa/Monrovia").unwrap();
+    let q = RollupQuery {
+        from: None,
+        to: None,
+        interval: Interval::Day,
+        method: Method::Sum,
+        tz: tz.clone(),
+        fill: Fill::None,
+        order: Order::Asc,
+        limit: 100,
+        cursor: None,
+    };
+    let got = query(&s, &q);
+    let day = |iso: &str| iso.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    assert_eq!(
+        got.iter().map(|v| v.timestamp).collect::<Vec<_>>(),
+        vec![
+            day("1971-02-28T00:44:30Z"),
+            day("1971-03-01T00:44:30Z"),
+            day("1971-03-02T00:44:30Z"),
+            day("1971-03-03T00:44:30Z"),
+        ]
+    );
+    // The first local day holds the points before 00:44:30 UTC: minutes 0..=44.
+    assert_eq!(got[0].value, Some((0..=44).sum::<i64>() as f64));
+    let model: BTreeMap<i64, f64> = pts.iter().copied().collect();
+    let spec = RollupSpec {
+        interval: Interval::Day,
+        method: Method::Sum,
+        tz: &tz,
+        fill: Fill::None,
+    };
+    assert_eq!(got, reference(&model, &model, &spec, None, None));
+    assert_eq!(s.metrics().rollup_raw_fallbacks.get(), 1);
+    // Its hours also start at :44:30 UTC; in UTC they are on the grid: no fallback.
+    let hours = query(
+        &s,
+        &RollupQuery {
+            interval: Interval::Hour,
+            ..q.clone()
+        },
+    );
+    assert_eq!(hours.len(), 51);
+    assert_eq!(hours[1].timestamp, day("1971-03-01T00:44:30Z"));
+    assert_eq!(s.metrics().rollup_raw_fallbacks.get(), 2);
+    let utc = query(
+        &s,
+        &RollupQuery {
+            interval: Interval::Hour,
+            tz: zone("UTC").unwrap(),
+            ..q
+        },
+    );
+    assert_eq!(utc.len(), 50);
+    assert_eq!(utc[0].value, Some((0..60).sum::<i64>() as f64));
+    assert_eq!(s.metrics().rollup_raw_fallbacks.get(), 2);
+}
