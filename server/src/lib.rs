@@ -176,7 +176,18 @@ pub async fn run(
                 let m = m.clone();
                 let fut = srv.call(req);
                 async move {
-                    let res = fut.await?;
+                    let mut res = fut.await?;
+                    // How long the server took, for clients and benchmarks (W3C Server-Timing;
+                    // for streamed bodies, until the first bytes are ready).
+                    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&format!(
+                        "app;dur={:.3}",
+                        started.elapsed().as_secs_f64() * 1000.0
+                    )) {
+                        res.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static("server-timing"),
+                            v,
+                        );
+                    }
                     let route = res
                         .request()
                         .match_pattern()

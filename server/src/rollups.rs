@@ -18,12 +18,11 @@ use crate::error::ApiError;
 use crate::params::Params;
 use crate::{path_tail, wire, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
-use meterstream_storage::path::{matches_pattern, pattern_prefix, validate_path, validate_pattern};
+use meterstream_storage::path::{validate_path, validate_pattern};
 use meterstream_storage::rollup::{fill_intervals, zone, MAX_INTERVALS};
 use meterstream_storage::time::{format_iso, now_ms};
 use meterstream_storage::{
-    Condition, Cursor, Fill, Interval, Method, Order, RollupQuery, RollupValue, StorageError,
-    Store, StreamFilter,
+    Cursor, Fill, Interval, Method, Order, RollupQuery, RollupValue, StorageError, Store,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -137,47 +136,63 @@ fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
     })
 }
 
-/// The numeric streams matching a pattern, in path order.
-fn matching_streams(store: &dyn Store, pattern: &str) -> Result<Vec<String>, ApiError> {
-    let filter = StreamFilter {
-        conditions: vec![Condition::IdStartsWith(pattern_prefix(pattern))],
-    };
-    let mut out = Vec::new();
-    let mut cursor: Option<Cursor> = None;
-    loop {
-        let page = store.list_streams(&filter, Order::Asc, 1000, cursor.as_ref())?;
-        out.extend(
-            page.items
-                .iter()
-                .filter(|s| s.meta.stream_type.is_numeric() && matches_pattern(pattern, &s.path))
-                .map(|s| s.path.clone()),
-        );
-        match page.next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(out),
-        }
-    }
+/// Up to `limit` streams matching a pattern after `after`, in path order, each with whether
+/// it is numeric (only those roll up).
+fn matching_streams(
+    store: &dyn Store,
+    pattern: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, bool)>, ApiError> {
+    Ok(store
+        .matching_streams(pattern, after, limit)?
+        .into_iter()
+        .map(|(p, ty)| (p, ty.is_numeric()))
+        .collect())
 }
 
-/// Every interval of one stream (no paging), for combining.
+/// Every interval of one stream (no paging), in `order`; none for a stream deleted meanwhile.
 fn whole_series(
     store: &dyn Store,
     path: &str,
     q: &RollupQuery,
     fill: Fill,
+    order: Order,
 ) -> Result<Vec<RollupValue>, StorageError> {
     let all = RollupQuery {
         fill,
-        order: Order::Asc,
+        order,
         limit: MAX_INTERVALS + 1,
         cursor: None,
         ..q.clone()
     };
-    Ok(store.rollups(path, &all)?.items)
+    match store.rollups(path, &all) {
+        Ok(p) => Ok(p.items),
+        Err(StorageError::StreamNotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// (stream, value) rows of one page, and the cursor of the next.
 type Rows = (Vec<(String, RollupValue)>, Option<Cursor>);
+
+/// Where the previous page of a multi-stream listing ended: (stream, interval start).
+fn rows_cursor(c: Option<&Cursor>) -> Result<Option<(String, i64)>, ApiError> {
+    let Some(c) = c else {
+        return Ok(None);
+    };
+    let Cursor::Key { key, .. } = c else {
+        return Err(
+            StorageError::invalid("cursor", "it belongs to another kind of listing").into(),
+        );
+    };
+    // The cursor is "stream\u{1}timestamp" (control characters cannot occur in paths).
+    let (s, t) = key
+        .split_once('\u{1}')
+        .and_then(|(s, t)| t.parse::<i64>().ok().map(|t| (s.to_string(), t)))
+        .ok_or_else(|| StorageError::invalid("cursor", "it is not a rollup cursor"))?;
+    Ok(Some((s, t)))
+}
 
 fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
     let q = &r.query;
@@ -190,17 +205,34 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
             .collect();
         return Ok((rows, page.next));
     }
-    let streams = if r.pattern {
-        matching_streams(store, &r.target)?
-    } else {
-        vec![r.target.clone()]
+    let after = rows_cursor(q.cursor.as_ref())?;
+    let is_after = |s: &str, t: i64| match &after {
+        None => true,
+        Some((cs, ct)) => {
+            s > cs.as_str()
+                || (s == cs.as_str()
+                    && if q.order == Order::Asc {
+                        t > *ct
+                    } else {
+                        t < *ct
+                    })
+        }
     };
     let mut rows: Vec<(String, RollupValue)> = Vec::new();
     if let Some(agg) = r.aggregate {
+        let streams: Vec<String> = if r.pattern {
+            matching_streams(store, &r.target, None, usize::MAX)?
+                .into_iter()
+                .filter(|(_, numeric)| *numeric)
+                .map(|(p, _)| p)
+                .collect()
+        } else {
+            vec![r.target.clone()]
+        };
         // Combine per interval over the streams that have a value there, then fill.
         let mut acc: BTreeMap<i64, (f64, u64)> = BTreeMap::new();
         for s in &streams {
-            for v in whole_series(store, s, q, Fill::None)? {
+            for v in whole_series(store, s, q, Fill::None, Order::Asc)? {
                 let Some(x) = v.value else { continue };
                 let e = acc.entry(v.timestamp).or_insert(match agg {
                     Aggregate::Min => (f64::INFINITY, 0),
@@ -230,49 +262,62 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
             .collect();
         let from = q.from.or(combined.first().map(|c| c.0)).unwrap_or(0);
         let to = q.to.or(combined.last().map(|c| c.0 + 1)).unwrap_or(0);
-        let filled = fill_intervals(&combined, q.interval, &q.tz, q.fill, from, to)?;
-        rows.extend(filled.into_iter().map(|v| (r.target.clone(), v)));
+        let mut filled = fill_intervals(&combined, q.interval, &q.tz, q.fill, from, to)?;
+        if q.order == Order::Desc {
+            filled.reverse();
+        }
+        rows.extend(
+            filled
+                .into_iter()
+                .filter(|v| is_after(&r.target, v.timestamp))
+                .map(|v| (r.target.clone(), v)),
+        );
     } else {
-        for s in &streams {
+        // Streams in path order, time in `order` within each; only the streams this page needs,
+        // fetched a batch at a time from where the previous page ended.
+        let mut from: Option<String> = None;
+        if let Some((cs, _)) = &after {
+            // The cursor's stream may have intervals left.
             rows.extend(
-                whole_series(store, s, q, q.fill)?
+                whole_series(store, cs, q, q.fill, q.order)?
                     .into_iter()
-                    .map(|v| (s.clone(), v)),
+                    .filter(|v| is_after(cs, v.timestamp))
+                    .map(|v| (cs.clone(), v)),
             );
+            from = Some(cs.clone());
+        }
+        'streams: while rows.len() <= q.limit {
+            let batch = if r.pattern {
+                matching_streams(store, &r.target, from.as_deref(), 256)?
+            } else if from.is_none() {
+                vec![(r.target.clone(), true)]
+            } else {
+                Vec::new()
+            };
+            let Some((last, _)) = batch.last().cloned() else {
+                break;
+            };
+            for (s, numeric) in batch {
+                if !numeric {
+                    continue;
+                }
+                rows.extend(
+                    whole_series(store, &s, q, q.fill, q.order)?
+                        .into_iter()
+                        .map(|v| (s.clone(), v)),
+                );
+                if rows.len() > q.limit {
+                    break 'streams;
+                }
+            }
+            from = Some(last);
         }
     }
-    if q.order == Order::Desc {
-        // Streams stay in path order; time runs backwards within each.
-        rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.timestamp.cmp(&a.1.timestamp)));
-    }
-    // The cursor is "stream\u{1}timestamp" (control characters cannot occur in paths).
-    let key = |(s, v): &(String, RollupValue)| (s.clone(), v.timestamp);
-    if let Some(c) = &q.cursor {
-        let Cursor::Key { key: k, .. } = c else {
-            return Err(
-                StorageError::invalid("cursor", "it belongs to another kind of listing").into(),
-            );
-        };
-        let (s, t) = k
-            .split_once('\u{1}')
-            .and_then(|(s, t)| t.parse::<i64>().ok().map(|t| (s.to_string(), t)))
-            .ok_or_else(|| StorageError::invalid("cursor", "it is not a rollup cursor"))?;
-        rows.retain(|row| {
-            let (rs, rt) = key(row);
-            rs > s
-                || (rs == s
-                    && if q.order == Order::Asc {
-                        rt > t
-                    } else {
-                        rt < t
-                    })
-        });
-    }
     let next = (rows.len() > q.limit).then(|| {
-        let (s, t) = key(&rows[q.limit - 1]);
+        let (s, v) = &rows[q.limit - 1];
         Cursor::Key {
             order: q.order,
-            key: format!("{s}\u{1}{t}"),
+            key: format!("{s}\u{1}{}", v.timestamp),
         }
     });
     rows.truncate(q.limit);

@@ -10,7 +10,7 @@ use crate::metrics::StoreMetrics;
 use crate::path::{device_id, validate_path};
 use crate::point::{stable_hash, DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter, Timeline};
-use crate::rollup::{Interval, Roller, RollupSpec, RollupValue};
+use crate::rollup::{Interval, Method, Roller, RollupSpec, RollupValue};
 use crate::series::Series;
 use crate::store::{ItemError, RollupQuery, Store, StoreStats, WriteOutcome};
 use crate::stream::{StreamInfo, StreamMeta, StreamUpdate};
@@ -423,12 +423,17 @@ impl Inner {
         q: &RollupQuery,
     ) -> Result<Option<(i64, i64, Option<f64>)>> {
         let id = st.rec.id;
-        let raw_first = match self.chunk_scan(id).next() {
-            Some(kv) => Some(chunk_key_ts(&kv?.0)),
-            None => st.head.first_ts(),
+        let raw_first = match (q.from, self.chunk_scan(id).next()) {
+            (Some(_), _) => None,
+            (None, Some(kv)) => Some(chunk_key_ts(&kv?.0)),
+            (None, None) => st.head.first_ts(),
         };
         let raw_last = st.head.last_ts().or(st.sealed_max);
-        let qs = self.quarter_span(id)?;
+        let qs = if q.from.is_none() || q.to.is_none() {
+            self.quarter_span(id)?
+        } else {
+            None
+        };
         let from = match q.from {
             Some(f) => f,
             None => match (raw_first, qs) {
@@ -450,8 +455,12 @@ impl Inner {
         if from >= to {
             return Ok(None);
         }
-        // The last value before `from`: a raw point if one is kept, else a rolled-up quarter.
+        // The last value before `from` (only `increase` needs it): a raw point if one is kept,
+        // else a rolled-up quarter.
         let mut before = None;
+        if q.method != Method::Increase {
+            return Ok(Some((from, to, None)));
+        }
         if st.head.first_ts().is_some_and(|f| f < from) {
             let mut out = Vec::new();
             st.head.collect(0, from, Order::Desc, 1, &mut out)?;
@@ -524,41 +533,104 @@ impl Inner {
             }
             Ok(true)
         };
-        // Sealed data, oldest first; all of it is older than the open head.
-        for (t, v) in self.sealed_points(id, from, a1)? {
-            roller.push(t, v)?;
+        // Sealed data, oldest first; all of it is older than the open head. Chunks hold nothing
+        // after `sealed_max`; day records may also hold rollups of expired points.
+        let sealed_end = st.sealed_max.map_or(i64::MIN, |m| m + 1);
+        let chunk_end = |hi: i64| hi.min(sealed_end);
+        if a1 >= b1 {
+            // Less than a whole minute in the middle: raw points only.
+            let mut raw = self.sealed_points(id, from, chunk_end(to))?;
+            raw.extend(head_raw(st, from, to)?);
+            for (t, v) in raw {
+                roller.push(t, v)?;
+            }
+            return Ok(true);
         }
-        if !pieces(roller, self.sealed_minutes(id, a1, a15)?, MINUTE)?
-            || !pieces(roller, self.quarters(id, a15, b15)?, QUARTER)?
-            || !pieces(roller, self.sealed_minutes(id, b15, b1)?, MINUTE)?
-        {
+        // The minutes cut by a bound are used whole when none of their points lies outside the
+        // range (the usual case: bounds at the data's own ends); otherwise from raw points.
+        let (m0, m1) = (buckets::floor(from, MINUTE), buckets::ceil(to, MINUTE));
+        let trim_left = |list: &mut Vec<Bucket>| -> bool {
+            if m0 < from
+                && list
+                    .first()
+                    .is_some_and(|b| b.0 == m0 && b.1.first_ts < from)
+            {
+                list.remove(0);
+                return true;
+            }
+            false
+        };
+        let trim_right = |list: &mut Vec<Bucket>| -> bool {
+            if b1 < to && list.last().is_some_and(|b| b.0 == b1 && b.1.last_ts >= to) {
+                list.pop();
+                return true;
+            }
+            false
+        };
+        // Quarters cut by a bound are likewise used whole when all their points are in range;
+        // otherwise that part comes from minutes. Without quarters, minutes cover the middle.
+        let (qs, left_end, right_start) = if a15 < b15 {
+            let (q0, q1) = (buckets::floor(from, QUARTER), buckets::ceil(to, QUARTER));
+            let mut qs = self.quarters(id, q0, q1)?;
+            let mut left_end = a15;
+            let mut right_start = b15;
+            if q0 < from {
+                match qs.first() {
+                    Some(b) if b.0 == q0 && b.1.first_ts < from => {
+                        qs.remove(0);
+                    }
+                    // Whole, or no sealed point there at all.
+                    _ => left_end = m0,
+                }
+            }
+            if b15 < to {
+                match qs.last() {
+                    Some(b) if b.0 == b15 && b.1.last_ts >= to => {
+                        qs.pop();
+                    }
+                    _ => right_start = m1,
+                }
+            }
+            (qs, left_end, right_start)
+        } else {
+            (Vec::new(), b1, b1)
+        };
+        let mut left = self.sealed_minutes(id, m0, chunk_end(left_end))?;
+        if trim_left(&mut left) {
+            for (t, v) in self.sealed_points(id, from, chunk_end(a1))? {
+                roller.push(t, v)?;
+            }
+        }
+        if !pieces(roller, left, MINUTE)? || !pieces(roller, qs, QUARTER)? {
             return Ok(false);
         }
-        for (t, v) in self.sealed_points(id, b1, to)? {
-            roller.push(t, v)?;
+        let mut right = self.sealed_minutes(id, right_start, chunk_end(m1).max(right_start))?;
+        let right_raw = trim_right(&mut right);
+        if !pieces(roller, right, MINUTE)? {
+            return Ok(false);
+        }
+        if right_raw {
+            for (t, v) in self.sealed_points(id, b1, chunk_end(to))? {
+                roller.push(t, v)?;
+            }
         }
         // The open head.
-        let raw = |lo: i64, hi: i64| -> Result<Vec<(i64, f64)>> {
-            let mut out = Vec::new();
-            if lo < hi {
-                st.head.collect(lo, hi, Order::Asc, usize::MAX, &mut out)?;
-            }
-            Ok(out
-                .iter()
-                .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v)))
-                .collect())
-        };
-        for (t, v) in raw(from, a1)? {
-            roller.push(t, v)?;
-        }
         let mins = st.head.minutes();
-        let lo = mins.partition_point(|b| b.0 < a1);
-        let hi = mins.partition_point(|b| b.0 < b1);
-        if !pieces(roller, mins[lo..hi].to_vec(), MINUTE)? {
+        let mut list =
+            mins[mins.partition_point(|b| b.0 < m0)..mins.partition_point(|b| b.0 < m1)].to_vec();
+        if trim_left(&mut list) {
+            for (t, v) in head_raw(st, from, a1)? {
+                roller.push(t, v)?;
+            }
+        }
+        let right_raw = trim_right(&mut list);
+        if !pieces(roller, list, MINUTE)? {
             return Ok(false);
         }
-        for (t, v) in raw(b1, to)? {
-            roller.push(t, v)?;
+        if right_raw {
+            for (t, v) in head_raw(st, b1, to)? {
+                roller.push(t, v)?;
+            }
         }
         Ok(true)
     }
@@ -1145,6 +1217,18 @@ impl Inner {
             .get(&e.id)
             .map(StreamState::info)
     }
+}
+
+/// The numeric points of an open head in `[lo, hi)`, in time order.
+fn head_raw(st: &StreamState, lo: i64, hi: i64) -> Result<Vec<(i64, f64)>> {
+    let mut out = Vec::new();
+    if lo < hi {
+        st.head.collect(lo, hi, Order::Asc, usize::MAX, &mut out)?;
+    }
+    Ok(out
+        .iter()
+        .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v)))
+        .collect())
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -1735,6 +1819,34 @@ impl Store for Engine {
         }
         rx.recv().map_err(|_| StorageError::Closed)??;
         Ok(())
+    }
+
+    fn matching_streams(
+        &self,
+        pattern: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamType)>> {
+        let prefix = crate::path::pattern_prefix(pattern);
+        // A literal last segment rejects most paths without splitting them.
+        let tail = match pattern.rsplit_once('/') {
+            Some((_, t)) if t != "*" => Some(format!("/{t}")),
+            _ => None,
+        };
+        let start = match after {
+            Some(a) if a >= prefix.as_str() => std::ops::Bound::Excluded(a),
+            _ => std::ops::Bound::Included(prefix.as_str()),
+        };
+        let reg = self.inner.registry.read();
+        Ok(reg
+            .by_path
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
+            .take_while(|(p, _)| prefix.is_empty() || p.starts_with(prefix.as_str()))
+            .filter(|(p, _)| tail.as_ref().is_none_or(|t| p.ends_with(t.as_str())))
+            .filter(|(p, _)| crate::path::matches_pattern(pattern, p))
+            .take(limit)
+            .map(|(p, e)| (p.to_string(), e.ty))
+            .collect())
     }
 
     fn list_streams(

@@ -11,6 +11,7 @@ use crate::point::{DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter};
 use crate::rollup::{Fill, Interval, Method, RollupValue};
 use crate::stream::{StreamInfo, StreamUpdate};
+use crate::value::StreamType;
 
 /// The error of one item of a write batch.
 #[derive(Debug)]
@@ -90,6 +91,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         cursor: Option<&Cursor>,
     ) -> Result<Page<StreamInfo>>;
+
+    /// Paths and types of the streams matching `pattern` (a path whose segments may be `*`, one
+    /// segment each), in path order, after the path `after` if given, at most `limit`. Cheaper
+    /// than listing: no stream state is read.
+    fn matching_streams(
+        &self,
+        pattern: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamType)>>;
 
     /// The direct children of the folder `prefix` ("" for the root): sub-folders with their stream
     /// counts and streams with their current values, by name.

@@ -288,6 +288,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
         ensure!(n == a.seconds.min(3600) as u64, "whole hour: {n} points");
     }
     let raw_all_ms = median(lat_all);
+    let rollups = rollup_queries(&client, &srv.url, &fleet, &a, start_ms, now)?;
     let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
     let metric = |name: &str| -> f64 {
         metrics
@@ -323,6 +324,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
         "bytes_per_point": disk_settled as f64 / points,
         "raw_history_last_hour_median_ms": raw_ms,
         "raw_history_whole_hour_all_pages_median_ms": raw_all_ms,
+        "rollups": rollups,
         "reopen_seconds": reopen.as_secs_f64(),
         "log_syncs": syncs,
         "log_sync_mean_ms": sync_mean_ms,
@@ -338,6 +340,184 @@ fn ingest(a: IngestArgs) -> Result<()> {
             .with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// Median milliseconds of `runs` runs of `run`.
+fn timed(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut lat = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        run()?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(lat))
+}
+
+/// Milliseconds the server says it took (its `Server-Timing: app;dur=` header).
+fn server_ms(r: &reqwest::blocking::Response) -> f64 {
+    r.headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("dur=").nth(1))
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Median over `runs` of (client milliseconds, server milliseconds) of `run`, which returns the
+/// server's own time.
+fn timed_both(runs: usize, mut run: impl FnMut() -> Result<f64>) -> Result<serde_json::Value> {
+    let (mut client, mut server) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        server.push(run()?);
+        client.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(serde_json::json!({"server_ms": median(server), "client_ms": median(client)}))
+}
+
+/// Every row of a rollup listing, following cursors, and the server's time summed over pages.
+fn rollup_rows(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    path: &str,
+    query: &str,
+) -> Result<(Vec<serde_json::Value>, f64)> {
+    let mut rows = Vec::new();
+    let mut cursor = String::new();
+    let mut srv = 0.0;
+    loop {
+        let r = client
+            .get(format!(
+                "{url}/ws/v1/streams/rollups/{path}?{query}{cursor}"
+            ))
+            .send()?;
+        ensure!(r.status().is_success(), "{path}?{query}: {}", r.status());
+        srv += server_ms(&r);
+        let v: serde_json::Value = r.json()?;
+        rows.extend(v["list"].as_array().cloned().unwrap_or_default());
+        match v["cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return Ok((rows, srv)),
+        }
+    }
+}
+
+/// The standard workload's rollup queries against meterstream (every page of each).
+fn rollup_queries(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    fleet: &Fleet,
+    a: &IngestArgs,
+    start_ms: i64,
+    now: i64,
+) -> Result<serde_json::Value> {
+    let m = a.meters / 2;
+    let stream = fleet.stream_path(m, 0);
+    let mut hourly = serde_json::Map::new();
+    for method in ["min", "max", "average", "sum", "count", "standarddev"] {
+        let q = format!("interval=hour&method={method}");
+        let (rows, _) = rollup_rows(client, url, &stream, &q)?;
+        if method == "count" {
+            let n: f64 = rows.iter().filter_map(|r| r["value"].as_f64()).sum();
+            ensure!(n as usize == a.seconds, "hourly counts add up to {n}");
+        }
+        let ms = timed_both(a.query_runs, || {
+            rollup_rows(client, url, &stream, &q).map(|r| r.1)
+        })?;
+        hourly.insert(method.into(), ms);
+    }
+    let meter = format!("{}/{}/*", fleet.gateway_id(m), fleet.meter_name(m));
+    let day = format!(
+        "interval=1m&method=average&start_time={}&end_time={now}",
+        now - 86_400_000
+    );
+    let (rows, _) = rollup_rows(client, url, &meter, &day)?;
+    let minutes = a.seconds.div_ceil(60);
+    ensure!(
+        rows.len() >= 12 * minutes && rows.len() <= 12 * (minutes + 1),
+        "1-minute rows of one meter: {}",
+        rows.len()
+    );
+    let one_meter_day = timed_both(a.query_runs, || {
+        rollup_rows(client, url, &meter, &day).map(|r| r.1)
+    })?;
+    let fleet_q = format!("interval=15m&method=average&start_time={start_ms}&end_time={now}");
+    let (rows, _) = rollup_rows(client, url, "*/*/active_power", &fleet_q)?;
+    ensure!(
+        rows.len() >= a.meters * a.seconds.div_ceil(900),
+        "15-minute rows of the fleet: {}",
+        rows.len()
+    );
+    let fleet_ms = timed_both(a.query_runs, || {
+        rollup_rows(client, url, "*/*/active_power", &fleet_q).map(|r| r.1)
+    })?;
+    let agg_q = format!("{fleet_q}&aggregate=sum");
+    let (rows, _) = rollup_rows(client, url, "*/*/active_power", &agg_q)?;
+    ensure!(
+        rows.len() >= a.seconds / 900 && rows.len() <= a.seconds / 900 + 2,
+        "aggregated rows: {}",
+        rows.len()
+    );
+    let agg_ms = timed_both(a.query_runs, || {
+        rollup_rows(client, url, "*/*/active_power", &agg_q).map(|r| r.1)
+    })?;
+    Ok(serde_json::json!({
+                "hourly_one_stream_whole_span": hourly,
+        "one_meter_12_streams_1m_average_day": one_meter_day,
+        "fleet_active_power_15m_average_per_stream_all_pages": fleet_ms,
+        "fleet_active_power_15m_average_sum": agg_ms,
+        "note": "medians; server_ms from the Server-Timing header summed over pages, client_ms includes HTTP and the client's JSON parsing",
+    }))
+}
+
+/// The standard rollup queries against VictoriaMetrics (`/api/v1/query_range`).
+fn victoria_rollups(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    fleet: &Fleet,
+    a: &IngestArgs,
+    start_ms: i64,
+    now: i64,
+) -> Result<serde_json::Value> {
+    let m = a.meters / 2;
+    let (gw, dev) = (fleet.gateway_id(m), fleet.meter_name(m));
+    let run = |query: &str, step: i64, start_s: i64, want: usize| -> Result<()> {
+        let v: serde_json::Value = client
+            .get(format!("{url}/api/v1/query_range"))
+            .query(&[
+                ("query", query.to_string()),
+                ("start", start_s.to_string()),
+                ("end", (now / 1000).to_string()),
+                ("step", step.to_string()),
+            ])
+            .send()?
+            .json()?;
+        let n = v["data"]["result"].as_array().map_or(0, |r| r.len());
+        ensure!(n == want, "{query}: {n} series, {want} expected: {v}");
+        Ok(())
+    };
+    let mut hourly = serde_json::Map::new();
+    for f in ["min", "max", "avg", "sum", "count", "stddev"] {
+        let q = format!("{f}_over_time(meter_voltage_l1{{gw=\"{gw}\",dev=\"{dev}\"}}[1h])");
+        run(&q, 3600, start_ms / 1000, 1)?;
+        hourly.insert(
+            f.into(),
+            timed(a.query_runs, || run(&q, 3600, start_ms / 1000, 1))?.into(),
+        );
+    }
+    let q = format!("avg_over_time({{__name__=~\"meter_.+\",gw=\"{gw}\",dev=\"{dev}\"}}[1m])");
+    let day = timed(a.query_runs, || run(&q, 60, now / 1000 - 86_400, 12))?;
+    let q = "avg_over_time(meter_active_power[15m])";
+    let fleet_ms = timed(a.query_runs, || run(q, 900, start_ms / 1000, a.meters))?;
+    let q = "sum(avg_over_time(meter_active_power[15m]))";
+    let agg = timed(a.query_runs, || run(q, 900, start_ms / 1000, 1))?;
+    Ok(serde_json::json!({
+        "hourly_one_stream_whole_span_median_ms": hourly,
+        "one_meter_12_streams_1m_average_day_median_ms": day,
+        "fleet_active_power_15m_average_per_stream_median_ms": fleet_ms,
+        "fleet_active_power_15m_average_sum_median_ms": agg,
+        "note": "VictoriaMetrics caches query results by default; repeated runs may hit its cache",
+    }))
 }
 
 /// The same workload into VictoriaMetrics, measured the same way.
@@ -422,6 +602,7 @@ fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serd
             v["values"].as_array().map_or(0, |a| a.len())
         );
     }
+    let rollups = victoria_rollups(&client, &vm.url, &fleet, a, start_ms, now)?;
     vm.stop()?;
     let disk = dir_bytes(&dir);
     Ok(serde_json::json!({
@@ -430,6 +611,7 @@ fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serd
         "rss_bytes_after_ingest": rss,
         "bytes_per_point": disk as f64 / points,
         "raw_history_whole_hour_median_ms": median(lat),
+        "rollups": rollups,
         "acknowledges": "before data is durable (in-memory buffers, flushed about every second)",
     }))
 }

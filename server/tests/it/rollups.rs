@@ -287,3 +287,45 @@ fn bad_patterns_and_aggregates_are_400() {
         assert!(error_message(&v, 400).contains(word), "{q}: {v}");
     }
 }
+
+#[test]
+fn pattern_pages_cross_many_streams_in_order() {
+    // More streams than one batch of the pattern listing (256), with text streams among them.
+    let s = TestServer::start();
+    let mut pts = Vec::new();
+    for i in 0..300 {
+        pts.push(json!({"stream_id": format!("b/{i:03}/p"), "timestamp": "2026-01-01T00:00:00Z", "value": i}));
+        pts.push(json!({"stream_id": format!("b/{i:03}/p"), "timestamp": "2026-01-01T00:01:00Z", "value": i + 1000}));
+        if i % 50 == 0 {
+            pts.push(json!({"stream_id": format!("b/{i:03}t/p"), "timestamp": "2026-01-01T00:00:00Z", "value": "on"}));
+        }
+    }
+    assert!(s.post_json(&json!(pts)).status().is_success());
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    let base = "/ws/v1/streams/rollups/b/*/p?interval=1m&method=sum&size=7";
+    let mut q = base.to_string();
+    for _ in 0..1000 {
+        let (st, v) = s.get_json(&q);
+        assert_eq!(st, 200, "{v}");
+        assert!(v["count"].as_u64().unwrap() <= 7);
+        for i in v["list"].as_array().unwrap() {
+            seen.push((
+                i["stream_id"].as_str().unwrap().to_string(),
+                i["value"].as_f64().unwrap(),
+            ));
+        }
+        match v["cursor"].as_str() {
+            Some(c) => q = format!("{base}&cursor={c}"),
+            None => break,
+        }
+    }
+    let want: Vec<(String, f64)> = (0..300)
+        .flat_map(|i| {
+            [
+                (format!("b/{i:03}/p"), i as f64),
+                (format!("b/{i:03}/p"), (i + 1000) as f64),
+            ]
+        })
+        .collect();
+    assert_eq!(seen, want);
+}
