@@ -158,6 +158,54 @@ fn verify(url: &str, acked: &BTreeMap<(String, i64), Vec<u64>>) {
                 None => panic!("{stream}: acknowledged point at {t} is missing after the crash"),
             }
         }
+        // Rollups maintained at ingest agree with the points that survived, after every crash.
+        for (interval, width) in [("1m", 60_000i64), ("15m", 900_000)] {
+            let mut want: BTreeMap<i64, (u64, f64)> = BTreeMap::new();
+            for (t, bits) in &got {
+                let e = want
+                    .entry(t - t.rem_euclid(width))
+                    .or_insert((0, f64::NEG_INFINITY));
+                e.0 += 1;
+                e.1 = e.1.max(f64::from_bits(*bits));
+            }
+            let read = |method: &str| -> BTreeMap<i64, f64> {
+                let v: Value = client
+                    .get(format!(
+                        "{url}/ws/v1/streams/rollups/{stream}?interval={interval}&method={method}"
+                    ))
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                v["list"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            meterstream_storage::time::parse_absolute(
+                                r["timestamp"].as_str().unwrap(),
+                            )
+                            .unwrap(),
+                            r["value"].as_f64().unwrap(),
+                        )
+                    })
+                    .collect()
+            };
+            let counts = read("count");
+            let maxes = read("max");
+            let want_counts: BTreeMap<i64, f64> =
+                want.iter().map(|(k, v)| (*k, v.0 as f64)).collect();
+            let want_maxes: BTreeMap<i64, f64> = want.iter().map(|(k, v)| (*k, v.1)).collect();
+            assert_eq!(
+                counts, want_counts,
+                "{stream}: {interval} counts after the crash"
+            );
+            assert_eq!(
+                maxes, want_maxes,
+                "{stream}: {interval} maxima after the crash"
+            );
+        }
     }
 }
 
