@@ -173,6 +173,47 @@ fn whole_series(
     }
 }
 
+/// [`whole_series`] of each stream, in the order given, computed on up to as many threads as
+/// the machine has cores (each stream's rollup is independent).
+fn many_series(
+    store: &dyn Store,
+    streams: &[String],
+    q: &RollupQuery,
+    fill: Fill,
+    order: Order,
+) -> Result<Vec<Vec<RollupValue>>, StorageError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if threads < 2 || streams.len() < 32 {
+        return streams
+            .iter()
+            .map(|s| whole_series(store, s, q, fill, order))
+            .collect();
+    }
+    let per = streams.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = streams
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|s| whole_series(store, s, q, fill, order))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(streams.len());
+        for p in parts {
+            let part = p
+                .join()
+                .map_err(|_| StorageError::corrupt("rollups", "a worker thread panicked"))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
+}
+
 /// (stream, value) rows of one page, and the cursor of the next.
 type Rows = (Vec<(String, RollupValue)>, Option<Cursor>);
 
@@ -229,10 +270,11 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
         } else {
             vec![r.target.clone()]
         };
-        // Combine per interval over the streams that have a value there, then fill.
+        // Combine per interval over the streams that have a value there (in path order, so the
+        // sums do not depend on threads), then fill.
         let mut acc: BTreeMap<i64, (f64, u64)> = BTreeMap::new();
-        for s in &streams {
-            for v in whole_series(store, s, q, Fill::None, Order::Asc)? {
+        for series in many_series(store, &streams, q, Fill::None, Order::Asc)? {
+            for v in series {
                 let Some(x) = v.value else { continue };
                 let e = acc.entry(v.timestamp).or_insert(match agg {
                     Aggregate::Min => (f64::INFINITY, 0),
@@ -286,9 +328,11 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
             );
             from = Some(cs.clone());
         }
+        // Small first batches, so that small pages stay cheap.
+        let mut batch_size = 8;
         'streams: while rows.len() <= q.limit {
             let batch = if r.pattern {
-                matching_streams(store, &r.target, from.as_deref(), 256)?
+                matching_streams(store, &r.target, from.as_deref(), batch_size)?
             } else if from.is_none() {
                 vec![(r.target.clone(), true)]
             } else {
@@ -297,20 +341,22 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
             let Some((last, _)) = batch.last().cloned() else {
                 break;
             };
-            for (s, numeric) in batch {
-                if !numeric {
-                    continue;
-                }
-                rows.extend(
-                    whole_series(store, &s, q, q.fill, q.order)?
-                        .into_iter()
-                        .map(|v| (s.clone(), v)),
-                );
+            let numeric: Vec<String> = batch
+                .into_iter()
+                .filter(|(_, n)| *n)
+                .map(|(p, _)| p)
+                .collect();
+            for (s, series) in numeric
+                .iter()
+                .zip(many_series(store, &numeric, q, q.fill, q.order)?)
+            {
+                rows.extend(series.into_iter().map(|v| (s.clone(), v)));
                 if rows.len() > q.limit {
                     break 'streams;
                 }
             }
             from = Some(last);
+            batch_size = (batch_size * 2).min(256);
         }
     }
     let next = (rows.len() > q.limit).then(|| {

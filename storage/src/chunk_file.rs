@@ -5,8 +5,10 @@
 //! sled keeps only their locations.
 //!
 //! ```text
-//! <data dir>/chunks/<file number, 10 digits>.chunks   chunk after chunk (see codec), nothing else
-//! sled tree `chunks`: id (u64 BE) ++ first ts (u64 BE) -> Loc: u32 LE file, u64 LE offset, u32 LE len
+//! <data dir>/chunks/<file number, 10 digits>.chunks   chunk after chunk (see codec), each followed
+//!                                                     by its 1-minute summaries (see buckets)
+//! sled tree `chunks`: id (u64 BE) ++ first ts (u64 BE) -> Loc: u32 LE file, u64 LE offset,
+//!                     u32 LE len (chunk and summaries), then u32 LE length of the summaries
 //! ```
 //! Invariants:
 //! - A location is inserted into sled only after its bytes are fsynced, so sled (which may

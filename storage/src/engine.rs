@@ -388,7 +388,7 @@ impl Inner {
         for kv in self.chunks.range(start..hi_key.to_vec()) {
             let s = codec::decode(&self.chunk_bytes(&kv?.1)?)?;
             for i in s.index_range(lo, hi) {
-                if let Some(v) = s.values.get(i).as_f64() {
+                if let Some(v) = s.values.f64_at(i) {
                     out.push((s.ts[i], v));
                 }
             }
@@ -475,7 +475,7 @@ impl Inner {
                 let s = codec::decode(&self.chunk_bytes(&kv?.1)?)?;
                 let r = s.index_range(0, from);
                 if r.end > 0 {
-                    before = s.values.get(r.end - 1).as_f64();
+                    before = s.values.f64_at(r.end - 1);
                 }
             }
         }
@@ -525,9 +525,10 @@ impl Inner {
                 (b1, b1)
             }
         };
-        let pieces = |roller: &mut Roller<'_>, list: Vec<Bucket>, grid: i64| -> Result<bool> {
+        let pieces = |roller: &mut Roller<'_>, list: &[Bucket], grid: i64| -> Result<bool> {
             for (start, sm) in list {
-                if !roller.push_piece(start, start + grid, &sm)? {
+                let start = *start;
+                if !roller.push_piece(start, start + grid, sm)? {
                     return Ok(false);
                 }
             }
@@ -540,7 +541,7 @@ impl Inner {
         if a1 >= b1 {
             // Less than a whole minute in the middle: raw points only.
             let mut raw = self.sealed_points(id, from, chunk_end(to))?;
-            raw.extend(head_raw(st, from, to)?);
+            raw.extend(st.head.numeric_points(from, to)?);
             for (t, v) in raw {
                 roller.push(t, v)?;
             }
@@ -601,12 +602,12 @@ impl Inner {
                 roller.push(t, v)?;
             }
         }
-        if !pieces(roller, left, MINUTE)? || !pieces(roller, qs, QUARTER)? {
+        if !pieces(roller, &left, MINUTE)? || !pieces(roller, &qs, QUARTER)? {
             return Ok(false);
         }
         let mut right = self.sealed_minutes(id, right_start, chunk_end(m1).max(right_start))?;
         let right_raw = trim_right(&mut right);
-        if !pieces(roller, right, MINUTE)? {
+        if !pieces(roller, &right, MINUTE)? {
             return Ok(false);
         }
         if right_raw {
@@ -617,18 +618,27 @@ impl Inner {
         // The open head.
         let mins = st.head.minutes();
         let mut list =
-            mins[mins.partition_point(|b| b.0 < m0)..mins.partition_point(|b| b.0 < m1)].to_vec();
-        if trim_left(&mut list) {
-            for (t, v) in head_raw(st, from, a1)? {
-                roller.push(t, v)?;
+            &mins[mins.partition_point(|b| b.0 < m0)..mins.partition_point(|b| b.0 < m1)];
+        if let Some(first) = list.first() {
+            if m0 < from && first.0 == m0 && first.1.first_ts < from {
+                list = &list[1..];
+                for (t, v) in st.head.numeric_points(from, a1)? {
+                    roller.push(t, v)?;
+                }
             }
         }
-        let right_raw = trim_right(&mut list);
+        let mut right_raw = false;
+        if let Some(last) = list.last() {
+            if b1 < to && last.0 == b1 && last.1.last_ts >= to {
+                list = &list[..list.len() - 1];
+                right_raw = true;
+            }
+        }
         if !pieces(roller, list, MINUTE)? {
             return Ok(false);
         }
         if right_raw {
-            for (t, v) in head_raw(st, b1, to)? {
+            for (t, v) in st.head.numeric_points(b1, to)? {
                 roller.push(t, v)?;
             }
         }
@@ -1217,18 +1227,6 @@ impl Inner {
             .get(&e.id)
             .map(StreamState::info)
     }
-}
-
-/// The numeric points of an open head in `[lo, hi)`, in time order.
-fn head_raw(st: &StreamState, lo: i64, hi: i64) -> Result<Vec<(i64, f64)>> {
-    let mut out = Vec::new();
-    if lo < hi {
-        st.head.collect(lo, hi, Order::Asc, usize::MAX, &mut out)?;
-    }
-    Ok(out
-        .iter()
-        .filter_map(|p| p.value.as_f64().map(|v| (p.timestamp, v)))
-        .collect())
 }
 
 fn dir_bytes(p: &Path) -> u64 {

@@ -286,6 +286,30 @@ impl Head {
         Ok(())
     }
 
+    /// The numeric points with `from <= ts < to`, ascending (none for text and binary heads).
+    pub fn numeric_points(&self, from: i64, to: i64) -> Result<Vec<(i64, f64)>> {
+        let mut out = Vec::new();
+        if !matches!(self.kind(), ValueKind::Int | ValueKind::Float) || from >= to {
+            return Ok(out);
+        }
+        let mut take = |s: &Series| {
+            for i in s.index_range(from, to) {
+                if let Some(v) = s.values.f64_at(i) {
+                    out.push((s.ts[i], v));
+                }
+            }
+        };
+        for f in self
+            .frozen
+            .iter()
+            .filter(|f| f.last_ts >= from && f.first_ts < to)
+        {
+            take(&codec::decode(&f.bytes)?);
+        }
+        take(&self.tail);
+        Ok(out)
+    }
+
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.frozen

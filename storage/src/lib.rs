@@ -14,6 +14,7 @@
 //! - `chunk_file`: the append-only files that hold sealed chunks.
 //! - [`query`]: history queries, stream filters, pages and cursors.
 //! - [`rollup`]: intervals, methods, mergeable summaries, time-zone boundaries, rolling up.
+//! - [`buckets`]: summaries on the stored 1- and 15-minute UTC grids and their encoding.
 //! - [`stream`], [`point`], [`value`]: the data model.
 //! - [`path`]: stream path rules. [`time`]: timestamp range, parsing, formatting.
 //! - [`metrics`], [`error`].
@@ -27,7 +28,10 @@
 //!   sled/                        one sled database with three trees:
 //!     streams  id (u64 BE)              -> StreamRecord (MessagePack: id, path, meta, created)
 //!     chunks   id (u64 BE) ++ ts (u64 BE) -> location (file, offset, len) of the chunk of
-//!                                          sealed points from ts on (see chunk_file)
+//!                                          sealed points from ts on, followed by its 1-minute
+//!                                          summaries, and their length (u32 LE) (see chunk_file)
+//!              id (u64 BE) ++ 0xFF ++ day (u64 BE) -> 15-minute summaries of the stream's sealed
+//!                                          points in that UTC day (see buckets, docs/rollups.md)
 //!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled and the snapshot
 //!              "next_counter"           -> u64 BE: next stream id counter
 //! ```
@@ -42,6 +46,10 @@
 //!   applying any suffix of the log again over the state of a checkpoint gives the same state,
 //!   because every record sets state (put, replace, delete) rather than adjusting it.
 //! - The current value of a stream is its point with the largest timestamp.
+//! - Rollups: a chunk's minute summaries are those of its points; a day record's quarters are
+//!   those of the stream's sealed points (plus points expired by retention). Sealing adds to day
+//!   records in the same sled batch that indexes the chunks, so a replayed point is either sealed
+//!   already (and merged as a late point, which recomputes) or sealed and added once.
 
 pub mod buckets;
 mod chunk_file;

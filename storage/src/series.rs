@@ -59,6 +59,16 @@ impl Values {
     }
 
     /// The value at `i`.
+    /// The value at `i` as a number (`None` for text and bytes).
+    pub fn f64_at(&self, i: usize) -> Option<f64> {
+        match self {
+            Values::Int(v) => Some(v[i] as f64),
+            Values::Float(v) => Some(v[i]),
+            Values::Text(_) | Values::Bytes(_) => None,
+        }
+    }
+
+    /// The value at `i`.
     pub fn get(&self, i: usize) -> Value {
         match self {
             Values::Int(v) => Value::Int(v[i]),

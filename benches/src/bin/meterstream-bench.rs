@@ -200,20 +200,29 @@ fn ingest(a: IngestArgs) -> Result<()> {
     let start_ms = now - a.seconds as i64 * 1000;
     eprintln!("generating {} meters x {} s ...", a.meters, a.seconds);
     let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    // Spans longer than a day are generated and sent a day at a time (bounded memory); the
+    // ingest rate then includes the generation pauses and is not comparable.
+    let day = 86_400usize;
+    let first_part = a.seconds.min(day);
     let batches = Arc::new(batch::build(
         &mut fleet,
         a.meters_per_gateway,
         start_ms,
-        a.seconds,
+        first_part,
         a.batch,
     ));
     let points = (a.meters * 12 * a.seconds) as f64;
     let body_bytes: usize = batches.iter().map(|b| b.len()).sum();
     eprintln!(
-        "{} batches, {:.1} MB of MessagePack ({:.2} B/pt on the wire)",
+        "{} batches, {:.1} MB of MessagePack ({:.2} B/pt on the wire){}",
         batches.len(),
         body_bytes as f64 / 1e6,
-        body_bytes as f64 / points
+        body_bytes as f64 / (a.meters * 12 * first_part) as f64,
+        if a.seconds > day {
+            ", the first day of the span"
+        } else {
+            ""
+        }
     );
 
     let extra: Vec<&str> = a.server_args.iter().map(String::as_str).collect();
@@ -226,6 +235,26 @@ fn ingest(a: IngestArgs) -> Result<()> {
         &format!("{}/ws/v1/streams/history", srv.url),
         "application/msgpack",
     )?;
+    drop(batches);
+    let mut sent = first_part;
+    while sent < a.seconds {
+        let part = (a.seconds - sent).min(day);
+        let more = Arc::new(batch::build(
+            &mut fleet,
+            a.meters_per_gateway,
+            start_ms + sent as i64 * 1000,
+            part,
+            a.batch,
+        ));
+        send_all(
+            &more,
+            a.connections,
+            &format!("{}/ws/v1/streams/history", srv.url),
+            "application/msgpack",
+        )?;
+        sent += part;
+        eprintln!("sent {} of {} days", sent / day, a.seconds.div_ceil(day));
+    }
     // Acknowledged means applied: the last point of a stream is queryable now.
     let client = reqwest::blocking::Client::new();
     let probe = fleet.stream_path(a.meters - 1, 11);
@@ -425,6 +454,7 @@ fn rollup_queries(
             rollup_rows(client, url, &stream, &q).map(|r| r.1)
         })?;
         hourly.insert(method.into(), ms);
+        hourly.insert("intervals".into(), rows.len().into());
     }
     let meter = format!("{}/{}/*", fleet.gateway_id(m), fleet.meter_name(m));
     let day = format!(
@@ -432,7 +462,7 @@ fn rollup_queries(
         now - 86_400_000
     );
     let (rows, _) = rollup_rows(client, url, &meter, &day)?;
-    let minutes = a.seconds.div_ceil(60);
+    let minutes = a.seconds.min(86_400).div_ceil(60);
     ensure!(
         rows.len() >= 12 * minutes && rows.len() <= 12 * (minutes + 1),
         "1-minute rows of one meter: {}",
@@ -461,8 +491,25 @@ fn rollup_queries(
     let agg_ms = timed_both(a.query_runs, || {
         rollup_rows(client, url, "*/*/active_power", &agg_q).map(|r| r.1)
     })?;
+    // Windows that do not depend on the span: the last day.
+    let last_day = format!("start_time={}&end_time={now}", now - 86_400_000);
+    let q = format!("interval=hour&method=average&{last_day}");
+    let hourly_last_day = timed_both(a.query_runs, || {
+        rollup_rows(client, url, &stream, &q).map(|r| r.1)
+    })?;
+    let q = format!("interval=15m&method=average&aggregate=sum&{last_day}");
+    let fleet_sum_last_day = timed_both(a.query_runs, || {
+        rollup_rows(client, url, "*/*/active_power", &q).map(|r| r.1)
+    })?;
+    let q = format!("interval=15m&method=average&{last_day}");
+    let fleet_last_day = timed_both(a.query_runs.min(10), || {
+        rollup_rows(client, url, "*/*/active_power", &q).map(|r| r.1)
+    })?;
     Ok(serde_json::json!({
-                "hourly_one_stream_whole_span": hourly,
+        "last_day_hourly_average_one_stream": hourly_last_day,
+        "last_day_fleet_active_power_15m_average_sum": fleet_sum_last_day,
+        "last_day_fleet_active_power_15m_average_per_stream_all_pages": fleet_last_day,
+        "hourly_one_stream_whole_span": hourly,
         "one_meter_12_streams_1m_average_day": one_meter_day,
         "fleet_active_power_15m_average_per_stream_all_pages": fleet_ms,
         "fleet_active_power_15m_average_sum": agg_ms,

@@ -61,9 +61,13 @@ fn health_and_unknown_routes() {
 #[test]
 fn retention_deletes_expired_points_in_the_background() {
     let s = TestServer::start_with(|c| c.retention_sweep_interval = 1);
-    s.put_json("/ws/v1/streams/inventory/ret/a", &json!({"data_ttl": 3600}));
+    s.put_json(
+        "/ws/v1/streams/inventory/ret/a",
+        &json!({"data_ttl": 3600, "rollup_ttl": 86400}),
+    );
     let now = meterstream_storage::time::now_ms();
     s.post_json(&json!([
+        {"stream_id": "ret/a", "value": 0.5, "timestamp": now - 3 * 86_400_000},
         {"stream_id": "ret/a", "value": 1.0, "timestamp": now - 7_200_000},
         {"stream_id": "ret/a", "value": 2.0, "timestamp": now - 60_000},
         {"stream_id": "keep/a", "value": 3.0, "timestamp": 1000}
@@ -78,6 +82,24 @@ fn retention_deletes_expired_points_in_the_background() {
     }
     assert_eq!(s.history_all("ret/a", "")[0].1, json!(2.0));
     assert_eq!(s.history_all("keep/a", ""), vec![(1000, json!(3.0))]);
+    // Rollups outlive raw points (15 minutes and coarser) until rollup_ttl: the point of two
+    // hours ago still counts, the one of three days ago is gone with its day's rollups.
+    let sums = |interval: &str| -> Vec<f64> {
+        let (st, v) = s.get_json(&format!(
+            "/ws/v1/streams/rollups/ret/a?interval={interval}&method=sum"
+        ));
+        assert_eq!(st, 200, "{v}");
+        v["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(sums("hour"), vec![1.0, 2.0]);
+    assert_eq!(sums("15m"), vec![1.0, 2.0]);
+    // 1-minute rollups live as long as the raw points.
+    assert_eq!(sums("1m"), vec![2.0]);
 }
 
 #[test]
