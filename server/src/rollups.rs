@@ -151,19 +151,22 @@ fn matching_streams(
         .collect())
 }
 
-/// Every interval of one stream (no paging), in `order`; none for a stream deleted meanwhile.
+/// The first `limit` intervals of one stream in `order`, after the interval starting at `after`
+/// if given; none for a stream deleted meanwhile.
 fn whole_series(
     store: &dyn Store,
     path: &str,
     q: &RollupQuery,
     fill: Fill,
     order: Order,
+    after: Option<i64>,
+    limit: usize,
 ) -> Result<Vec<RollupValue>, StorageError> {
     let all = RollupQuery {
         fill,
         order,
-        limit: MAX_INTERVALS + 1,
-        cursor: None,
+        limit,
+        cursor: after.map(|ts| Cursor::Client { order, ts }),
         ..q.clone()
     };
     match store.rollups(path, &all) {
@@ -173,14 +176,15 @@ fn whole_series(
     }
 }
 
-/// [`whole_series`] of each stream, in the order given, computed on up to as many threads as
-/// the machine has cores (each stream's rollup is independent).
+/// [`whole_series`] of each stream (from its start), in the order given, computed on up to as
+/// many threads as the machine has cores (each stream's rollup is independent).
 fn many_series(
     store: &dyn Store,
     streams: &[String],
     q: &RollupQuery,
     fill: Fill,
     order: Order,
+    limit: usize,
 ) -> Result<Vec<Vec<RollupValue>>, StorageError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -188,7 +192,7 @@ fn many_series(
     if threads < 2 || streams.len() < 32 {
         return streams
             .iter()
-            .map(|s| whole_series(store, s, q, fill, order))
+            .map(|s| whole_series(store, s, q, fill, order, None, limit))
             .collect();
     }
     let per = streams.len().div_ceil(threads);
@@ -198,7 +202,7 @@ fn many_series(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|s| whole_series(store, s, q, fill, order))
+                        .map(|s| whole_series(store, s, q, fill, order, None, limit))
                         .collect::<Result<Vec<_>, _>>()
                 })
             })
@@ -273,7 +277,14 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
         // Combine per interval over the streams that have a value there (in path order, so the
         // sums do not depend on threads), then fill.
         let mut acc: BTreeMap<i64, (f64, u64)> = BTreeMap::new();
-        for series in many_series(store, &streams, q, Fill::None, Order::Asc)? {
+        for series in many_series(
+            store,
+            &streams,
+            q,
+            Fill::None,
+            Order::Asc,
+            MAX_INTERVALS + 1,
+        )? {
             for v in series {
                 let Some(x) = v.value else { continue };
                 let e = acc.entry(v.timestamp).or_insert(match agg {
@@ -318,10 +329,10 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
         // Streams in path order, time in `order` within each; only the streams this page needs,
         // fetched a batch at a time from where the previous page ended.
         let mut from: Option<String> = None;
-        if let Some((cs, _)) = &after {
+        if let Some((cs, ct)) = &after {
             // The cursor's stream may have intervals left.
             rows.extend(
-                whole_series(store, cs, q, q.fill, q.order)?
+                whole_series(store, cs, q, q.fill, q.order, Some(*ct), q.limit + 1)?
                     .into_iter()
                     .filter(|v| is_after(cs, v.timestamp))
                     .map(|v| (cs.clone(), v)),
@@ -329,7 +340,7 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
             from = Some(cs.clone());
         }
         // Small first batches, so that small pages stay cheap.
-        let mut batch_size = 8;
+        let mut batch_size = 1;
         'streams: while rows.len() <= q.limit {
             let batch = if r.pattern {
                 matching_streams(store, &r.target, from.as_deref(), batch_size)?
@@ -346,10 +357,14 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
                 .filter(|(_, n)| *n)
                 .map(|(p, _)| p)
                 .collect();
-            for (s, series) in numeric
-                .iter()
-                .zip(many_series(store, &numeric, q, q.fill, q.order)?)
-            {
+            for (s, series) in numeric.iter().zip(many_series(
+                store,
+                &numeric,
+                q,
+                q.fill,
+                q.order,
+                q.limit + 1,
+            )?) {
                 rows.extend(series.into_iter().map(|v| (s.clone(), v)));
                 if rows.len() > q.limit {
                     break 'streams;

@@ -344,6 +344,40 @@ impl Inner {
         Ok(())
     }
 
+    /// Calls `f` with the 1-minute summaries of sealed points in minutes starting in `[lo, hi)`,
+    /// a chunk at a time in time order (a minute split between two chunks comes in two parts),
+    /// until `f` returns `false`.
+    fn for_sealed_minutes(
+        &self,
+        id: u64,
+        lo: i64,
+        hi: i64,
+        mut f: impl FnMut(&[Bucket]) -> Result<bool>,
+    ) -> Result<()> {
+        if lo >= hi {
+            return Ok(());
+        }
+        let start = match self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, lo))
+            .next_back()
+        {
+            Some(kv) => kv?.0.to_vec(),
+            None => chunk_key(id, lo).to_vec(),
+        };
+        let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
+        for kv in self.chunks.range(start..hi_key.to_vec()) {
+            let (_, v) = kv?;
+            let mins = self.chunk_minutes(&v)?;
+            let a = mins.partition_point(|b| b.0 < lo);
+            let b = mins.partition_point(|b| b.0 < hi);
+            if a < b && !f(&mins[a..b])? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The 1-minute summaries of sealed points in minutes starting in `[lo, hi)` (minute-aligned).
     fn sealed_minutes(&self, id: u64, lo: i64, hi: i64) -> Result<Vec<Bucket>> {
         let mut out = Vec::new();
@@ -596,13 +630,33 @@ impl Inner {
         } else {
             (Vec::new(), b1, b1)
         };
-        let mut left = self.sealed_minutes(id, m0, chunk_end(left_end))?;
-        if trim_left(&mut left) {
-            for (t, v) in self.sealed_points(id, from, chunk_end(a1))? {
-                roller.push(t, v)?;
+        if left_end > m0 {
+            if m0 < from {
+                // The minute cut by `from`.
+                let mut edge = self.sealed_minutes(id, m0, chunk_end(a1))?;
+                if trim_left(&mut edge) {
+                    for (t, v) in self.sealed_points(id, from, chunk_end(a1))? {
+                        roller.push(t, v)?;
+                    }
+                }
+                if !pieces(roller, &edge, MINUTE)? {
+                    return Ok(false);
+                }
+            }
+            // Whole minutes, a chunk at a time, until the roller has what the page needs.
+            let mut aligned = true;
+            self.for_sealed_minutes(id, a1, chunk_end(left_end), |list| {
+                if roller.is_full() {
+                    return Ok(false);
+                }
+                aligned = pieces(roller, list, MINUTE)?;
+                Ok(aligned)
+            })?;
+            if !aligned {
+                return Ok(false);
             }
         }
-        if !pieces(roller, &left, MINUTE)? || !pieces(roller, &qs, QUARTER)? {
+        if !pieces(roller, &qs, QUARTER)? {
             return Ok(false);
         }
         let mut right = self.sealed_minutes(id, right_start, chunk_end(m1).max(right_start))?;
@@ -2037,6 +2091,30 @@ impl Store for Engine {
                 ));
             }
         }
+        // A later page needs only the intervals after its cursor: narrow the range to them
+        // (except for fill=previous, whose first filled value comes from before the cursor).
+        let narrowed;
+        let q = match &q.cursor {
+            Some(Cursor::Client { ts, .. }) if q.fill != crate::rollup::Fill::Previous => {
+                let mut n = q.clone();
+                match q.order {
+                    Order::Asc => {
+                        let next = crate::rollup::next_start(*ts, q.interval, &q.tz)?;
+                        n.from = Some(q.from.map_or(next, |f| f.max(next)));
+                    }
+                    Order::Desc => n.to = Some(q.to.map_or(*ts, |t| t.min(*ts))),
+                }
+                if n.to.zip(n.from).is_some_and(|(t, f)| t <= f) {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next: None,
+                    });
+                }
+                narrowed = n;
+                &narrowed
+            }
+            _ => q,
+        };
         let spec = RollupSpec {
             interval: q.interval,
             method: q.method,
@@ -2063,6 +2141,13 @@ impl Store for Engine {
                     let mut found = None;
                     for quarters in levels {
                         let mut roller = Roller::new(spec, before, from, to)?;
+                                                // A page needs its own intervals and one more, unless they come after a
+                        // cursor the range could not be narrowed to.
+                        if q.order == Order::Asc
+                            && (q.cursor.is_none() || q.fill != crate::rollup::Fill::Previous)
+                        {
+                            roller = roller.with_cap(q.limit.saturating_add(1));
+                        }
                         if self
                             .inner
                             .feed(st, &mut roller, feed_from, feed_to, *quarters)?

@@ -508,6 +508,8 @@ pub struct Roller<'a> {
     /// Start of the first interval not answered yet.
     next_unanswered: i64,
     out: Vec<RollupValue>,
+    /// Stop after this many intervals (a page needs no more).
+    cap: usize,
 }
 
 impl<'a> Roller<'a> {
@@ -526,6 +528,7 @@ impl<'a> Roller<'a> {
             prev_value: None,
             cur: None,
             out: Vec::new(),
+            cap: usize::MAX,
         })
     }
 
@@ -578,8 +581,23 @@ impl<'a> Roller<'a> {
         Ok(())
     }
 
+    /// Stops once `cap` intervals are answered: later input is ignored, and [`Roller::finish`]
+    /// returns the first `cap` or more intervals, each complete.
+    pub fn with_cap(mut self, cap: usize) -> Self {
+        self.cap = cap.max(1);
+        self
+    }
+
+    /// Whether `cap` intervals are answered (input is ignored from then on).
+    pub fn is_full(&self) -> bool {
+        self.out.len() >= self.cap
+    }
+
     /// Feeds the next point (newer than every point fed so far, inside `[from, to)`).
     pub fn push(&mut self, ts: i64, v: f64) -> Result<()> {
+        if self.is_full() {
+            return Ok(());
+        }
         if let Some((_, next, s)) = &mut self.cur {
             if ts < *next {
                 s.push(ts, v);
@@ -593,6 +611,9 @@ impl<'a> Roller<'a> {
     /// far. Returns `false`, feeding nothing, when an interval boundary falls strictly inside
     /// `[start, end)`: the piece cannot be split, so the caller must use finer pieces.
     pub fn push_piece(&mut self, start: i64, end: i64, s: &Summary) -> Result<bool> {
+        if self.is_full() {
+            return Ok(true);
+        }
         if let Some((cs, next, acc)) = &mut self.cur {
             if start < *next {
                 if end > *next || start < *cs {
@@ -615,6 +636,10 @@ impl<'a> Roller<'a> {
 
     /// The values of every interval, ascending.
     pub fn finish(mut self) -> Result<Vec<RollupValue>> {
+        if self.is_full() {
+            // The open interval may lack input that was ignored.
+            return Ok(self.out);
+        }
         self.close()?;
         let to = self.to;
         self.fill_until(to)?;
