@@ -18,6 +18,7 @@ use crate::time::check_range;
 use crate::value::StreamType;
 use crate::wal::{self, Pending, PointRec, Record, StreamRecord, Wal};
 use parking_lot::{Mutex, RwLock};
+use sled::Transactional;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtOrd};
@@ -130,6 +131,13 @@ struct StreamState {
     saved: Option<Arc<[u8]>>,
     /// Server time of the last write, ms.
     last_write: i64,
+    /// First UTC day whose sealed quarters are kept here rather than in a day record: every
+    /// earlier day with sealed data has its record in tree `rollups`, written once, when sealing
+    /// passed its end. `None`: no sealed data yet.
+    open_day: Option<i64>,
+    /// 15-minute summaries of the sealed points of the days from `open_day` on (`buckets`
+    /// format, empty for none). Rebuilt from the chunks' minute summaries at open.
+    open_q: Vec<u8>,
 }
 
 impl StreamState {
@@ -143,7 +151,24 @@ impl StreamState {
             current: None,
             dirty: false,
             saved: None,
+            open_day: None,
+            open_q: Vec::new(),
         }
+    }
+
+    fn open_quarters(&self) -> Result<Vec<Bucket>> {
+        if self.open_q.is_empty() {
+            return Ok(Vec::new());
+        }
+        buckets::decode(&self.open_q, QUARTER)
+    }
+
+    fn set_open_quarters(&mut self, q: &[Bucket]) {
+        self.open_q = if q.is_empty() {
+            Vec::new()
+        } else {
+            buckets::encode(q, QUARTER)
+        };
     }
 
     fn info(&self) -> StreamInfo {
@@ -189,18 +214,14 @@ fn chunks_end(id: u64) -> [u8; 16] {
     k
 }
 
-/// Key of a stream's 15-minute rollup record of the UTC day starting at `day`.
-fn rollup_key(id: u64, day: i64) -> [u8; 17] {
-    let mut k = [0xFFu8; 17];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[9..].copy_from_slice(&(day.max(0) as u64).to_be_bytes());
-    k
+/// Key (in tree `rollups`) of a stream's 15-minute rollup record of the UTC day starting at
+/// `day`.
+fn rollup_key(id: u64, day: i64) -> [u8; 16] {
+    chunk_key(id, day)
 }
 
 fn rollup_key_day(k: &[u8]) -> i64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[9..17]);
-    u64::from_be_bytes(b) as i64
+    chunk_key_ts(k)
 }
 
 /// A chunk index value: the location of the chunk's bytes followed by its 1-minute summaries
@@ -252,6 +273,8 @@ struct Inner {
     cfg: Config,
     db: sled::Db,
     chunks: sled::Tree,
+    /// 15-minute rollups per stream and UTC day (`buckets` format).
+    rollups: sled::Tree,
     streams: sled::Tree,
     meta: sled::Tree,
     files: ChunkFiles,
@@ -318,7 +341,8 @@ impl Inner {
         Ok((index_value(loc, ml), mins))
     }
 
-    /// Adds newly sealed points' 15-minute summaries to the stream's day records, in `batch`.
+    /// Merges 15-minute summaries into the stream's day records, in `batch` (each day record is
+    /// read, merged and written whole).
     fn add_quarters(&self, id: u64, quarters: &[Bucket], batch: &mut sled::Batch) -> Result<()> {
         let mut i = 0;
         while i < quarters.len() {
@@ -328,7 +352,7 @@ impl Inner {
                 .take_while(|q| buckets::floor(q.0, DAY) == day)
                 .count();
             let key = rollup_key(id, day);
-            let mut rec = match self.chunks.get(key)? {
+            let mut rec = match self.rollups.get(key)? {
                 Some(v) => buckets::decode(&v, QUARTER)?,
                 None => Vec::new(),
             };
@@ -430,23 +454,30 @@ impl Inner {
         Ok(out)
     }
 
-    /// The first and last stored timestamps of a stream's day records.
-    fn quarter_span(&self, id: u64) -> Result<Option<(i64, i64)>> {
-        let mut r = self
-            .chunks
-            .range(rollup_key(id, 0)..=rollup_key(id, i64::MAX));
-        let Some(first) = r.next() else {
-            return Ok(None);
+    /// The first and last timestamps of a stream's rolled-up sealed points.
+    fn quarter_span(&self, st: &StreamState) -> Result<Option<(i64, i64)>> {
+        let id = st.rec.id;
+        let records = || {
+            self.rollups
+                .range(rollup_key(id, 0)..=rollup_key(id, i64::MAX))
         };
-        let f = buckets::decode(&first?.1, QUARTER)?;
-        let l = match r.next_back() {
-            Some(last) => buckets::decode(&last?.1, QUARTER)?,
-            None => f.clone(),
+        let open = st.open_quarters()?;
+        let first = match records().next() {
+            Some(kv) => buckets::decode(&kv?.1, QUARTER)?
+                .first()
+                .map(|b| b.1.first_ts),
+            None => open.first().map(|b| b.1.first_ts),
         };
-        Ok(match (f.first(), l.last()) {
-            (Some(a), Some(b)) => Some((a.1.first_ts, b.1.last_ts)),
-            _ => None,
-        })
+        let last = match open.last() {
+            Some(b) => Some(b.1.last_ts),
+            None => match records().next_back() {
+                Some(kv) => buckets::decode(&kv?.1, QUARTER)?
+                    .last()
+                    .map(|b| b.1.last_ts),
+                None => None,
+            },
+        };
+        Ok(first.zip(last))
     }
 
     /// The range a rollup query covers (its bounds, or the stream's data, raw or rolled up)
@@ -464,7 +495,7 @@ impl Inner {
         };
         let raw_last = st.head.last_ts().or(st.sealed_max);
         let qs = if q.from.is_none() || q.to.is_none() {
-            self.quarter_span(id)?
+            self.quarter_span(st)?
         } else {
             None
         };
@@ -514,8 +545,16 @@ impl Inner {
             }
         }
         if before.is_none() {
+            before = st
+                .open_quarters()?
+                .iter()
+                .rev()
+                .find(|b| b.1.last_ts < from)
+                .map(|b| b.1.last);
+        }
+        if before.is_none() {
             for kv in self
-                .chunks
+                .rollups
                 .range(rollup_key(id, 0)..=rollup_key(id, buckets::floor(from, DAY)))
                 .rev()
                 .take(2)
@@ -606,7 +645,7 @@ impl Inner {
         // otherwise that part comes from minutes. Without quarters, minutes cover the middle.
         let (qs, left_end, right_start) = if a15 < b15 {
             let (q0, q1) = (buckets::floor(from, QUARTER), buckets::ceil(to, QUARTER));
-            let mut qs = self.quarters(id, q0, q1)?;
+            let mut qs = self.quarters(st, q0, q1)?;
             let mut left_end = a15;
             let mut right_start = b15;
             if q0 < from {
@@ -699,38 +738,65 @@ impl Inner {
         Ok(true)
     }
 
-    /// The 15-minute summaries in the day records of stream `id` with starts in `[lo, hi)`.
-    fn quarters(&self, id: u64, lo: i64, hi: i64) -> Result<Vec<Bucket>> {
+    /// The 15-minute summaries of a stream's sealed points with starts in `[lo, hi)`: from the
+    /// day records, then from the open days.
+    fn quarters(&self, st: &StreamState, lo: i64, hi: i64) -> Result<Vec<Bucket>> {
+        let id = st.rec.id;
         let mut out = Vec::new();
         if lo >= hi {
             return Ok(out);
         }
-        for kv in self
-            .chunks
-            .range(rollup_key(id, buckets::floor(lo, DAY))..rollup_key(id, hi))
-        {
-            let (_, v) = kv?;
-            out.extend(
-                buckets::decode(&v, QUARTER)?
-                    .into_iter()
-                    .filter(|b| b.0 >= lo && b.0 < hi),
-            );
+        let hi_rec = st.open_day.map_or(hi, |d| hi.min(d));
+        if lo < hi_rec {
+            for kv in self
+                .rollups
+                .range(rollup_key(id, buckets::floor(lo, DAY))..rollup_key(id, hi_rec))
+            {
+                let (_, v) = kv?;
+                out.extend(
+                    buckets::decode(&v, QUARTER)?
+                        .into_iter()
+                        .filter(|b| b.0 >= lo && b.0 < hi),
+                );
+            }
+        }
+        if st.open_day.is_some_and(|d| d < hi) {
+            let open = st.open_quarters()?;
+            let a = open.partition_point(|b| b.0 < lo);
+            let b = open.partition_point(|b| b.0 < hi);
+            out.extend_from_slice(&open[a..b]);
         }
         Ok(out)
     }
 
     /// Rebuilds the 15-minute summaries of the quarters that `[from, to)` touches from the sealed
     /// points' minute summaries (after late points, replacements or deletions there).
-    fn recompute_quarters(&self, id: u64, from: i64, to: i64) -> Result<()> {
+    fn recompute_quarters(&self, st: &mut StreamState, from: i64, to: i64) -> Result<()> {
+        let id = st.rec.id;
         let lo = buckets::floor(from.max(0), QUARTER);
         let hi = buckets::ceil(to.min(crate::time::MAX_TIMESTAMP + 1), QUARTER);
         if lo >= hi {
             return Ok(());
         }
-        let quarters = buckets::regrid(self.sealed_minutes(id, lo, hi)?, QUARTER);
+        let mut quarters = buckets::regrid(self.sealed_minutes(id, lo, hi)?, QUARTER);
+        // The open days' part is in memory.
+        if let Some(d) = st.open_day.filter(|d| *d < hi) {
+            let split = quarters.partition_point(|b| b.0 < d);
+            let mut open = st.open_quarters()?;
+            open.retain(|b| b.0 < lo || b.0 >= hi);
+            open.extend_from_slice(&quarters[split..]);
+            open.sort_by_key(|b| b.0);
+            st.set_open_quarters(&open);
+            quarters.truncate(split);
+        }
+        let hi = st.open_day.map_or(hi, |d| hi.min(d));
+        if lo >= hi {
+            self.metrics.rollup_recomputes.inc();
+            return Ok(());
+        }
         let mut days: BTreeMap<i64, Vec<Bucket>> = BTreeMap::new();
         for kv in self
-            .chunks
+            .rollups
             .range(rollup_key(id, buckets::floor(lo, DAY))..rollup_key(id, hi))
         {
             let (k, v) = kv?;
@@ -751,8 +817,38 @@ impl Inner {
                 batch.insert(&key[..], buckets::encode(&rec, QUARTER));
             }
         }
-        self.chunks.apply_batch(batch)?;
+        self.rollups.apply_batch(batch)?;
         self.metrics.rollup_recomputes.inc();
+        Ok(())
+    }
+
+    /// Sets a stream's open days after opening the store: the day of its newest sealed point,
+    /// or the day after its last day record if later; their quarters come from the chunks'
+    /// minute summaries.
+    fn rebuild_open_days(&self, st: &mut StreamState) -> Result<()> {
+        let id = st.rec.id;
+        let last_rec = match self
+            .rollups
+            .range(rollup_key(id, 0)..=rollup_key(id, i64::MAX))
+            .next_back()
+        {
+            Some(kv) => Some(rollup_key_day(&kv?.0)),
+            None => None,
+        };
+        let from_chunks = st.sealed_max.map(|m| buckets::floor(m, DAY));
+        st.open_day = match (from_chunks, last_rec) {
+            (Some(a), Some(r)) => Some(a.max(r + DAY)),
+            (Some(a), None) => Some(a),
+            (None, Some(r)) => Some(r + DAY),
+            (None, None) => None,
+        };
+        let q = match (st.open_day, st.sealed_max) {
+            (Some(d), Some(m)) if d <= m => {
+                buckets::regrid(self.sealed_minutes(id, d, m + 1)?, QUARTER)
+            }
+            _ => Vec::new(),
+        };
+        st.set_open_quarters(&q);
         Ok(())
     }
 
@@ -760,12 +856,12 @@ impl Inner {
     fn expire_rollups(&self, id: u64, before: i64) -> Result<()> {
         let mut batch = sled::Batch::default();
         for kv in self
-            .chunks
+            .rollups
             .range(rollup_key(id, 0)..rollup_key(id, buckets::floor(before, DAY) - DAY + 1))
         {
             batch.remove(kv?.0);
         }
-        self.chunks.apply_batch(batch)?;
+        self.rollups.apply_batch(batch)?;
         Ok(())
     }
 
@@ -824,7 +920,7 @@ impl Inner {
     /// stream's index entries go in and its head lets go of the sealed points.
     fn seal(&self, ids: &[u64], all: bool) -> Result<()> {
         let cp = self.cfg.chunk_points;
-        let mut plans: Vec<(u64, sled::Batch, i64)> = Vec::new();
+        let mut plans: Vec<(u64, sled::Batch, Vec<Bucket>, i64)> = Vec::new();
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
@@ -858,22 +954,50 @@ impl Inner {
                     _ => break,
                 }
             }
-            // Sealed points are newer than every sealed one: they merge into the day records.
-            self.add_quarters(*id, &buckets::regrid(mins, QUARTER), &mut batch)?;
             if let Some(m) = last {
-                plans.push((*id, batch, m));
+                plans.push((*id, batch, buckets::regrid(mins, QUARTER), m));
             }
         }
         if plans.is_empty() {
             return Ok(());
         }
         self.files.sync()?;
-        for (id, batch, m) in plans {
+        for (id, batch, new_q, m) in plans {
             let mut sh = self.shards[shard_of_id(id)].lock();
             let Some(st) = sh.streams.get_mut(&id) else {
                 continue;
             };
-            self.chunks.apply_batch(batch)?;
+            // The sealed points' quarters join the open days; days that sealing has now passed
+            // are written to their day records, once. (Quarters of days already recorded, after
+            // deletes or expiry, are merged into those records.)
+            let open_day = st
+                .open_day
+                .map_or(buckets::floor(m, DAY), |d| d.max(buckets::floor(m, DAY)));
+            let mut open = st.open_quarters()?;
+            for q in new_q {
+                match open.binary_search_by_key(&q.0, |b| b.0) {
+                    Ok(k) => open[k].1 = open[k].1.combine(&q.1),
+                    Err(k) => open.insert(k, q),
+                }
+            }
+            let split = open.partition_point(|b| b.0 < open_day);
+            let mut rbatch = sled::Batch::default();
+            self.add_quarters(id, &open[..split], &mut rbatch)?;
+            // The chunks' index entries and their rollups, atomically across the two trees.
+            (&self.chunks, &self.rollups)
+                .transaction(|(c, r)| {
+                    c.apply_batch(&batch)?;
+                    r.apply_batch(&rbatch)?;
+                    Ok(())
+                })
+                .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                    sled::transaction::TransactionError::Storage(e) => StorageError::from(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        StorageError::corrupt("chunks", "sealing transaction aborted")
+                    }
+                })?;
+            st.open_day = Some(open_day);
+            st.set_open_quarters(&open[split..]);
             let n = st.head.delete_range(0, m + 1)?;
             self.open_points.fetch_sub(n as u64, AtOrd::Relaxed);
             st.sealed_max = Some(st.sealed_max.map_or(m, |old| old.max(m)));
@@ -947,12 +1071,19 @@ impl Inner {
         if let Some((k, s)) = cur.take() {
             self.rewrite_chunk(id, &k, s)?;
         }
-        self.recompute_quarters(id, span.0, span.1)
+        self.recompute_quarters(st, span.0, span.1)
     }
 
     /// Deletes sealed points in `[from, to)`. The 15-minute rollups there are recomputed, unless
     /// `keep_rollups` (retention: rollups outlive raw points).
-    fn delete_chunks_in(&self, id: u64, from: i64, to: i64, keep_rollups: bool) -> Result<u64> {
+    fn delete_chunks_in(
+        &self,
+        st: &mut StreamState,
+        from: i64,
+        to: i64,
+        keep_rollups: bool,
+    ) -> Result<u64> {
+        let id = st.rec.id;
         let mut deleted = 0u64;
         let mut keys: Vec<sled::IVec> = Vec::new();
         if let Some(kv) = self
@@ -989,7 +1120,7 @@ impl Inner {
             self.rewrite_chunk(id, &k, s)?;
         }
         if !keep_rollups {
-            self.recompute_quarters(id, from, to)?;
+            self.recompute_quarters(st, from, to)?;
         }
         Ok(deleted)
     }
@@ -1005,6 +1136,11 @@ impl Inner {
             batch.remove(k);
         }
         self.chunks.apply_batch(batch)?;
+        let mut rbatch = sled::Batch::default();
+        for kv in self.rollups.scan_prefix(id_key(id)) {
+            rbatch.remove(kv?.0);
+        }
+        self.rollups.apply_batch(rbatch)?;
         for l in released {
             self.files.release(l);
         }
@@ -1118,7 +1254,7 @@ impl Inner {
                 };
                 let from_head = st.head.delete_range(*from, *to)?;
                 self.open_points.fetch_sub(from_head as u64, AtOrd::Relaxed);
-                let n = from_head as u64 + self.delete_chunks_in(*id, *from, *to, false)?;
+                let n = from_head as u64 + self.delete_chunks_in(st, *from, *to, false)?;
                 if n > 0 {
                     self.recompute_tail(st)?;
                     st.dirty = true;
@@ -1143,9 +1279,21 @@ impl Inner {
                 let Some(st) = sh.streams.get_mut(id) else {
                     return Ok(0);
                 };
+                // Open days whose raw points expire get their day records now: the records
+                // outlive the chunks, from which open days are rebuilt at open.
+                if let Some(d) = st.open_day.filter(|d| *raw_before > *d) {
+                    let new_open = buckets::floor(*raw_before - 1, DAY) + DAY;
+                    let open = st.open_quarters()?;
+                    let split = open.partition_point(|b| b.0 < new_open);
+                    let mut rbatch = sled::Batch::default();
+                    self.add_quarters(*id, &open[..split], &mut rbatch)?;
+                    self.rollups.apply_batch(rbatch)?;
+                    st.set_open_quarters(&open[split..]);
+                    st.open_day = Some(new_open.max(d));
+                }
                 let from_head = st.head.delete_range(0, *raw_before)?;
                 self.open_points.fetch_sub(from_head as u64, AtOrd::Relaxed);
-                let n = from_head as u64 + self.delete_chunks_in(*id, 0, *raw_before, true)?;
+                let n = from_head as u64 + self.delete_chunks_in(st, 0, *raw_before, true)?;
                 if n > 0 {
                     self.recompute_tail(st)?;
                     st.dirty = true;
@@ -1260,6 +1408,7 @@ impl Inner {
             let mut sh = shard.lock();
             for st in sh.streams.values_mut() {
                 self.recompute_tail(st)?;
+                self.rebuild_open_days(st)?;
                 // A chunk sealed after the last checkpoint may already hold points of the saved
                 // head (sealing moves the whole head): those copies in the head are stale.
                 if let Some(m) = st.sealed_max {
@@ -1362,14 +1511,33 @@ impl Engine {
         let started = Instant::now();
         let wal_dir = cfg.path.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(|e| StorageError::io(&wal_dir, e))?;
-        let db = sled::Config::new()
+        let sled_cfg = sled::Config::new()
             .path(cfg.path.join("sled"))
             .cache_capacity(cfg.cache_bytes)
             .mode(sled::Mode::LowSpace)
-            .flush_every_ms(Some(1000))
-            .open()?;
+            .flush_every_ms(Some(1000));
+        // sled releases its file lock from a background thread after the previous handle is
+        // dropped; a reopen right after a close may find it still held for a moment.
+        let mut waited = Duration::ZERO;
+        let db = loop {
+            match sled_cfg.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    if waited >= Duration::from_secs(5) {
+                        return Err(sled::Error::Io(e).into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    waited += Duration::from_millis(20);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let inner = Arc::new(Inner {
             chunks: db.open_tree("chunks")?,
+            rollups: db.open_tree("rollups")?,
             streams: db.open_tree("streams")?,
             meta: db.open_tree("meta")?,
             files: ChunkFiles::open(&cfg.path.join("chunks"), 256 << 20)?,
@@ -2141,7 +2309,7 @@ impl Store for Engine {
                     let mut found = None;
                     for quarters in levels {
                         let mut roller = Roller::new(spec, before, from, to)?;
-                                                // A page needs its own intervals and one more, unless they come after a
+                        // A page needs its own intervals and one more, unless they come after a
                         // cursor the range could not be narrowed to.
                         if q.order == Order::Asc
                             && (q.cursor.is_none() || q.fill != crate::rollup::Fill::Previous)
@@ -2231,7 +2399,7 @@ impl Store for Engine {
             };
             let first_day = match self
                 .inner
-                .chunks
+                .rollups
                 .range(rollup_key(e.id, 0)..=rollup_key(e.id, i64::MAX))
                 .next()
             {
