@@ -206,7 +206,7 @@ fn chunk_key(id: u64, ts: i64) -> [u8; 16] {
     k
 }
 
-/// End (exclusive) of a stream's chunk keys: its rollup records sort after them.
+/// End (exclusive) of a stream's chunk keys (chunk timestamps stay below 2^56).
 fn chunks_end(id: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&id.to_be_bytes());

@@ -25,13 +25,13 @@
 //!   wal/<first seq>.wal          write-ahead log segments (see wal)
 //!   heads.snap                   every open head as of the last checkpoint (see snapshot)
 //!   chunks/<n>.chunks            sealed chunks (see codec), appended; located through sled
-//!   sled/                        one sled database with three trees:
+//!   sled/                        one sled database with four trees:
 //!     streams  id (u64 BE)              -> StreamRecord (MessagePack: id, path, meta, created)
 //!     chunks   id (u64 BE) ++ ts (u64 BE) -> location (file, offset, len) of the chunk of
 //!                                          sealed points from ts on, followed by its 1-minute
 //!                                          summaries, and their length (u32 LE) (see chunk_file)
-//!              id (u64 BE) ++ 0xFF ++ day (u64 BE) -> 15-minute summaries of the stream's sealed
-//!                                          points in that UTC day (see buckets, docs/rollups.md)
+//!     rollups  id (u64 BE) ++ day (u64 BE) -> 15-minute summaries of the stream's sealed points
+//!                                          in that completed UTC day (see buckets, docs/rollups.md)
 //!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled and the snapshot
 //!              "next_counter"           -> u64 BE: next stream id counter
 //! ```
@@ -47,9 +47,11 @@
 //!   because every record sets state (put, replace, delete) rather than adjusting it.
 //! - The current value of a stream is its point with the largest timestamp.
 //! - Rollups: a chunk's minute summaries are those of its points; a day record's quarters are
-//!   those of the stream's sealed points (plus points expired by retention). Sealing adds to day
-//!   records in the same sled batch that indexes the chunks, so a replayed point is either sealed
-//!   already (and merged as a late point, which recomputes) or sealed and added once.
+//!   those of the stream's sealed points in that day (plus points expired by retention), and
+//!   the open days' quarters (memory) those of the sealed points from the stream's open day on.
+//!   A seal writes the day records it completes in the same sled transaction that indexes its
+//!   chunks, so a replayed point is either sealed already (and merged as a late point, which
+//!   recomputes) or sealed and added once.
 
 pub mod buckets;
 mod chunk_file;
