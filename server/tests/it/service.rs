@@ -47,6 +47,13 @@ fn health_and_unknown_routes() {
     let s = TestServer::start();
     let (st, v) = s.get_json("/health");
     assert_eq!((st, v), (200, json!({"status": "ok"})));
+    // Every answer says how long the server took (W3C Server-Timing), errors included.
+    for path in ["/health", "/ws/v1/nothing"] {
+        let r = s.get(path).send().unwrap();
+        let t = r.headers()["server-timing"].to_str().unwrap().to_string();
+        let ms: f64 = t.strip_prefix("app;dur=").unwrap().parse().unwrap();
+        assert!((0.0..10_000.0).contains(&ms), "{path}: {t}");
+    }
     let (st, v) = s.get_json("/ws/v1/nothing");
     assert_eq!(st, 404);
     assert!(error_message(&v, 404).contains("/ws/v1/nothing"));
