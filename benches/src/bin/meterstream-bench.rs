@@ -318,6 +318,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
     }
     let raw_all_ms = median(lat_all);
     let rollups = rollup_queries(&client, &srv.url, &fleet, &a, start_ms, now)?;
+    let latest = latest_queries(&client, &srv.url, &fleet, &a)?;
     let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
     let metric = |name: &str| -> f64 {
         metrics
@@ -353,7 +354,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
         "bytes_per_point": disk_settled as f64 / points,
         "raw_history_last_hour_median_ms": raw_ms,
         "raw_history_whole_hour_all_pages_median_ms": raw_all_ms,
-        "rollups": rollups,
+                "rollups": rollups,
+        "latest": latest,
         "reopen_seconds": reopen.as_secs_f64(),
         "log_syncs": syncs,
         "log_sync_mean_ms": sync_mean_ms,
@@ -364,11 +366,107 @@ fn ingest(a: IngestArgs) -> Result<()> {
         figures["victoria_metrics"] = victoria(&a, start_ms, now, points)?;
     }
     println!("{}", serde_json::to_string_pretty(&figures)?);
+    if a.peer {
+        eprintln!("{}", comparison_table(&figures));
+    }
     if let Some(p) = a.json {
         std::fs::write(&p, serde_json::to_string_pretty(&figures)?)
             .with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// One line per figure: meterstream, VictoriaMetrics, and their ratio (for throughput, VM over
+/// us, so that below 1.0 is always better for meterstream).
+fn comparison_table(f: &serde_json::Value) -> String {
+    let v = &f["victoria_metrics"];
+    let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    let rows: Vec<(&str, f64, f64, bool)> = vec![
+        (
+            "ingest, points/s",
+            num(&f["points_per_second"]),
+            num(&v["points_per_second"]),
+            true,
+        ),
+        (
+            "server CPU-s per M points",
+            num(&f["server_cpu_seconds_per_million_points"]),
+            num(&v["server_cpu_seconds_per_million_points"]),
+            false,
+        ),
+        (
+            "resident memory, MB",
+            num(&f["rss_bytes_after_ingest"]) / 1e6,
+            num(&v["rss_bytes_after_ingest"]) / 1e6,
+            false,
+        ),
+        (
+            "bytes per point",
+            num(&f["bytes_per_point"]),
+            num(&v["bytes_per_point"]),
+            false,
+        ),
+        (
+            "raw history, whole hour, ms",
+            num(&f["raw_history_whole_hour_all_pages_median_ms"]),
+            num(&v["raw_history_whole_hour_median_ms"]),
+            false,
+        ),
+        (
+            "hourly rollup, one stream (average), ms",
+            num(&f["rollups"]["hourly_one_stream_whole_span"]["average"]["client_ms"]),
+            num(&v["rollups"]["hourly_one_stream_whole_span_median_ms"]["avg"]),
+            false,
+        ),
+        (
+            "1m averages, one meter's 12 streams, ms",
+            num(&f["rollups"]["one_meter_12_streams_1m_average_day"]["client_ms"]),
+            num(&v["rollups"]["one_meter_12_streams_1m_average_day_median_ms"]),
+            false,
+        ),
+        (
+            "15m averages, fleet, per stream, ms",
+            num(&f["rollups"]["fleet_active_power_15m_average_per_stream_all_pages"]["client_ms"]),
+            num(&v["rollups"]["fleet_active_power_15m_average_per_stream_median_ms"]),
+            false,
+        ),
+        (
+            "15m averages, fleet, sum, ms",
+            num(&f["rollups"]["fleet_active_power_15m_average_sum"]["client_ms"]),
+            num(&v["rollups"]["fleet_active_power_15m_average_sum_median_ms"]),
+            false,
+        ),
+        (
+            "latest value, one gateway, ms",
+            num(&f["latest"]["latest_value_one_gateway"]["client_ms"]),
+            num(&v["latest"]["latest_value_one_gateway_median_ms"]),
+            false,
+        ),
+        (
+            "latest value, every stream, ms",
+            num(&f["latest"]["latest_value_every_stream_all_pages"]["client_ms"]),
+            num(&v["latest"]["latest_value_every_stream_median_ms"]),
+            false,
+        ),
+    ];
+    let mut out = format!(
+        "{:<42} {:>14} {:>16} {:>8}\n",
+        "figure (client-measured)", "meterstream", "VictoriaMetrics", "ratio"
+    );
+    for (name, us, them, higher_is_better) in rows {
+        let ratio = if higher_is_better {
+            them / us
+        } else {
+            us / them
+        };
+        out.push_str(&format!(
+            "{name:<42} {us:>14.3} {them:>16.3} {ratio:>8.2}\n"
+        ));
+    }
+    out.push_str(
+        "ratio: meterstream's cost over VictoriaMetrics' (below 1.00 is better for meterstream)\n",
+    );
+    out
 }
 
 /// Median milliseconds of `runs` runs of `run`.
@@ -517,6 +615,104 @@ fn rollup_queries(
     }))
 }
 
+/// Every stream of an inventory listing with its current value, following cursors; the rows
+/// and the server's time summed over pages.
+fn inventory_rows(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    query: Option<&str>,
+) -> Result<(usize, f64)> {
+    let mut n = 0;
+    let mut srv = 0.0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = client.get(format!("{url}/ws/v1/streams/inventory"));
+        if let Some(q) = query {
+            req = req.query(&[("query", q)]);
+        }
+        if let Some(c) = &cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        let r = req.send()?;
+        ensure!(r.status().is_success(), "inventory: {}", r.status());
+        srv += server_ms(&r);
+        let v: serde_json::Value = r.json()?;
+        let list = v["list"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            list.iter().all(|s| s.get("value").is_some()),
+            "a stream without its current value"
+        );
+        n += list.len();
+        match v["cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return Ok((n, srv)),
+        }
+    }
+}
+
+/// The standard workload's latest-value queries against meterstream.
+fn latest_queries(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    fleet: &Fleet,
+    a: &IngestArgs,
+) -> Result<serde_json::Value> {
+    let gw = format!("id startsWith '{}/'", fleet.gateway_id(a.meters / 2));
+    let (n, _) = inventory_rows(client, url, Some(&gw))?;
+    ensure!(
+        n == a.meters_per_gateway * 12,
+        "{n} streams under one gateway"
+    );
+    let one_gateway = timed_both(a.query_runs, || {
+        inventory_rows(client, url, Some(&gw)).map(|r| r.1)
+    })?;
+    let (n, _) = inventory_rows(client, url, None)?;
+    ensure!(n == a.meters * 12, "{n} streams in all");
+    let every = timed_both(a.query_runs.min(20), || {
+        inventory_rows(client, url, None).map(|r| r.1)
+    })?;
+    Ok(serde_json::json!({
+        "latest_value_one_gateway": one_gateway,
+        "latest_value_every_stream_all_pages": every,
+    }))
+}
+
+/// The latest-value queries against VictoriaMetrics (instant `/api/v1/query`).
+fn victoria_latest(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    fleet: &Fleet,
+    a: &IngestArgs,
+    now: i64,
+) -> Result<serde_json::Value> {
+    let run = |query: &str, want: usize| -> Result<()> {
+        let v: serde_json::Value = client
+            .get(format!("{url}/api/v1/query"))
+            .query(&[
+                ("query", query.to_string()),
+                ("time", (now / 1000).to_string()),
+            ])
+            .send()?
+            .json()?;
+        let n = v["data"]["result"].as_array().map_or(0, |r| r.len());
+        ensure!(n == want, "{query}: {n} series, {want} expected");
+        Ok(())
+    };
+    let gw = format!(
+        "{{__name__=~\"meter_.+\",gw=\"{}\"}}",
+        fleet.gateway_id(a.meters / 2)
+    );
+    run(&gw, a.meters_per_gateway * 12)?;
+    let one = timed(a.query_runs, || run(&gw, a.meters_per_gateway * 12))?;
+    let all = "{__name__=~\"meter_.+\"}";
+    run(all, a.meters * 12)?;
+    let every = timed(a.query_runs.min(20), || run(all, a.meters * 12))?;
+    Ok(serde_json::json!({
+        "latest_value_one_gateway_median_ms": one,
+        "latest_value_every_stream_median_ms": every,
+    }))
+}
+
 /// The standard rollup queries against VictoriaMetrics (`/api/v1/query_range`).
 fn victoria_rollups(
     client: &reqwest::blocking::Client,
@@ -650,6 +846,7 @@ fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serd
         );
     }
     let rollups = victoria_rollups(&client, &vm.url, &fleet, a, start_ms, now)?;
+    let latest = victoria_latest(&client, &vm.url, &fleet, a, now)?;
     vm.stop()?;
     let disk = dir_bytes(&dir);
     Ok(serde_json::json!({
@@ -657,8 +854,9 @@ fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serd
         "server_cpu_seconds_per_million_points": cpu / (points / 1e6),
         "rss_bytes_after_ingest": rss,
         "bytes_per_point": disk as f64 / points,
-        "raw_history_whole_hour_median_ms": median(lat),
+                "raw_history_whole_hour_median_ms": median(lat),
         "rollups": rollups,
+        "latest": latest,
         "acknowledges": "before data is durable (in-memory buffers, flushed about every second)",
     }))
 }
