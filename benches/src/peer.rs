@@ -1,6 +1,6 @@
-//! VictoriaMetrics as the peer of the ingest benchmark: the same generated values, sent as
-//! InfluxDB line protocol (its preferred format, `shared/workload.md`), measured the same way.
-//! The full side-by-side with InfluxDB and every standard query is issue 4's command.
+//! The peers of the benchmark, VictoriaMetrics and InfluxDB 1.x: the same generated values,
+//! sent as InfluxDB line protocol (their preferred format, `shared/workload.md`), measured the
+//! same way.
 
 use crate::workload::{Fleet, CHANNELS};
 use anyhow::{bail, Context, Result};
@@ -133,5 +133,114 @@ impl Drop for Victoria {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// An InfluxDB 1.x process (`influxd`) on 127.0.0.1 with its meta, data and WAL directories in a
+/// given directory, and a database `bench`.
+pub struct Influx {
+    /// The process.
+    pub child: Child,
+    /// Base URL.
+    pub url: String,
+}
+
+impl Influx {
+    /// Starts `influxd` (Debian package `influxdb`), waits for `/ping`, creates database `bench`.
+    pub fn start(data: &Path) -> Result<Influx> {
+        let bin = ["/usr/bin/influxd", "/usr/local/bin/influxd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("influxd is not installed: apt-get install influxdb")?;
+        let (port, rpc) = (crate::server::free_port()?, crate::server::free_port()?);
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .env("INFLUXDB_META_DIR", data.join("meta"))
+            .env("INFLUXDB_DATA_DIR", data.join("data"))
+            .env("INFLUXDB_DATA_WAL_DIR", data.join("wal"))
+            .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc}"))
+            .env("INFLUXDB_REPORTING_DISABLED", "true")
+            .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
+            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
+            .env("INFLUXDB_MONITOR_STORE_ENABLED", "false")
+            .env("INFLUXDB_HTTP_MAX_BODY_SIZE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut v = Influx { child, url };
+        let client = reqwest::blocking::Client::new();
+        for _ in 0..3000 {
+            if client
+                .get(format!("{}/ping", v.url))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                let r = client
+                    .post(format!("{}/query", v.url))
+                    .form(&[("q", "CREATE DATABASE bench")])
+                    .send()?;
+                if !r.status().is_success() {
+                    bail!("influxd refused CREATE DATABASE: {}", r.status());
+                }
+                return Ok(v);
+            }
+            if v.child.try_wait()?.is_some() {
+                bail!("influxd exited during start");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = v.child.kill();
+        bail!("influxd did not start")
+    }
+
+    /// Runs an InfluxQL query against database `bench`; the answer as JSON.
+    pub fn query(&self, client: &reqwest::blocking::Client, q: &str) -> Result<serde_json::Value> {
+        let r = client
+            .get(format!("{}/query", self.url))
+            .query(&[("db", "bench"), ("q", q), ("epoch", "ms")])
+            .send()?;
+        if !r.status().is_success() {
+            bail!("InfluxDB answered {} to {q}", r.status());
+        }
+        let v: serde_json::Value = r.json()?;
+        if let Some(e) = v["results"][0]["error"].as_str() {
+            bail!("InfluxDB: {e} ({q})");
+        }
+        Ok(v)
+    }
+
+    /// CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        crate::server::cpu_seconds_of(self.child.id())
+    }
+
+    /// Resident bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        crate::server::rss_bytes_of(self.child.id())
+    }
+
+    /// Stops it with SIGTERM and waits.
+    pub fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -364,6 +364,7 @@ fn ingest(a: IngestArgs) -> Result<()> {
     let mut figures = figures;
     if a.peer {
         figures["victoria_metrics"] = victoria(&a, start_ms, now, points)?;
+        figures["influxdb"] = influx(&a, start_ms, now, points)?;
     }
     println!("{}", serde_json::to_string_pretty(&figures)?);
     if a.peer {
@@ -379,8 +380,25 @@ fn ingest(a: IngestArgs) -> Result<()> {
 /// One line per figure: meterstream, VictoriaMetrics, and their ratio (for throughput, VM over
 /// us, so that below 1.0 is always better for meterstream).
 fn comparison_table(f: &serde_json::Value) -> String {
-    let v = &f["victoria_metrics"];
     let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+    let peer = |v: &serde_json::Value, hourly: &str| -> Vec<f64> {
+        vec![
+            num(&v["points_per_second"]),
+            num(&v["server_cpu_seconds_per_million_points"]),
+            num(&v["rss_bytes_after_ingest"]) / 1e6,
+            num(&v["bytes_per_point"]),
+            num(&v["raw_history_whole_hour_median_ms"]),
+            num(&v["rollups"]["hourly_one_stream_whole_span_median_ms"][hourly]),
+            num(&v["rollups"]["one_meter_12_streams_1m_average_day_median_ms"]),
+            num(&v["rollups"]["fleet_active_power_15m_average_per_stream_median_ms"]),
+            num(&v["rollups"]["fleet_active_power_15m_average_sum_median_ms"]),
+            num(&v["latest"]["latest_value_one_gateway_median_ms"]),
+            num(&v["latest"]["latest_value_every_stream_median_ms"]),
+        ]
+    };
+    let vm = peer(&f["victoria_metrics"], "avg");
+    let ifx = peer(&f["influxdb"], "mean");
+    let v = &f["victoria_metrics"];
     let rows: Vec<(&str, f64, f64, bool)> = vec![
         (
             "ingest, points/s",
@@ -450,21 +468,27 @@ fn comparison_table(f: &serde_json::Value) -> String {
         ),
     ];
     let mut out = format!(
-        "{:<42} {:>14} {:>16} {:>8}\n",
-        "figure (client-measured)", "meterstream", "VictoriaMetrics", "ratio"
+        "{:<42} {:>14} {:>16} {:>7} {:>14} {:>7}\n",
+        "figure (client-measured)", "meterstream", "VictoriaMetrics", "ratio", "InfluxDB", "ratio"
     );
-    for (name, us, them, higher_is_better) in rows {
-        let ratio = if higher_is_better {
-            them / us
-        } else {
-            us / them
+    for (i, (name, us, _, higher_is_better)) in rows.into_iter().enumerate() {
+        let ratio = |them: f64| {
+            if higher_is_better {
+                them / us
+            } else {
+                us / them
+            }
         };
         out.push_str(&format!(
-            "{name:<42} {us:>14.3} {them:>16.3} {ratio:>8.2}\n"
+            "{name:<42} {us:>14.3} {:>16.3} {:>7.2} {:>14.3} {:>7.2}\n",
+            vm[i],
+            ratio(vm[i]),
+            ifx[i],
+            ratio(ifx[i])
         ));
     }
     out.push_str(
-        "ratio: meterstream's cost over VictoriaMetrics' (below 1.00 is better for meterstream)\n",
+        "ratio: meterstream's cost over the peer's (below 1.00 is better for meterstream)\n",
     );
     out
 }
@@ -760,6 +784,141 @@ fn victoria_rollups(
         "fleet_active_power_15m_average_per_stream_median_ms": fleet_ms,
         "fleet_active_power_15m_average_sum_median_ms": agg,
         "note": "VictoriaMetrics caches query results by default; repeated runs may hit its cache",
+    }))
+}
+
+/// The same workload into InfluxDB 1.x, measured the same way; queries in InfluxQL.
+fn influx(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serde_json::Value> {
+    use meterstream_bench::peer::{line_batches, Influx};
+    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("influx");
+    let db = Influx::start(&dir)?;
+    let cpu0 = db.cpu_seconds()?;
+    let started = Instant::now();
+    let day = 86_400usize;
+    let mut sent = 0;
+    while sent < a.seconds {
+        let part = (a.seconds - sent).min(day);
+        let batches = Arc::new(line_batches(
+            &mut fleet,
+            a.meters_per_gateway,
+            start_ms + sent as i64 * 1000,
+            part,
+            a.batch,
+        ));
+        send_all(
+            &batches,
+            a.connections,
+            &format!("{}/write?db=bench&precision=s", db.url),
+            "text/plain",
+        )?;
+        sent += part;
+    }
+    let client = reqwest::blocking::Client::new();
+    let m = a.meters - 1;
+    let (gw, dev) = (fleet.gateway_id(m), fleet.meter_name(m));
+    let last_ms = (now - 1000) / 1000 * 1000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = db.query(
+            &client,
+            &format!("SELECT last(reactive_energy) FROM meter WHERE gw='{gw}' AND dev='{dev}'"),
+        )?;
+        if v["results"][0]["series"][0]["values"][0][0].as_i64() == Some(last_ms) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "InfluxDB never made the last point queryable"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = db.cpu_seconds()? - cpu0;
+    let rss = db.rss_bytes()?;
+    let m = a.meters / 2;
+    let (gw, dev) = (fleet.gateway_id(m), fleet.meter_name(m));
+    let meter = format!("gw='{gw}' AND dev='{dev}'");
+    let span = format!("time >= {start_ms}ms AND time < {now}ms");
+    let series =
+        |v: &serde_json::Value| v["results"][0]["series"].as_array().map_or(0, |s| s.len());
+    let values = |v: &serde_json::Value| {
+        v["results"][0]["series"][0]["values"]
+            .as_array()
+            .map_or(0, |s| s.len())
+    };
+    let q = format!(
+        "SELECT voltage_l1 FROM meter WHERE {meter} AND time >= {}ms AND time < {now}ms",
+        now - 3_600_000
+    );
+    let raw = timed(a.query_runs, || {
+        let v = db.query(&client, &q)?;
+        ensure!(
+            values(&v) == a.seconds.min(3600),
+            "raw hour: {} values",
+            values(&v)
+        );
+        Ok(())
+    })?;
+    let mut hourly = serde_json::Map::new();
+    for f in ["min", "max", "mean", "sum", "count", "stddev"] {
+        let q =
+            format!("SELECT {f}(voltage_l1) FROM meter WHERE {meter} AND {span} GROUP BY time(1h)");
+        let ms = timed(a.query_runs, || db.query(&client, &q).map(|_| ()))?;
+        hourly.insert(f.into(), ms.into());
+    }
+    let q = format!(
+        "SELECT mean(*) FROM meter WHERE {meter} AND time >= {}ms AND time < {now}ms GROUP BY time(1m)",
+        now - 86_400_000
+    );
+    let one_meter_day = timed(a.query_runs, || db.query(&client, &q).map(|_| ()))?;
+    let q =
+        format!("SELECT mean(active_power) FROM meter WHERE {span} GROUP BY time(15m), gw, dev");
+    let fleet_ms = timed(a.query_runs, || {
+        let v = db.query(&client, &q)?;
+        ensure!(series(&v) == a.meters, "fleet: {} series", series(&v));
+        Ok(())
+    })?;
+    let q = format!(
+        "SELECT sum(ap) FROM (SELECT mean(active_power) AS ap FROM meter WHERE {span} GROUP BY time(15m), gw, dev) WHERE {span} GROUP BY time(15m)"
+    );
+    let agg = timed(a.query_runs, || db.query(&client, &q).map(|_| ()))?;
+    let q = format!("SELECT last(*) FROM meter WHERE gw='{gw}' GROUP BY dev");
+    let one_gateway = timed(a.query_runs, || {
+        let v = db.query(&client, &q)?;
+        ensure!(
+            series(&v) == a.meters_per_gateway,
+            "gateway: {} series",
+            series(&v)
+        );
+        Ok(())
+    })?;
+    let q = "SELECT last(*) FROM meter GROUP BY gw, dev";
+    let every = timed(a.query_runs.min(20), || {
+        let v = db.query(&client, q)?;
+        ensure!(series(&v) == a.meters, "every: {} series", series(&v));
+        Ok(())
+    })?;
+    db.stop()?;
+    let disk = dir_bytes(&dir);
+    Ok(serde_json::json!({
+        "points_per_second": points / elapsed,
+        "server_cpu_seconds_per_million_points": cpu / (points / 1e6),
+        "rss_bytes_after_ingest": rss,
+        "bytes_per_point": disk as f64 / points,
+        "raw_history_whole_hour_median_ms": raw,
+        "rollups": {
+            "hourly_one_stream_whole_span_median_ms": hourly,
+            "one_meter_12_streams_1m_average_day_median_ms": one_meter_day,
+            "fleet_active_power_15m_average_per_stream_median_ms": fleet_ms,
+            "fleet_active_power_15m_average_sum_median_ms": agg,
+        },
+        "latest": {
+            "latest_value_one_gateway_median_ms": one_gateway,
+            "latest_value_every_stream_median_ms": every,
+        },
+        "acknowledges": "after its write-ahead log is fsynced (wal-fsync-delay 0s, the default)",
     }))
 }
 
