@@ -109,7 +109,43 @@ struct CompactGroup {
     stream_type: Option<String>,
     #[serde(default)]
     stream_units: Option<String>,
-    points: Vec<CompactPoint>,
+    points: CompactPoints,
+}
+
+/// A group's points, checked as they are decoded: the good ones in order, ready for storage
+/// (moved whole into a group when none is bad), and the bad ones by position.
+#[derive(Debug, Default)]
+struct CompactPoints {
+    good: Vec<PointIn>,
+    bad: Vec<(usize, String)>,
+}
+
+impl<'de> Deserialize<'de> for CompactPoints {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CompactPoints;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of points")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CompactPoints, A::Error> {
+                let mut out = CompactPoints {
+                    good: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16)),
+                    bad: Vec::new(),
+                };
+                let mut k = 0usize;
+                while let Some(cp) = seq.next_element::<CompactPoint>()? {
+                    match compact_point(cp) {
+                        Ok(p) => out.good.push(p),
+                        Err(m) => out.bad.push((k, m)),
+                    }
+                    k += 1;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -397,7 +433,7 @@ pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
     let mut p = Parsed::default();
     let mut index = 0usize;
     for g in compact.groups {
-        let n = g.points.len();
+        let n = g.points.good.len() + g.points.bad.len();
         let first_index = index;
         index += n;
         p.items += n;
@@ -413,14 +449,39 @@ pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
                 continue;
             }
         };
+        let CompactPoints { good, bad } = g.points;
+        if bad.is_empty() {
+            // The usual case: the decoded points become the group as they are.
+            if !good.is_empty() {
+                p.groups.push(GroupIn {
+                    stream: g.stream_id,
+                    stream_type: st,
+                    stream_units: g.stream_units,
+                    points: good,
+                    first_index,
+                });
+            }
+            continue;
+        }
         // A bad point ends a run of good ones: storage names items by `first_index + position`,
         // so every group must hold consecutive items.
+        let mut good = good.into_iter();
+        let mut bad = bad.into_iter().peekable();
         let mut run: Option<GroupIn> = None;
-        for (k, cp) in g.points.into_iter().enumerate() {
+        for k in 0..n {
             let index = first_index + k;
-            match compact_point(cp) {
-                Ok(pt) => run
-                    .get_or_insert_with(|| GroupIn {
+            match bad.next_if(|(b, _)| *b == k) {
+                Some((_, message)) => {
+                    p.faults.push(ItemFault {
+                        index,
+                        status: 400,
+                        message,
+                    });
+                    p.groups.extend(run.take());
+                }
+                None => {
+                    let Some(pt) = good.next() else { break };
+                    run.get_or_insert_with(|| GroupIn {
                         stream: g.stream_id.clone(),
                         stream_type: st,
                         stream_units: g.stream_units.clone(),
@@ -428,14 +489,7 @@ pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
                         first_index: index,
                     })
                     .points
-                    .push(pt),
-                Err(message) => {
-                    p.faults.push(ItemFault {
-                        index,
-                        status: 400,
-                        message,
-                    });
-                    p.groups.extend(run.take());
+                    .push(pt);
                 }
             }
         }
