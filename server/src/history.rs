@@ -84,6 +84,7 @@ const GET_PARAMS: &[&str] = &[
     "cursor",
     "timeline",
     "format",
+    "fields",
 ];
 
 /// Points per page while streaming CSV.
@@ -105,6 +106,7 @@ fn csv_rows(
     path: &str,
     ty: meterstream_storage::StreamType,
     points: &[meterstream_storage::DataPoint],
+    fields: wire::Fields,
 ) -> Result<bytes::Bytes, ApiError> {
     let h = meterstream_storage::point::stable_hash(path);
     crate::csv_export::rows(points.iter().map(|p| {
@@ -128,6 +130,11 @@ fn csv_rows(
             e.and_then(|e| e.location.clone()).unwrap_or_default(),
             e.and_then(|e| e.description.clone()).unwrap_or_default(),
         ]
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| fields.has(*i))
+        .map(|(_, c)| c)
+        .collect::<Vec<String>>()
     }))
 }
 
@@ -143,6 +150,7 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     let cursor = p.cursor()?;
     let timeline = p.timeline()?;
     let csv = crate::csv_export::wanted(&req, p.take("format")?.as_deref())?;
+    let fields = wire::Fields::parse(p.take("fields")?.as_deref())?;
     p.finish(GET_PARAMS)?;
     let q = HistoryQuery {
         from,
@@ -157,8 +165,14 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let (first, next, ty) = web::block(move || -> Result<_, ApiError> {
             let ty = st2.store.stream(&path2)?.meta.stream_type;
             let page = st2.store.history(&path2, &q2)?;
-            let mut b = crate::csv_export::rows([CSV_HEADER])?.to_vec();
-            b.extend_from_slice(&csv_rows(&path2, ty, &page.items)?);
+            let header: Vec<&str> = CSV_HEADER
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| fields.has(*i))
+                .map(|(_, h)| *h)
+                .collect();
+            let mut b = crate::csv_export::rows([header])?.to_vec();
+            b.extend_from_slice(&csv_rows(&path2, ty, &page.items, fields)?);
             Ok((bytes::Bytes::from(b), page.next, ty))
         })
         .await??;
@@ -171,7 +185,7 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
                     ..q.clone()
                 },
             )?;
-            Ok((csv_rows(&path, ty, &page.items)?, page.next))
+            Ok((csv_rows(&path, ty, &page.items, fields)?, page.next))
         }));
     }
     let st2 = st.clone();
@@ -179,7 +193,7 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let info = st2.store.stream(&path)?;
         let page = st2.store.history(&path, &q)?;
         let ty = info.meta.stream_type;
-        let items = wire::points(&path, ty, &page.items);
+        let items = wire::points(&path, ty, &page.items, fields);
         serde_json::to_vec(&wire::ListOut::new(items, limit, page.next))
             .map_err(|e| ApiError::Internal(e.to_string()))
     })

@@ -2,7 +2,7 @@
 //!
 //! A point: `{"id", "stream_id", "timestamp", "server_timestamp", "value", "quality",
 //! "location", "description"}` with ISO 8601 UTC times to the millisecond; unset optional fields
-//! are left out. A stream: `{"id", "type", "units", "description", "forward_to", "data_ttl",
+//! are left out, and so are fields a history read did not select (`fields=`). A stream: `{"id", "type", "units", "description", "forward_to", "data_ttl",
 //! "rollup_ttl", "created", "history_uri"}` and, when it has points, its current value as
 //! `"value", "timestamp", "server_timestamp"` (and `"quality", "location"` when set).
 
@@ -12,14 +12,66 @@ use meterstream_storage::{Cursor, DataPoint, StreamInfo, StreamType, Value};
 use serde::Serialize;
 use serde_json::{Map, Value as J};
 
+/// The fields of a point, in their order of output: `fields=` of a history read selects some.
+pub const POINT_FIELDS: [&str; 8] = [
+    "id",
+    "stream_id",
+    "timestamp",
+    "server_timestamp",
+    "value",
+    "quality",
+    "location",
+    "description",
+];
+
+/// Which fields of a point to answer (meterstream's addition to Digi's history read: smaller
+/// answers when only some fields are wanted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fields(u8);
+
+impl Fields {
+    /// Every field.
+    pub const ALL: Fields = Fields(0xFF);
+
+    /// Parses a comma-separated list of [`POINT_FIELDS`]; `None` means every field.
+    pub fn parse(s: Option<&str>) -> Result<Fields, crate::error::ApiError> {
+        let Some(s) = s else {
+            return Ok(Fields::ALL);
+        };
+        let mut mask = 0u8;
+        for name in s.split(',').map(str::trim) {
+            match POINT_FIELDS.iter().position(|f| *f == name) {
+                Some(i) => mask |= 1 << i,
+                None => {
+                    return Err(crate::error::ApiError::param(
+                        "fields",
+                        format!("{name:?} is not one of {}", POINT_FIELDS.join(", ")),
+                    ))
+                }
+            }
+        }
+        Ok(Fields(mask))
+    }
+
+    /// Whether field `i` of [`POINT_FIELDS`] is answered.
+    pub fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
+
 /// A point of `stream` (of type `ty`), serialized straight to JSON without building a map.
 #[derive(Serialize)]
 pub struct PointOut<'a> {
-    id: String,
-    stream_id: &'a str,
-    timestamp: String,
-    server_timestamp: String,
-    value: ValueOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<ValueOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     quality: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,27 +103,39 @@ impl Serialize for ValueOut<'_> {
     }
 }
 
-/// Points of one stream, ready to serialize.
-pub fn points<'a>(stream: &'a str, ty: StreamType, points: &'a [DataPoint]) -> Vec<PointOut<'a>> {
+/// Points of one stream, ready to serialize, with the `fields` selected.
+pub fn points<'a>(
+    stream: &'a str,
+    ty: StreamType,
+    points: &'a [DataPoint],
+    fields: Fields,
+) -> Vec<PointOut<'a>> {
     let h = stable_hash(stream);
-    points.iter().map(|p| point(stream, h, ty, p)).collect()
+    points
+        .iter()
+        .map(|p| point(stream, h, ty, p, fields))
+        .collect()
 }
 
 /// A point of `stream` (whose [`stable_hash`] is `h`, of type `ty`), ready to serialize.
-fn point<'a>(stream: &'a str, h: u64, ty: StreamType, p: &'a DataPoint) -> PointOut<'a> {
+fn point<'a>(stream: &'a str, h: u64, ty: StreamType, p: &'a DataPoint, f: Fields) -> PointOut<'a> {
     let e = p.extras.as_deref();
     PointOut {
-        id: point_id_hashed(h, p.timestamp).to_string(),
-        stream_id: stream,
-        timestamp: format_iso(p.timestamp),
-        server_timestamp: format_iso(p.server_timestamp),
-        value: ValueOut {
+        id: f
+            .has(0)
+            .then(|| point_id_hashed(h, p.timestamp).to_string()),
+        stream_id: f.has(1).then_some(stream),
+        timestamp: f.has(2).then(|| format_iso(p.timestamp)),
+        server_timestamp: f.has(3).then(|| format_iso(p.server_timestamp)),
+        value: f.has(4).then_some(ValueOut {
             value: &p.value,
             ty,
-        },
-        quality: e.and_then(|e| e.quality),
-        location: e.and_then(|e| e.location.as_deref()),
-        description: e.and_then(|e| e.description.as_deref()),
+        }),
+        quality: e.and_then(|e| e.quality).filter(|_| f.has(5)),
+        location: e.and_then(|e| e.location.as_deref()).filter(|_| f.has(6)),
+        description: e
+            .and_then(|e| e.description.as_deref())
+            .filter(|_| f.has(7)),
     }
 }
 

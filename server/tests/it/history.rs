@@ -204,3 +204,55 @@ fn stream_ids_with_percent_and_unicode_in_urls() {
     let (st, v) = s.get_json("/ws/v1/streams/history/a/%FF");
     assert_eq!(st, 400, "{v}");
 }
+
+#[test]
+fn fields_select_what_each_point_answers() {
+    let s = TestServer::start();
+    load(&s, "f/a", 3);
+    s.post_json(&json!([{"stream_id": "f/a", "value": 9.5, "timestamp": 1_005_000, "quality": 7}]));
+    let (st, v) = s.get_json("/ws/v1/streams/history/f/a?fields=timestamp,value");
+    assert_eq!(st, 200, "{v}");
+    let list = v["list"].as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(
+        list[0],
+        json!({"timestamp": "1970-01-01T00:16:40.000Z", "value": 0.0})
+    );
+    // Only the selected fields, in the usual order whatever order they were asked in.
+    let body = s
+        .get("/ws/v1/streams/history/f/a?fields=quality,id,value&start_time=1005000")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let last = &v["list"][0];
+    assert_eq!(last.as_object().unwrap().len(), 3, "{body}");
+    assert_eq!(
+        (last["value"].as_f64(), last["quality"].as_i64()),
+        (Some(9.5), Some(7))
+    );
+    let (i, q) = (
+        body.find("\"id\"").unwrap(),
+        body.find("\"quality\"").unwrap(),
+    );
+    assert!(i < body.find("\"value\"").unwrap() && body.find("\"value\"").unwrap() < q);
+    // Without the parameter, every field as before.
+    let (_, v) = s.get_json("/ws/v1/streams/history/f/a?size=1");
+    assert!(v["list"][0]["server_timestamp"].is_string() && v["list"][0]["id"].is_string());
+    // CSV follows the selection.
+    let csv = s
+        .get("/ws/v1/streams/history/f/a?format=csv&fields=value,timestamp")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        csv.lines().take(2).collect::<Vec<_>>(),
+        ["timestamp,value", "1970-01-01T00:16:40.000Z,0.0"]
+    );
+    let (st, v) = s.get_json("/ws/v1/streams/history/f/a?fields=timestamp,colour");
+    assert_eq!(st, 400);
+    let m = error_message(&v, 400);
+    assert!(m.contains("fields") && m.contains("colour"), "{m}");
+}
