@@ -110,6 +110,17 @@ pub fn merge_later(into: &mut Vec<Bucket>, later: &[Bucket]) {
     }
 }
 
+/// Adds `more` to the ascending list `into`: a cell in both is combined in the time order of
+/// its points ([`Summary::combine`]), a new cell is inserted in place.
+pub fn combine_into(into: &mut Vec<Bucket>, more: &[Bucket]) {
+    for (start, s) in more {
+        match into.binary_search_by_key(start, |b| b.0) {
+            Ok(k) => into[k].1 = into[k].1.combine(s),
+            Err(k) => into.insert(k, (*start, *s)),
+        }
+    }
+}
+
 fn put_column(out: &mut Vec<u8>, col: &[f64], snap_to: Option<u8>) {
     let snapped: Vec<f64>;
     let col = match snap_to {

@@ -356,16 +356,26 @@ impl Inner {
                 Some(v) => buckets::decode(&v, QUARTER)?,
                 None => Vec::new(),
             };
-            for q in &quarters[i..j] {
-                match rec.binary_search_by_key(&q.0, |b| b.0) {
-                    Ok(k) => rec[k].1 = rec[k].1.combine(&q.1),
-                    Err(k) => rec.insert(k, *q),
-                }
-            }
+            buckets::combine_into(&mut rec, &quarters[i..j]);
             batch.insert(&key[..], buckets::encode(&rec, QUARTER));
             i = j;
         }
         Ok(())
+    }
+
+    /// The index entries of the chunks that may hold points in `[lo, hi)`, in time order: the
+    /// chunk starting at or before `lo`, then those starting before `hi`.
+    fn chunks_overlapping(&self, id: u64, lo: i64, hi: i64) -> Result<sled::Iter> {
+        let start = match self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, lo))
+            .next_back()
+        {
+            Some(kv) => kv?.0.to_vec(),
+            None => chunk_key(id, lo).to_vec(),
+        };
+        let end = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
+        Ok(self.chunks.range(start..end.to_vec()))
     }
 
     /// Calls `f` with the 1-minute summaries of sealed points in minutes starting in `[lo, hi)`,
@@ -381,16 +391,7 @@ impl Inner {
         if lo >= hi {
             return Ok(());
         }
-        let start = match self
-            .chunks
-            .range(chunk_key(id, 0)..=chunk_key(id, lo))
-            .next_back()
-        {
-            Some(kv) => kv?.0.to_vec(),
-            None => chunk_key(id, lo).to_vec(),
-        };
-        let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
-        for kv in self.chunks.range(start..hi_key.to_vec()) {
+        for kv in self.chunks_overlapping(id, lo, hi)? {
             let (_, v) = kv?;
             let mins = self.chunk_minutes(&v)?;
             let a = mins.partition_point(|b| b.0 < lo);
@@ -405,26 +406,10 @@ impl Inner {
     /// The 1-minute summaries of sealed points in minutes starting in `[lo, hi)` (minute-aligned).
     fn sealed_minutes(&self, id: u64, lo: i64, hi: i64) -> Result<Vec<Bucket>> {
         let mut out = Vec::new();
-        if lo >= hi {
-            return Ok(out);
-        }
-        let start = match self
-            .chunks
-            .range(chunk_key(id, 0)..=chunk_key(id, lo))
-            .next_back()
-        {
-            Some(kv) => kv?.0.to_vec(),
-            None => chunk_key(id, lo).to_vec(),
-        };
-        let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
-        for kv in self.chunks.range(start..hi_key.to_vec()) {
-            let (_, v) = kv?;
-            for b in self.chunk_minutes(&v)? {
-                if b.0 >= lo && b.0 < hi {
-                    buckets::merge_later(&mut out, &[b]);
-                }
-            }
-        }
+        self.for_sealed_minutes(id, lo, hi, |list| {
+            buckets::merge_later(&mut out, list);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -434,16 +419,7 @@ impl Inner {
         if lo >= hi {
             return Ok(out);
         }
-        let start = match self
-            .chunks
-            .range(chunk_key(id, 0)..=chunk_key(id, lo))
-            .next_back()
-        {
-            Some(kv) => kv?.0.to_vec(),
-            None => chunk_key(id, lo).to_vec(),
-        };
-        let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
-        for kv in self.chunks.range(start..hi_key.to_vec()) {
+        for kv in self.chunks_overlapping(id, lo, hi)? {
             let s = codec::decode(&self.chunk_bytes(&kv?.1)?)?;
             for i in s.index_range(lo, hi) {
                 if let Some(v) = s.values.f64_at(i) {
@@ -623,23 +599,18 @@ impl Inner {
         // The minutes cut by a bound are used whole when none of their points lies outside the
         // range (the usual case: bounds at the data's own ends); otherwise from raw points.
         let (m0, m1) = (buckets::floor(from, MINUTE), buckets::ceil(to, MINUTE));
-        let trim_left = |list: &mut Vec<Bucket>| -> bool {
-            if m0 < from
+        // Each returns the list without that minute, and whether it was cut off (its part in
+        // range then comes from raw points).
+        let trim_left = |list: &[Bucket]| -> (usize, bool) {
+            let cut = m0 < from
                 && list
                     .first()
-                    .is_some_and(|b| b.0 == m0 && b.1.first_ts < from)
-            {
-                list.remove(0);
-                return true;
-            }
-            false
+                    .is_some_and(|b| b.0 == m0 && b.1.first_ts < from);
+            (usize::from(cut), cut)
         };
-        let trim_right = |list: &mut Vec<Bucket>| -> bool {
-            if b1 < to && list.last().is_some_and(|b| b.0 == b1 && b.1.last_ts >= to) {
-                list.pop();
-                return true;
-            }
-            false
+        let trim_right = |list: &[Bucket]| -> (usize, bool) {
+            let cut = b1 < to && list.last().is_some_and(|b| b.0 == b1 && b.1.last_ts >= to);
+            (list.len() - usize::from(cut), cut)
         };
         // Quarters cut by a bound are likewise used whole when all their points are in range;
         // otherwise that part comes from minutes. Without quarters, minutes cover the middle.
@@ -672,13 +643,14 @@ impl Inner {
         if left_end > m0 {
             if m0 < from {
                 // The minute cut by `from`.
-                let mut edge = self.sealed_minutes(id, m0, chunk_end(a1))?;
-                if trim_left(&mut edge) {
+                let edge = self.sealed_minutes(id, m0, chunk_end(a1))?;
+                let (skip, cut) = trim_left(&edge);
+                if cut {
                     for (t, v) in self.sealed_points(id, from, chunk_end(a1))? {
                         roller.push(t, v)?;
                     }
                 }
-                if !pieces(roller, &edge, MINUTE)? {
+                if !pieces(roller, &edge[skip..], MINUTE)? {
                     return Ok(false);
                 }
             }
@@ -698,9 +670,9 @@ impl Inner {
         if !pieces(roller, &qs, QUARTER)? {
             return Ok(false);
         }
-        let mut right = self.sealed_minutes(id, right_start, chunk_end(m1).max(right_start))?;
-        let right_raw = trim_right(&mut right);
-        if !pieces(roller, &right, MINUTE)? {
+        let right = self.sealed_minutes(id, right_start, chunk_end(m1).max(right_start))?;
+        let (keep, right_raw) = trim_right(&right);
+        if !pieces(roller, &right[..keep], MINUTE)? {
             return Ok(false);
         }
         if right_raw {
@@ -712,21 +684,15 @@ impl Inner {
         let mins = st.head.minutes();
         let mut list =
             &mins[mins.partition_point(|b| b.0 < m0)..mins.partition_point(|b| b.0 < m1)];
-        if let Some(first) = list.first() {
-            if m0 < from && first.0 == m0 && first.1.first_ts < from {
-                list = &list[1..];
-                for (t, v) in st.head.numeric_points(from, a1)? {
-                    roller.push(t, v)?;
-                }
+        let (skip, left_raw) = trim_left(list);
+        if left_raw {
+            for (t, v) in st.head.numeric_points(from, a1)? {
+                roller.push(t, v)?;
             }
         }
-        let mut right_raw = false;
-        if let Some(last) = list.last() {
-            if b1 < to && last.0 == b1 && last.1.last_ts >= to {
-                list = &list[..list.len() - 1];
-                right_raw = true;
-            }
-        }
+        list = &list[skip..];
+        let (keep, right_raw) = trim_right(list);
+        list = &list[..keep];
         if !pieces(roller, list, MINUTE)? {
             return Ok(false);
         }
@@ -974,12 +940,7 @@ impl Inner {
                 .open_day
                 .map_or(buckets::floor(m, DAY), |d| d.max(buckets::floor(m, DAY)));
             let mut open = st.open_quarters()?;
-            for q in new_q {
-                match open.binary_search_by_key(&q.0, |b| b.0) {
-                    Ok(k) => open[k].1 = open[k].1.combine(&q.1),
-                    Err(k) => open.insert(k, q),
-                }
-            }
+            buckets::combine_into(&mut open, &new_q);
             let split = open.partition_point(|b| b.0 < open_day);
             let mut rbatch = sled::Batch::default();
             self.add_quarters(id, &open[..split], &mut rbatch)?;
@@ -1730,16 +1691,7 @@ impl Engine {
         if lo < hi {
             let hi_key = chunk_key(id, hi.min(crate::time::MAX_TIMESTAMP + 1));
             if q.order == Order::Asc {
-                let start = match self
-                    .inner
-                    .chunks
-                    .range(chunk_key(id, 0)..=chunk_key(id, lo))
-                    .next_back()
-                {
-                    Some(kv) => kv?.0.to_vec(),
-                    None => chunk_key(id, lo).to_vec(),
-                };
-                for kv in self.inner.chunks.range(start..hi_key.to_vec()) {
+                for kv in self.inner.chunks_overlapping(id, lo, hi)? {
                     let s = codec::decode(&self.inner.chunk_bytes(&kv?.1)?)?;
                     for i in s.index_range(lo, hi) {
                         out.push(s.point(i));
