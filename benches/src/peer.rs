@@ -52,6 +52,21 @@ pub fn line_batches(
     out
 }
 
+/// Sends SIGTERM, waits up to 30 s, then kills.
+fn stop_child(child: &mut Child) -> Result<()> {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
 /// A VictoriaMetrics process on 127.0.0.1 with its data in a given directory.
 pub struct Victoria {
     /// The process.
@@ -111,19 +126,7 @@ impl Victoria {
 
     /// Stops it with SIGTERM and waits.
     pub fn stop(mut self) -> Result<()> {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
+        stop_child(&mut self.child)
     }
 }
 
@@ -222,19 +225,7 @@ impl Influx {
 
     /// Stops it with SIGTERM and waits.
     pub fn stop(mut self) -> Result<()> {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
+        stop_child(&mut self.child)
     }
 }
 

@@ -90,18 +90,6 @@ const GET_PARAMS: &[&str] = &[
 /// Points per page while streaming CSV.
 const CSV_PAGE: usize = 10_000;
 
-/// CSV columns of a raw point.
-const CSV_HEADER: [&str; 8] = [
-    "id",
-    "stream_id",
-    "timestamp",
-    "server_timestamp",
-    "value",
-    "quality",
-    "location",
-    "description",
-];
-
 fn csv_rows(
     path: &str,
     ty: meterstream_storage::StreamType,
@@ -111,30 +99,29 @@ fn csv_rows(
     let h = meterstream_storage::point::stable_hash(path);
     crate::csv_export::rows(points.iter().map(|p| {
         let e = p.extras.as_deref();
-        let value = match &p.value {
-            meterstream_storage::Value::Text(t) => t.clone(),
-            v => match v.to_json(ty) {
-                serde_json::Value::String(s) => s,
-                j => j.to_string(),
-            },
-        };
-        [
-            meterstream_storage::point::point_id_hashed(h, p.timestamp).to_string(),
-            path.to_string(),
-            meterstream_storage::time::format_iso(p.timestamp),
-            meterstream_storage::time::format_iso(p.server_timestamp),
-            value,
-            e.and_then(|e| e.quality)
-                .map(|q| q.to_string())
-                .unwrap_or_default(),
-            e.and_then(|e| e.location.clone()).unwrap_or_default(),
-            e.and_then(|e| e.description.clone()).unwrap_or_default(),
-        ]
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| fields.has(*i))
-        .map(|(_, c)| c)
-        .collect::<Vec<String>>()
+        // Only the selected columns are computed (ids and times cost a formatting each).
+        (0..wire::POINT_FIELDS.len())
+            .filter(|i| fields.has(*i))
+            .map(|i| match i {
+                0 => meterstream_storage::point::point_id_hashed(h, p.timestamp).to_string(),
+                1 => path.to_string(),
+                2 => meterstream_storage::time::format_iso(p.timestamp),
+                3 => meterstream_storage::time::format_iso(p.server_timestamp),
+                4 => match &p.value {
+                    meterstream_storage::Value::Text(t) => t.clone(),
+                    v => match v.to_json(ty) {
+                        serde_json::Value::String(s) => s,
+                        j => j.to_string(),
+                    },
+                },
+                5 => e
+                    .and_then(|e| e.quality)
+                    .map(|q| q.to_string())
+                    .unwrap_or_default(),
+                6 => e.and_then(|e| e.location.clone()).unwrap_or_default(),
+                _ => e.and_then(|e| e.description.clone()).unwrap_or_default(),
+            })
+            .collect::<Vec<String>>()
     }))
 }
 
@@ -165,7 +152,7 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let (first, next, ty) = web::block(move || -> Result<_, ApiError> {
             let ty = st2.store.stream(&path2)?.meta.stream_type;
             let page = st2.store.history(&path2, &q2)?;
-            let header: Vec<&str> = CSV_HEADER
+            let header: Vec<&str> = wire::POINT_FIELDS
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| fields.has(*i))

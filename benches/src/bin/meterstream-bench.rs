@@ -292,57 +292,15 @@ fn ingest(a: IngestArgs) -> Result<()> {
     let raw_ms = median(lat);
     // The whole hour of one stream (3,600 points), following cursors, to compare with a peer
     // that answers it in one request.
-    let mut lat_all = Vec::new();
-    for _ in 0..a.query_runs {
-        let t = Instant::now();
-        let mut n = 0;
-        let mut cursor = String::new();
-        loop {
-            let v: serde_json::Value = client
-                .get(format!(
-                    "{}/ws/v1/streams/history/{stream}?start_time={}&end_time={}{cursor}",
-                    srv.url,
-                    now - 3_600_000,
-                    now
-                ))
-                .send()?
-                .json()?;
-            n += v["count"].as_u64().unwrap_or(0);
-            match v["cursor"].as_str() {
-                Some(c) => cursor = format!("&cursor={c}"),
-                None => break,
-            }
-        }
-        lat_all.push(t.elapsed().as_secs_f64() * 1000.0);
+    // The whole hour, following cursors: Digi's full points, then only the fields a chart needs.
+    let hour = |extra: &str| -> Result<()> {
+        let q = format!("start_time={}&end_time={now}{extra}", now - 3_600_000);
+        let n = history_count(&client, &srv.url, &stream, &q)?;
         ensure!(n == a.seconds.min(3600) as u64, "whole hour: {n} points");
-    }
-    let raw_all_ms = median(lat_all);
-    // The same with only the fields a chart needs.
-    let mut lat_tv = Vec::new();
-    for _ in 0..a.query_runs {
-        let t = Instant::now();
-        let mut n = 0;
-        let mut cursor = String::new();
-        loop {
-            let v: serde_json::Value = client
-                .get(format!(
-                    "{}/ws/v1/streams/history/{stream}?start_time={}&end_time={}&fields=timestamp,value{cursor}",
-                    srv.url,
-                    now - 3_600_000,
-                    now
-                ))
-                .send()?
-                .json()?;
-            n += v["count"].as_u64().unwrap_or(0);
-            match v["cursor"].as_str() {
-                Some(c) => cursor = format!("&cursor={c}"),
-                None => break,
-            }
-        }
-        lat_tv.push(t.elapsed().as_secs_f64() * 1000.0);
-        ensure!(n == a.seconds.min(3600) as u64, "whole hour: {n} points");
-    }
-    let raw_tv_ms = median(lat_tv);
+        Ok(())
+    };
+    let raw_all_ms = timed(a.query_runs, || hour(""))?;
+    let raw_tv_ms = timed(a.query_runs, || hour("&fields=timestamp,value"))?;
     let rollups = rollup_queries(&client, &srv.url, &fleet, &a, start_ms, now)?;
     let latest = latest_queries(&client, &srv.url, &fleet, &a)?;
     let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
@@ -402,6 +360,28 @@ fn ingest(a: IngestArgs) -> Result<()> {
             .with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// Points of a history read with query `q`, following cursors.
+fn history_count(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    stream: &str,
+    q: &str,
+) -> Result<u64> {
+    let mut n = 0;
+    let mut cursor = String::new();
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("{url}/ws/v1/streams/history/{stream}?{q}{cursor}"))
+            .send()?
+            .json()?;
+        n += v["count"].as_u64().unwrap_or(0);
+        match v["cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return Ok(n),
+        }
+    }
 }
 
 /// One line per figure: meterstream, VictoriaMetrics, and their ratio (for throughput, VM over
