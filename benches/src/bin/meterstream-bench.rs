@@ -386,120 +386,145 @@ fn history_count(
 
 /// One line per figure: meterstream, VictoriaMetrics, and their ratio (for throughput, VM over
 /// us, so that below 1.0 is always better for meterstream).
+/// A line of the comparison: figure, meterstream's JSON path, the peers' JSON path, scale,
+/// whether higher is better.
+type Row = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    f64,
+    bool,
+);
+
 fn comparison_table(f: &serde_json::Value) -> String {
-    let num = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
-    let peer = |v: &serde_json::Value, hourly: &str| -> Vec<f64> {
-        vec![
-            num(&v["points_per_second"]),
-            num(&v["server_cpu_seconds_per_million_points"]),
-            num(&v["rss_bytes_after_ingest"]) / 1e6,
-            num(&v["bytes_per_point"]),
-            num(&v["raw_history_whole_hour_median_ms"]),
-            num(&v["raw_history_whole_hour_median_ms"]),
-            num(&v["rollups"]["hourly_one_stream_whole_span_median_ms"][hourly]),
-            num(&v["rollups"]["one_meter_12_streams_1m_average_day_median_ms"]),
-            num(&v["rollups"]["fleet_active_power_15m_average_per_stream_median_ms"]),
-            num(&v["rollups"]["fleet_active_power_15m_average_sum_median_ms"]),
-            num(&v["latest"]["latest_value_one_gateway_median_ms"]),
-            num(&v["latest"]["latest_value_every_stream_median_ms"]),
-        ]
-    };
-    let vm = peer(&f["victoria_metrics"], "avg");
-    let ifx = peer(&f["influxdb"], "mean");
-    let v = &f["victoria_metrics"];
-    let rows: Vec<(&str, f64, f64, bool)> = vec![
+    // (figure, meterstream's JSON path, the peers' JSON path, scale, whether higher is better).
+    // In the peers' paths "@" stands for the hourly method's name, which differs per peer.
+    let rows: [Row; 12] = [
         (
             "ingest, points/s",
-            num(&f["points_per_second"]),
-            num(&v["points_per_second"]),
+            &["points_per_second"],
+            &["points_per_second"],
+            1.0,
             true,
         ),
         (
             "server CPU-s per M points",
-            num(&f["server_cpu_seconds_per_million_points"]),
-            num(&v["server_cpu_seconds_per_million_points"]),
+            &["server_cpu_seconds_per_million_points"],
+            &["server_cpu_seconds_per_million_points"],
+            1.0,
             false,
         ),
         (
             "resident memory, MB",
-            num(&f["rss_bytes_after_ingest"]) / 1e6,
-            num(&v["rss_bytes_after_ingest"]) / 1e6,
+            &["rss_bytes_after_ingest"],
+            &["rss_bytes_after_ingest"],
+            1e-6,
             false,
         ),
         (
             "bytes per point",
-            num(&f["bytes_per_point"]),
-            num(&v["bytes_per_point"]),
+            &["bytes_per_point"],
+            &["bytes_per_point"],
+            1.0,
             false,
         ),
         (
             "raw history, whole hour, ms",
-            num(&f["raw_history_whole_hour_all_pages_median_ms"]),
-            num(&v["raw_history_whole_hour_median_ms"]),
+            &["raw_history_whole_hour_all_pages_median_ms"],
+            &["raw_history_whole_hour_median_ms"],
+            1.0,
             false,
         ),
         (
             "raw history, whole hour, timestamp+value, ms",
-            num(&f["raw_history_whole_hour_timestamp_value_all_pages_median_ms"]),
-            num(&v["raw_history_whole_hour_median_ms"]),
+            &["raw_history_whole_hour_timestamp_value_all_pages_median_ms"],
+            &["raw_history_whole_hour_median_ms"],
+            1.0,
             false,
         ),
         (
             "hourly rollup, one stream (average), ms",
-            num(&f["rollups"]["hourly_one_stream_whole_span"]["average"]["client_ms"]),
-            num(&v["rollups"]["hourly_one_stream_whole_span_median_ms"]["avg"]),
+            &[
+                "rollups",
+                "hourly_one_stream_whole_span",
+                "average",
+                "client_ms",
+            ],
+            &["rollups", "hourly_one_stream_whole_span_median_ms", "@"],
+            1.0,
             false,
         ),
         (
             "1m averages, one meter's 12 streams, ms",
-            num(&f["rollups"]["one_meter_12_streams_1m_average_day"]["client_ms"]),
-            num(&v["rollups"]["one_meter_12_streams_1m_average_day_median_ms"]),
+            &[
+                "rollups",
+                "one_meter_12_streams_1m_average_day",
+                "client_ms",
+            ],
+            &["rollups", "one_meter_12_streams_1m_average_day_median_ms"],
+            1.0,
             false,
         ),
         (
             "15m averages, fleet, per stream, ms",
-            num(&f["rollups"]["fleet_active_power_15m_average_per_stream_all_pages"]["client_ms"]),
-            num(&v["rollups"]["fleet_active_power_15m_average_per_stream_median_ms"]),
+            &[
+                "rollups",
+                "fleet_active_power_15m_average_per_stream_all_pages",
+                "client_ms",
+            ],
+            &[
+                "rollups",
+                "fleet_active_power_15m_average_per_stream_median_ms",
+            ],
+            1.0,
             false,
         ),
         (
             "15m averages, fleet, sum, ms",
-            num(&f["rollups"]["fleet_active_power_15m_average_sum"]["client_ms"]),
-            num(&v["rollups"]["fleet_active_power_15m_average_sum_median_ms"]),
+            &["rollups", "fleet_active_power_15m_average_sum", "client_ms"],
+            &["rollups", "fleet_active_power_15m_average_sum_median_ms"],
+            1.0,
             false,
         ),
         (
             "latest value, one gateway, ms",
-            num(&f["latest"]["latest_value_one_gateway"]["client_ms"]),
-            num(&v["latest"]["latest_value_one_gateway_median_ms"]),
+            &["latest", "latest_value_one_gateway", "client_ms"],
+            &["latest", "latest_value_one_gateway_median_ms"],
+            1.0,
             false,
         ),
         (
             "latest value, every stream, ms",
-            num(&f["latest"]["latest_value_every_stream_all_pages"]["client_ms"]),
-            num(&v["latest"]["latest_value_every_stream_median_ms"]),
+            &["latest", "latest_value_every_stream_all_pages", "client_ms"],
+            &["latest", "latest_value_every_stream_median_ms"],
+            1.0,
             false,
         ),
     ];
+    let at = |v: &serde_json::Value, path: &[&str], hourly: &str| -> f64 {
+        path.iter()
+            .fold(v, |v, k| &v[if *k == "@" { hourly } else { k }])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let peers = [(&f["victoria_metrics"], "avg"), (&f["influxdb"], "mean")];
     let mut out = format!(
-        "{:<42} {:>14} {:>16} {:>7} {:>14} {:>7}\n",
+        "{:<46} {:>14} {:>16} {:>7} {:>16} {:>7}\n",
         "figure (client-measured)", "meterstream", "VictoriaMetrics", "ratio", "InfluxDB", "ratio"
     );
-    for (i, (name, us, _, higher_is_better)) in rows.into_iter().enumerate() {
-        let ratio = |them: f64| {
-            if higher_is_better {
+    for (name, ours, theirs, scale, higher_is_better) in rows {
+        let us = at(f, ours, "") * scale;
+        out.push_str(&format!("{name:<46} {us:>14.3}"));
+        for (p, hourly) in peers {
+            let them = at(p, theirs, hourly) * scale;
+            let ratio = if higher_is_better {
                 them / us
             } else {
                 us / them
-            }
-        };
-        out.push_str(&format!(
-            "{name:<42} {us:>14.3} {:>16.3} {:>7.2} {:>14.3} {:>7.2}\n",
-            vm[i],
-            ratio(vm[i]),
-            ifx[i],
-            ratio(ifx[i])
-        ));
+            };
+            out.push_str(&format!(" {them:>16.3} {ratio:>7.2}"));
+        }
+        out.push('\n');
     }
     out.push_str(
         "ratio: meterstream's cost over the peer's (below 1.00 is better for meterstream)\n",
