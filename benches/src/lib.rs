@@ -5,9 +5,11 @@
 //! - [`workload`]: the standard smart-meter workload, generated deterministically.
 //! - [`batch`]: the workload as compact MessagePack batches.
 //! - [`server`]: starting and measuring a server process.
-//! - [`peer`]: VictoriaMetrics, the peer measured in the same run.
+//! - [`peer`]: VictoriaMetrics and InfluxDB, the peers measured in the same run.
+//! - [`chart`]: SVG charts of the results.
 
 pub mod batch;
+pub mod chart;
 pub mod peer;
 pub mod server;
 pub mod workload;

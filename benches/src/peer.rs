@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 /// Line-protocol batches of the workload, in the same order and sizes as [`crate::batch::build`]:
 /// one line per meter and second, `meter,gw=<gateway>,dev=<meter> voltage_l1=231.02,... <unix s>`.
+/// Each batch goes to `emit` as soon as it is written.
 pub fn line_batches(
     fleet: &mut Fleet,
     meters_per_gateway: usize,
     start_ms: i64,
     seconds: usize,
     batch_points: usize,
-) -> Vec<Vec<u8>> {
+    emit: &mut dyn FnMut(Vec<u8>) -> Result<()>,
+) -> Result<()> {
     let meters = fleet.meters();
     let gateways = meters.div_ceil(meters_per_gateway);
     let window = (batch_points / (meters_per_gateway * 12)).max(1);
@@ -30,7 +32,6 @@ pub fn line_batches(
             )
         })
         .collect();
-    let mut out = Vec::new();
     let mut s = 0;
     while s < seconds {
         let w = window.min(seconds - s);
@@ -46,10 +47,46 @@ pub fn line_batches(
                 let _ = writeln!(line, " {}", t / 1000);
             });
         }
-        out.extend(per_gw.into_iter().map(String::into_bytes));
+        for b in per_gw {
+            emit(b.into_bytes())?;
+        }
         s += w;
     }
-    out
+    Ok(())
+}
+
+/// The peers' programs and the Debian packages that install them.
+const VICTORIA: (&str, &str) = ("victoria-metrics", "victoria-metrics");
+const INFLUXD: (&str, &str) = ("influxd", "influxdb");
+
+/// Where `program` is installed.
+fn find_bin(program: &str) -> Option<String> {
+    ["/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| format!("{d}/{program}"))
+        .find(|p| Path::new(p).exists())
+}
+
+fn install_hint(packages: &[&str]) -> String {
+    format!(
+        "not installed: {}. Install with: sudo apt-get update && sudo apt-get install -y {}",
+        packages.join(", "),
+        packages.join(" ")
+    )
+}
+
+/// Fails, naming every missing package and how to install it, unless both peers are installed.
+pub fn check_installed() -> Result<()> {
+    let missing: Vec<&str> = [VICTORIA, INFLUXD]
+        .iter()
+        .filter(|(program, _)| find_bin(program).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", install_hint(&missing))
+    }
 }
 
 /// Sends SIGTERM, waits up to 30 s, then kills.
@@ -78,13 +115,7 @@ pub struct Victoria {
 impl Victoria {
     /// Starts `victoria-metrics` (Debian package `victoria-metrics`) and waits for `/health`.
     pub fn start(data: &Path) -> Result<Victoria> {
-        let bin = [
-            "/usr/bin/victoria-metrics",
-            "/usr/local/bin/victoria-metrics",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("victoria-metrics is not installed: apt-get install victoria-metrics")?;
+        let bin = find_bin(VICTORIA.0).context(install_hint(&[VICTORIA.1]))?;
         let port = crate::server::free_port()?;
         let url = format!("http://127.0.0.1:{port}");
         let child = Command::new(bin)
@@ -151,10 +182,7 @@ pub struct Influx {
 impl Influx {
     /// Starts `influxd` (Debian package `influxdb`), waits for `/ping`, creates database `bench`.
     pub fn start(data: &Path) -> Result<Influx> {
-        let bin = ["/usr/bin/influxd", "/usr/local/bin/influxd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("influxd is not installed: apt-get install influxdb")?;
+        let bin = find_bin(INFLUXD.0).context(install_hint(&[INFLUXD.1]))?;
         let (port, rpc) = (crate::server::free_port()?, crate::server::free_port()?);
         let url = format!("http://127.0.0.1:{port}");
         let child = Command::new(bin)

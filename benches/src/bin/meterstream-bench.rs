@@ -4,6 +4,7 @@
 
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
+use meterstream_bench::batch::{BatchFile, BatchFileWriter};
 use meterstream_bench::server::{dir_bytes, ServerProcess};
 use meterstream_bench::{batch, workload::Fleet};
 use std::path::PathBuf;
@@ -22,8 +23,224 @@ struct Cli {
 enum Cmd {
     /// Ingest the standard workload and measure.
     Ingest(IngestArgs),
+    /// The side-by-side comparison with VictoriaMetrics and InfluxDB: the standard workload (or a
+    /// scaled one) into all three, the table on stderr, JSON and an SVG chart in `--out`.
+    Compare(CompareArgs),
+    /// The comparison at several fleet sizes and spans, with JSON and SVG charts of how each
+    /// figure changes, in `--out`.
+    Scaling(ScalingArgs),
     /// Act as gateways: post live readings of simulated meters every second.
     Simulate(SimulateArgs),
+}
+
+#[derive(Parser)]
+struct CompareArgs {
+    #[command(flatten)]
+    run: IngestArgs,
+    /// Where the JSON and the chart go.
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+}
+
+#[derive(Parser)]
+struct ScalingArgs {
+    #[command(flatten)]
+    run: IngestArgs,
+    /// Fleet sizes (meters), each over `--seconds`.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,3000,10000")]
+    fleets: Vec<usize>,
+    /// Spans (seconds), each with `--span-meters` meters.
+    #[arg(long, value_delimiter = ',', default_value = "3600,86400,604800")]
+    spans: Vec<usize>,
+    /// Meters for the span runs.
+    #[arg(long, default_value_t = 100)]
+    span_meters: usize,
+    /// Where the JSON and the charts go.
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+}
+
+/// The workload sizes the comparison is made for.
+const METERS: std::ops::RangeInclusive<usize> = 100..=10_000;
+const SPAN: std::ops::RangeInclusive<usize> = 3_600..=7 * 86_400;
+
+fn check_scale(meters: usize, seconds: usize) -> Result<()> {
+    ensure!(
+        METERS.contains(&meters),
+        "--meters {meters}: the comparison is made for 100 to 10,000 meters"
+    );
+    ensure!(
+        SPAN.contains(&seconds),
+        "--seconds {seconds}: the comparison is made for spans of 1 hour (3600) to 7 days (604800)"
+    );
+    Ok(())
+}
+
+/// `compare-<meters>m-<span>`, e.g. `compare-1000m-1h`.
+fn run_name(a: &IngestArgs) -> String {
+    let span = if a.seconds % 86_400 == 0 {
+        format!("{}d", a.seconds / 86_400)
+    } else if a.seconds % 3_600 == 0 {
+        format!("{}h", a.seconds / 3_600)
+    } else {
+        format!("{}s", a.seconds)
+    };
+    format!("compare-{}m-{span}", a.meters)
+}
+
+/// Runs one comparison and writes `<name>.json` and `<name>.svg` into `out`.
+fn compare_once(a: &IngestArgs, out: &std::path::Path) -> Result<serde_json::Value> {
+    use meterstream_bench::chart::{ratio_chart, Ratio};
+    check_scale(a.meters, a.seconds)?;
+    meterstream_bench::peer::check_installed()?;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let mut figures = measure(a)?;
+    let rows = comparison(&figures);
+    eprintln!("{}", comparison_table(&rows));
+    figures["comparison"] = rows
+        .iter()
+        .map(|r| {
+            let mut o = serde_json::json!({"figure": r.figure, "meterstream": r.ours});
+            for (name, them, ratio) in &r.peers {
+                o[*name] = serde_json::json!({"value": them, "ratio": ratio});
+            }
+            o
+        })
+        .collect();
+    let name = run_name(a);
+    let json = out.join(format!("{name}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&figures)?)
+        .with_context(|| json.display().to_string())?;
+    let title = format!(
+        "meterstream vs peers: {} meters, {} s, batches of {} points (2-core run)",
+        a.meters, a.seconds, a.batch
+    );
+    let ratios: Vec<Ratio> = rows
+        .iter()
+        .map(|r| Ratio {
+            figure: r.figure.to_string(),
+            ratios: r
+                .peers
+                .iter()
+                .map(|(n, _, q)| (n.to_string(), *q))
+                .collect(),
+        })
+        .collect();
+    let svg = out.join(format!("{name}.svg"));
+    ratio_chart(&svg, &title, &ratios)?;
+    eprintln!("wrote {} and {}", json.display(), svg.display());
+    Ok(figures)
+}
+
+fn compare(mut c: CompareArgs) -> Result<()> {
+    c.run.peer = true;
+    let figures = compare_once(&c.run, &c.out)?;
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    Ok(())
+}
+
+/// The figures a scaling chart shows, by their names in [`comparison`].
+const SCALING_FIGURES: [&str; 9] = [
+    "ingest, points/s",
+    "server CPU-s per M points",
+    "resident memory, MB",
+    "bytes per point",
+    "raw history, whole hour, ms",
+    "hourly rollup, one stream (average), ms",
+    "1m averages, one meter's 12 streams, ms",
+    "15m averages, fleet, per stream, ms",
+    "latest value, every stream, ms",
+];
+
+fn scaling(c: ScalingArgs) -> Result<()> {
+    use meterstream_bench::chart::{scaling_chart, Panel};
+    for m in &c.fleets {
+        check_scale(*m, c.run.seconds)?;
+    }
+    for s in &c.spans {
+        check_scale(c.span_meters, *s)?;
+    }
+    let mut all = serde_json::Map::new();
+    let series = [
+        ("fleet", "meters", c.fleets.clone(), None),
+        ("span", "span, hours", c.spans.clone(), Some(c.span_meters)),
+    ];
+    for (kind, x_desc, xs, span_meters) in series {
+        let mut runs = Vec::new();
+        for x in &xs {
+            let mut a = c.run.clone();
+            a.peer = true;
+            match span_meters {
+                None => a.meters = *x,
+                Some(m) => (a.meters, a.seconds) = (m, *x),
+            }
+            eprintln!("== {kind}: {} meters, {} s", a.meters, a.seconds);
+            runs.push(compare_once(&a, &c.out)?);
+        }
+        let tables: Vec<Vec<Compared>> = runs.iter().map(comparison).collect();
+        let panels: Vec<Panel> = SCALING_FIGURES
+            .iter()
+            .map(|fig| {
+                let pick = |t: &[Compared]| {
+                    t.iter()
+                        .find(|r| r.figure == *fig)
+                        .map(|r| (r.ours, r.peers.clone()))
+                };
+                let mut lines = vec![("meterstream".to_string(), Vec::new())];
+                for (name, _, _) in PEERS {
+                    lines.push((name.to_string(), Vec::new()));
+                }
+                for t in &tables {
+                    let Some((ours, peers)) = pick(t) else {
+                        continue;
+                    };
+                    lines[0].1.push(ours);
+                    for (i, (_, them, _)) in peers.iter().enumerate() {
+                        lines[i + 1].1.push(*them);
+                    }
+                }
+                Panel {
+                    figure: fig.to_string(),
+                    lines,
+                }
+            })
+            .collect();
+        let xs_f: Vec<f64> = xs
+            .iter()
+            .map(|x| {
+                if span_meters.is_some() {
+                    *x as f64 / 3600.0
+                } else {
+                    *x as f64
+                }
+            })
+            .collect();
+        let title = match span_meters {
+            None => format!(
+                "scaling with the fleet ({} s of data; 2-core run)",
+                c.run.seconds
+            ),
+            Some(m) => format!("scaling with the span ({m} meters; 2-core run)"),
+        };
+        let svg = c.out.join(format!("scaling-{kind}.svg"));
+        scaling_chart(&svg, &title, x_desc, &xs_f, &panels, 3)?;
+        eprintln!("wrote {}", svg.display());
+        all.insert(
+            kind.into(),
+            serde_json::json!({
+                "x": xs,
+                "figures": panels.iter().map(|p| serde_json::json!({
+                    "figure": p.figure,
+                    "stores": p.lines.iter().map(|(n, v)| (n.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let json = c.out.join("scaling.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&all)?)
+        .with_context(|| json.display().to_string())?;
+    eprintln!("wrote {}", json.display());
+    Ok(())
 }
 
 #[derive(Parser)]
@@ -86,7 +303,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     }
 }
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 struct IngestArgs {
     /// The server binary.
     #[arg(long, default_value = "target/release/meterstream-server")]
@@ -124,6 +341,10 @@ struct IngestArgs {
     server_args: Vec<String>,
 }
 
+/// The page size the benchmark asks for: meterstream's largest, so that a query is one request
+/// where it fits, as it is for the peers (Digi's default of 1,000 is measured separately).
+const PAGE: usize = 100_000;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -132,7 +353,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Posts every batch to `url` over `connections` concurrent connections, each taking the next
 /// unsent batch; fails on the first answer that is not 2xx.
 fn send_all(
-    batches: &Arc<Vec<Vec<u8>>>,
+    batches: &Arc<BatchFile>,
     connections: usize,
     url: &str,
     content_type: &str,
@@ -152,13 +373,13 @@ fn send_all(
                 .build()?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(b) = batches.get(i) else {
+                let Some(b) = batches.get(i)? else {
                     return Ok(());
                 };
                 let r = client
                     .post(&url)
                     .header("content-type", &ct)
-                    .body(b.clone())
+                    .body(b)
                     .send()?;
                 // 207 means some points were refused: a failure for a benchmark.
                 let ok = r.status().is_success() && r.status().as_u16() != 207;
@@ -186,45 +407,87 @@ fn newest_point(
         .json()?)
 }
 
+/// The wire format a workload is generated in.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    /// Compact MessagePack, meterstream's.
+    MessagePack,
+    /// InfluxDB line protocol, the peers'.
+    Lines,
+}
+
+/// The workload of `a` over `seconds` up to `now`, generated into a file at `path` before
+/// anything is measured. One format is on disk at a time, so that even the largest fleet's
+/// batches stay in the page cache while they are sent.
+fn generate(
+    a: &IngestArgs,
+    path: &std::path::Path,
+    format: Format,
+    now: i64,
+) -> Result<Arc<BatchFile>> {
+    let start_ms = now - a.seconds as i64 * 1000;
+    let points = (a.meters * 12 * a.seconds) as f64;
+    let t = Instant::now();
+    let mut w = BatchFileWriter::create(path)?;
+    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    let mut emit = |b: Vec<u8>| w.push(&b);
+    let (mpg, secs, batch) = (a.meters_per_gateway, a.seconds, a.batch);
+    match format {
+        Format::MessagePack => batch::generate(&mut fleet, mpg, start_ms, secs, batch, &mut emit)?,
+        Format::Lines => meterstream_bench::peer::line_batches(
+            &mut fleet, mpg, start_ms, secs, batch, &mut emit,
+        )?,
+    }
+    let f = w.finish()?;
+    eprintln!(
+        "{} x {} s = {:.1} M points: {} batches, {:.1} MB of {} ({:.2} B/pt), generated in {:.1} s",
+        a.meters,
+        a.seconds,
+        points / 1e6,
+        f.len(),
+        f.bytes() as f64 / 1e6,
+        if format == Format::Lines {
+            "line protocol"
+        } else {
+            "MessagePack"
+        },
+        f.bytes() as f64 / points,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Arc::new(f))
+}
+
 fn ingest(a: IngestArgs) -> Result<()> {
+    let figures = measure(&a)?;
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    if a.peer {
+        eprintln!("{}", comparison_table(&comparison(&figures)));
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| p.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs the workload of `a` against meterstream and, with `a.peer`, against both peers, and
+/// returns every figure.
+fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
-    let dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().join("data"));
     let now = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64)
         / 1000
         * 1000;
     let start_ms = now - a.seconds as i64 * 1000;
-    eprintln!("generating {} meters x {} s ...", a.meters, a.seconds);
-    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
-    // Spans longer than a day are generated and sent a day at a time (bounded memory); the
-    // ingest rate then includes the generation pauses and is not comparable.
-    let day = 86_400usize;
-    let first_part = a.seconds.min(day);
-    let batches = Arc::new(batch::build(
-        &mut fleet,
-        a.meters_per_gateway,
-        start_ms,
-        first_part,
-        a.batch,
-    ));
     let points = (a.meters * 12 * a.seconds) as f64;
-    let body_bytes: usize = batches.iter().map(|b| b.len()).sum();
-    eprintln!(
-        "{} batches, {:.1} MB of MessagePack ({:.2} B/pt on the wire){}",
-        batches.len(),
-        body_bytes as f64 / 1e6,
-        body_bytes as f64 / (a.meters * 12 * first_part) as f64,
-        if a.seconds > day {
-            ", the first day of the span"
-        } else {
-            ""
-        }
-    );
-
+    let batches_path = tmp.path().join("batches");
+    let batches = generate(a, &batches_path, Format::MessagePack, now)?;
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("data"));
+    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let extra: Vec<&str> = a.server_args.iter().map(String::as_str).collect();
     let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
     let cpu0 = srv.cpu_seconds()?;
@@ -235,26 +498,6 @@ fn ingest(a: IngestArgs) -> Result<()> {
         &format!("{}/ws/v1/streams/history", srv.url),
         "application/msgpack",
     )?;
-    drop(batches);
-    let mut sent = first_part;
-    while sent < a.seconds {
-        let part = (a.seconds - sent).min(day);
-        let more = Arc::new(batch::build(
-            &mut fleet,
-            a.meters_per_gateway,
-            start_ms + sent as i64 * 1000,
-            part,
-            a.batch,
-        ));
-        send_all(
-            &more,
-            a.connections,
-            &format!("{}/ws/v1/streams/history", srv.url),
-            "application/msgpack",
-        )?;
-        sent += part;
-        eprintln!("sent {} of {} days", sent / day, a.seconds.div_ceil(day));
-    }
     // Acknowledged means applied: the last point of a stream is queryable now.
     let client = reqwest::blocking::Client::new();
     let probe = fleet.stream_path(a.meters - 1, 11);
@@ -299,10 +542,15 @@ fn ingest(a: IngestArgs) -> Result<()> {
         ensure!(n == a.seconds.min(3600) as u64, "whole hour: {n} points");
         Ok(())
     };
-    let raw_all_ms = timed(a.query_runs, || hour(""))?;
-    let raw_tv_ms = timed(a.query_runs, || hour("&fields=timestamp,value"))?;
-    let rollups = rollup_queries(&client, &srv.url, &fleet, &a, start_ms, now)?;
-    let latest = latest_queries(&client, &srv.url, &fleet, &a)?;
+    // Digi's pages of 1,000 (four requests), then one page (meterstream takes `size` up to
+    // 100,000), then one page of only the fields a chart needs.
+    let raw_digi_pages_ms = timed(a.query_runs, || hour(""))?;
+    let raw_all_ms = timed(a.query_runs, || hour(&format!("&size={PAGE}")))?;
+    let raw_tv_ms = timed(a.query_runs, || {
+        hour(&format!("&size={PAGE}&fields=timestamp,value"))
+    })?;
+    let rollups = rollup_queries(&client, &srv.url, &fleet, a, start_ms, now)?;
+    let latest = latest_queries(&client, &srv.url, &fleet, a)?;
     let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
     let metric = |name: &str| -> f64 {
         metrics
@@ -337,7 +585,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
         "disk_bytes_settled": disk_settled,
         "bytes_per_point": disk_settled as f64 / points,
         "raw_history_last_hour_median_ms": raw_ms,
-                "raw_history_whole_hour_all_pages_median_ms": raw_all_ms,
+                "raw_history_whole_hour_digi_pages_median_ms": raw_digi_pages_ms,
+        "raw_history_whole_hour_all_pages_median_ms": raw_all_ms,
         "raw_history_whole_hour_timestamp_value_all_pages_median_ms": raw_tv_ms,
                 "rollups": rollups,
         "latest": latest,
@@ -347,19 +596,22 @@ fn ingest(a: IngestArgs) -> Result<()> {
         "records_per_sync": frames_per_sync,
     });
     let mut figures = figures;
+    drop(batches);
     if a.peer {
-        figures["victoria_metrics"] = victoria(&a, start_ms, now, points)?;
-        figures["influxdb"] = influx(&a, start_ms, now, points)?;
+        let lines = generate(a, &batches_path, Format::Lines, now)?;
+        figures["victoria_metrics"] = victoria(a, &lines, start_ms, now, points)?;
+        figures["influxdb"] = influx(a, &lines, start_ms, now, points)?;
     }
-    println!("{}", serde_json::to_string_pretty(&figures)?);
-    if a.peer {
-        eprintln!("{}", comparison_table(&figures));
-    }
-    if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&figures)?)
-            .with_context(|| p.display().to_string())?;
-    }
-    Ok(())
+    figures["workload"] = serde_json::json!({
+        "meters": a.meters,
+        "meters_per_gateway": a.meters_per_gateway,
+        "streams": a.meters * 12,
+        "seconds": a.seconds,
+        "batch_points": a.batch,
+        "connections": a.connections,
+        "query_runs": a.query_runs,
+    });
+    Ok(figures)
 }
 
 /// Points of a history read with query `q`, following cursors.
@@ -396,10 +648,25 @@ type Row = (
     bool,
 );
 
-fn comparison_table(f: &serde_json::Value) -> String {
+/// One figure side by side: meterstream's value, and each peer's (name, value, ratio), where
+/// the ratio is meterstream's cost over the peer's (for throughput, the peer's rate over ours),
+/// so that below 1.0 is always better for meterstream.
+struct Compared {
+    figure: &'static str,
+    ours: f64,
+    peers: Vec<(&'static str, f64, f64)>,
+}
+
+/// The peers in the figures' JSON: (name, key, name of their hourly `average` method).
+const PEERS: [(&str, &str, &str); 2] = [
+    ("VictoriaMetrics", "victoria_metrics", "avg"),
+    ("InfluxDB", "influxdb", "mean"),
+];
+
+fn comparison(f: &serde_json::Value) -> Vec<Compared> {
     // (figure, meterstream's JSON path, the peers' JSON path, scale, whether higher is better).
     // In the peers' paths "@" stands for the hourly method's name, which differs per peer.
-    let rows: [Row; 12] = [
+    let rows: [Row; 13] = [
         (
             "ingest, points/s",
             &["points_per_second"],
@@ -431,6 +698,13 @@ fn comparison_table(f: &serde_json::Value) -> String {
         (
             "raw history, whole hour, ms",
             &["raw_history_whole_hour_all_pages_median_ms"],
+            &["raw_history_whole_hour_median_ms"],
+            1.0,
+            false,
+        ),
+        (
+            "raw history, whole hour, 4 pages of 1,000, ms",
+            &["raw_history_whole_hour_digi_pages_median_ms"],
             &["raw_history_whole_hour_median_ms"],
             1.0,
             false,
@@ -507,21 +781,40 @@ fn comparison_table(f: &serde_json::Value) -> String {
             .as_f64()
             .unwrap_or(f64::NAN)
     };
-    let peers = [(&f["victoria_metrics"], "avg"), (&f["influxdb"], "mean")];
-    let mut out = format!(
-        "{:<46} {:>14} {:>16} {:>7} {:>16} {:>7}\n",
-        "figure (client-measured)", "meterstream", "VictoriaMetrics", "ratio", "InfluxDB", "ratio"
-    );
-    for (name, ours, theirs, scale, higher_is_better) in rows {
-        let us = at(f, ours, "") * scale;
-        out.push_str(&format!("{name:<46} {us:>14.3}"));
-        for (p, hourly) in peers {
-            let them = at(p, theirs, hourly) * scale;
-            let ratio = if higher_is_better {
-                them / us
-            } else {
-                us / them
-            };
+    rows.iter()
+        .map(|(figure, ours, theirs, scale, higher_is_better)| {
+            let us = at(f, ours, "") * scale;
+            let peers = PEERS
+                .iter()
+                .map(|(name, key, hourly)| {
+                    let them = at(&f[*key], theirs, hourly) * scale;
+                    let ratio = if *higher_is_better {
+                        them / us
+                    } else {
+                        us / them
+                    };
+                    (*name, them, ratio)
+                })
+                .collect();
+            Compared {
+                figure,
+                ours: us,
+                peers,
+            }
+        })
+        .collect()
+}
+
+/// The comparison as the table the command prints.
+fn comparison_table(rows: &[Compared]) -> String {
+    let mut out = format!("{:<46} {:>14}", "figure (client-measured)", "meterstream");
+    for (name, _, _) in PEERS {
+        out.push_str(&format!(" {name:>16} {:>7}", "ratio"));
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&format!("{:<46} {:>14.3}", r.figure, r.ours));
+        for (_, them, ratio) in &r.peers {
             out.push_str(&format!(" {them:>16.3} {ratio:>7.2}"));
         }
         out.push('\n');
@@ -578,7 +871,7 @@ fn rollup_rows(
     loop {
         let r = client
             .get(format!(
-                "{url}/ws/v1/streams/rollups/{path}?{query}{cursor}"
+                "{url}/ws/v1/streams/rollups/{path}?size={PAGE}&{query}{cursor}"
             ))
             .send()?;
         ensure!(r.status().is_success(), "{path}?{query}: {}", r.status());
@@ -689,7 +982,7 @@ fn inventory_rows(
     let mut srv = 0.0;
     let mut cursor: Option<String> = None;
     loop {
-        let mut req = client.get(format!("{url}/ws/v1/streams/inventory"));
+        let mut req = client.get(format!("{url}/ws/v1/streams/inventory?size={PAGE}"));
         if let Some(q) = query {
             req = req.query(&[("query", q)]);
         }
@@ -827,33 +1120,26 @@ fn victoria_rollups(
 }
 
 /// The same workload into InfluxDB 1.x, measured the same way; queries in InfluxQL.
-fn influx(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serde_json::Value> {
-    use meterstream_bench::peer::{line_batches, Influx};
-    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+fn influx(
+    a: &IngestArgs,
+    lines: &Arc<BatchFile>,
+    start_ms: i64,
+    now: i64,
+    points: f64,
+) -> Result<serde_json::Value> {
+    use meterstream_bench::peer::Influx;
+    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("influx");
     let db = Influx::start(&dir)?;
     let cpu0 = db.cpu_seconds()?;
     let started = Instant::now();
-    let day = 86_400usize;
-    let mut sent = 0;
-    while sent < a.seconds {
-        let part = (a.seconds - sent).min(day);
-        let batches = Arc::new(line_batches(
-            &mut fleet,
-            a.meters_per_gateway,
-            start_ms + sent as i64 * 1000,
-            part,
-            a.batch,
-        ));
-        send_all(
-            &batches,
-            a.connections,
-            &format!("{}/write?db=bench&precision=s", db.url),
-            "text/plain",
-        )?;
-        sent += part;
-    }
+    send_all(
+        lines,
+        a.connections,
+        &format!("{}/write?db=bench&precision=s", db.url),
+        "text/plain",
+    )?;
     let client = reqwest::blocking::Client::new();
     let m = a.meters - 1;
     let (gw, dev) = (fleet.gateway_id(m), fleet.meter_name(m));
@@ -962,23 +1248,22 @@ fn influx(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serde_
 }
 
 /// The same workload into VictoriaMetrics, measured the same way.
-fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serde_json::Value> {
-    use meterstream_bench::peer::{line_batches, Victoria};
-    let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
-    let batches = Arc::new(line_batches(
-        &mut fleet,
-        a.meters_per_gateway,
-        start_ms,
-        a.seconds,
-        a.batch,
-    ));
+fn victoria(
+    a: &IngestArgs,
+    lines: &Arc<BatchFile>,
+    start_ms: i64,
+    now: i64,
+    points: f64,
+) -> Result<serde_json::Value> {
+    use meterstream_bench::peer::Victoria;
+    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("vm");
     let vm = Victoria::start(&dir)?;
     let cpu0 = vm.cpu_seconds()?;
     let started = Instant::now();
     send_all(
-        &batches,
+        lines,
         a.connections,
         &format!("{}/write", vm.url),
         "text/plain",
@@ -1062,6 +1347,8 @@ fn victoria(a: &IngestArgs, start_ms: i64, now: i64, points: f64) -> Result<serd
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Ingest(a) => ingest(a),
+        Cmd::Compare(c) => compare(c),
+        Cmd::Scaling(c) => scaling(c),
         Cmd::Simulate(a) => simulate(a),
     }
 }

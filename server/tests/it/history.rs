@@ -112,7 +112,7 @@ fn bad_parameters_are_400_naming_the_parameter() {
     load(&s, "h/b", 3);
     for (q, name) in [
         ("size=0", "size"),
-        ("size=1001", "size"),
+        ("size=100001", "size"),
         ("size=ten", "size"),
         ("order=up", "order"),
         ("timeline=gps", "timeline"),
@@ -255,4 +255,26 @@ fn fields_select_what_each_point_answers() {
     assert_eq!(st, 400);
     let m = error_message(&v, 400);
     assert!(m.contains("fields") && m.contains("colour"), "{m}");
+}
+
+#[test]
+fn a_page_may_hold_more_than_digis_thousand_points() {
+    let s = TestServer::start();
+    load(&s, "h/big", 2500);
+    // Without `size` a page holds Digi's 1,000.
+    let (_, v) = s.get_json("/ws/v1/streams/history/h/big");
+    assert_eq!(v["count"], 1000);
+    assert!(v["cursor"].is_string());
+    // One page of all 2,500, in order, with no cursor after it.
+    let (st, v) = s.get_json("/ws/v1/streams/history/h/big?size=100000&fields=timestamp,value");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["count"], 2500);
+    assert_eq!(v["size"], 100000);
+    assert!(v.get("cursor").is_none());
+    let ts = ts_of(&v);
+    assert_eq!(
+        ts,
+        (0..2500).map(|i| 1_000_000 + i * 1000).collect::<Vec<_>>()
+    );
+    assert_eq!(v["list"][2499]["value"], 2499.0);
 }
