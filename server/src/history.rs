@@ -180,9 +180,14 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let info = st2.store.stream(&path)?;
         let page = st2.store.history(&path, &q)?;
         let ty = info.meta.stream_type;
-        let items = wire::points(&path, ty, &page.items, fields);
-        serde_json::to_vec(&wire::ListOut::new(items, limit, page.next))
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        Ok(wire::points_page(
+            &path,
+            ty,
+            &page.items,
+            fields,
+            limit,
+            page.next,
+        ))
     })
     .await??;
     Ok(HttpResponse::Ok()

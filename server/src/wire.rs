@@ -7,7 +7,7 @@
 //! `"value", "timestamp", "server_timestamp"` (and `"quality", "location"` when set).
 
 use meterstream_storage::point::{point_id_hashed, stable_hash};
-use meterstream_storage::time::format_iso;
+use meterstream_storage::time::{format_iso, IsoFormatter};
 use meterstream_storage::{Cursor, DataPoint, StreamInfo, StreamType, Value};
 use serde::Serialize;
 use serde_json::{Map, Value as J};
@@ -59,27 +59,6 @@ impl Fields {
     }
 }
 
-/// A point of `stream` (of type `ty`), serialized straight to JSON without building a map.
-#[derive(Serialize)]
-pub struct PointOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_timestamp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<ValueOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quality: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    location: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<&'a str>,
-}
-
 /// A value as JSON for its stream type (see [`Value::to_json`]), without intermediate maps.
 pub struct ValueOut<'a> {
     value: &'a Value,
@@ -103,39 +82,119 @@ impl Serialize for ValueOut<'_> {
     }
 }
 
-/// Points of one stream, ready to serialize, with the `fields` selected.
-pub fn points<'a>(
-    stream: &'a str,
+/// A page of points of one stream in Digi's list envelope, `{"count", "size", "cursor",
+/// "list"}`, written straight into bytes: the same JSON as serializing [`PointOut`]s in a
+/// [`ListOut`], without a String per timestamp and id or escaping of the field names (a page
+/// holds up to 100,000 points).
+pub fn points_page(
+    stream: &str,
     ty: StreamType,
-    points: &'a [DataPoint],
+    points: &[DataPoint],
     fields: Fields,
-) -> Vec<PointOut<'a>> {
+    size: usize,
+    next: Option<Cursor>,
+) -> Vec<u8> {
+    use std::io::Write;
+    let per_point = if fields == Fields::ALL { 220 } else { 64 };
+    let mut out = Vec::with_capacity(64 + points.len() * per_point);
     let h = stable_hash(stream);
-    points
-        .iter()
-        .map(|p| point(stream, h, ty, p, fields))
-        .collect()
+    // Writing to a Vec cannot fail; serde_json writes what it is given or a string.
+    let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
+    let stream_json = serde_json::to_string(stream).unwrap_or_default();
+    let _ = write!(out, "{{\"count\":{},\"size\":{size}", points.len());
+    if let Some(c) = next {
+        out.extend_from_slice(b",\"cursor\":");
+        json(&mut out, &c.encode());
+    }
+    out.extend_from_slice(b",\"list\":[");
+    let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let mut iso = IsoFormatter::default();
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut sep = b'{';
+        let mut key = |out: &mut Vec<u8>, name: &str| {
+            out.push(sep);
+            sep = b',';
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
+        let mut time = |out: &mut Vec<u8>, ms: i64| match iso.format(ms) {
+            Some(text) => {
+                out.push(b'"');
+                out.extend_from_slice(text);
+                out.push(b'"');
+            }
+            None => json(out, &format_iso(ms)),
+        };
+        let e = p.extras.as_deref();
+        if fields.has(0) {
+            key(&mut out, "id");
+            let id = point_id_hashed(h, p.timestamp);
+            out.push(b'"');
+            out.extend_from_slice(id.hyphenated().encode_lower(&mut id_buf).as_bytes());
+            out.push(b'"');
+        }
+        if fields.has(1) {
+            key(&mut out, "stream_id");
+            out.extend_from_slice(stream_json.as_bytes());
+        }
+        if fields.has(2) {
+            key(&mut out, "timestamp");
+            time(&mut out, p.timestamp);
+        }
+        if fields.has(3) {
+            key(&mut out, "server_timestamp");
+            time(&mut out, p.server_timestamp);
+        }
+        if fields.has(4) {
+            key(&mut out, "value");
+            json(
+                &mut out,
+                &ValueOut {
+                    value: &p.value,
+                    ty,
+                },
+            );
+        }
+        if let Some(q) = e.and_then(|e| e.quality).filter(|_| fields.has(5)) {
+            key(&mut out, "quality");
+            let _ = write!(out, "{q}");
+        }
+        if let Some(l) = e
+            .and_then(|e| e.location.as_deref())
+            .filter(|_| fields.has(6))
+        {
+            key(&mut out, "location");
+            json(&mut out, &l);
+        }
+        if let Some(d) = e
+            .and_then(|e| e.description.as_deref())
+            .filter(|_| fields.has(7))
+        {
+            key(&mut out, "description");
+            json(&mut out, &d);
+        }
+        // A point with no field selected is `{}`.
+        out.extend_from_slice(if sep == b'{' { b"{}" } else { b"}" });
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
-/// A point of `stream` (whose [`stable_hash`] is `h`, of type `ty`), ready to serialize.
-fn point<'a>(stream: &'a str, h: u64, ty: StreamType, p: &'a DataPoint, f: Fields) -> PointOut<'a> {
-    let e = p.extras.as_deref();
-    PointOut {
-        id: f
-            .has(0)
-            .then(|| point_id_hashed(h, p.timestamp).to_string()),
-        stream_id: f.has(1).then_some(stream),
-        timestamp: f.has(2).then(|| format_iso(p.timestamp)),
-        server_timestamp: f.has(3).then(|| format_iso(p.server_timestamp)),
-        value: f.has(4).then_some(ValueOut {
-            value: &p.value,
-            ty,
-        }),
-        quality: e.and_then(|e| e.quality).filter(|_| f.has(5)),
-        location: e.and_then(|e| e.location.as_deref()).filter(|_| f.has(6)),
-        description: e
-            .and_then(|e| e.description.as_deref())
-            .filter(|_| f.has(7)),
+mod erased {
+    /// Something serde_json can write into a byte buffer.
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            // Serializing strings, numbers and our own types into a Vec does not fail.
+            let _ = serde_json::to_writer(out, self);
+        }
     }
 }
 
@@ -239,4 +298,162 @@ pub fn list(items: Vec<J>, size: usize, next: Option<Cursor>) -> J {
     }
     m.insert("list".into(), J::Array(items));
     J::Object(m)
+}
+
+#[cfg(test)]
+mod reference {
+    //! The point shape as plain serde, to check [`super::points_page`] against.
+    use super::*;
+
+    /// A point of `stream` (of type `ty`), serialized straight to JSON without building a map.
+    #[derive(Serialize)]
+    pub(super) struct PointOut<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timestamp: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server_timestamp: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<ValueOut<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quality: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        location: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<&'a str>,
+    }
+
+    /// Points of one stream, ready to serialize, with the `fields` selected.
+    pub(super) fn points<'a>(
+        stream: &'a str,
+        ty: StreamType,
+        points: &'a [DataPoint],
+        fields: Fields,
+    ) -> Vec<PointOut<'a>> {
+        let h = stable_hash(stream);
+        points
+            .iter()
+            .map(|p| point(stream, h, ty, p, fields))
+            .collect()
+    }
+
+    /// A point of `stream` (whose [`stable_hash`] is `h`, of type `ty`), ready to serialize.
+    fn point<'a>(
+        stream: &'a str,
+        h: u64,
+        ty: StreamType,
+        p: &'a DataPoint,
+        f: Fields,
+    ) -> PointOut<'a> {
+        let e = p.extras.as_deref();
+        PointOut {
+            id: f
+                .has(0)
+                .then(|| point_id_hashed(h, p.timestamp).to_string()),
+            stream_id: f.has(1).then_some(stream),
+            timestamp: f.has(2).then(|| format_iso(p.timestamp)),
+            server_timestamp: f.has(3).then(|| format_iso(p.server_timestamp)),
+            value: f.has(4).then_some(ValueOut {
+                value: &p.value,
+                ty,
+            }),
+            quality: e.and_then(|e| e.quality).filter(|_| f.has(5)),
+            location: e.and_then(|e| e.location.as_deref()).filter(|_| f.has(6)),
+            description: e
+                .and_then(|e| e.description.as_deref())
+                .filter(|_| f.has(7)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterstream_storage::point::Extras;
+
+    #[test]
+    fn the_page_writer_answers_exactly_what_serde_would() {
+        let extras = |q: Option<i32>, l: Option<&str>, d: Option<&str>| {
+            Some(Box::new(Extras {
+                quality: q,
+                location: l.map(String::from),
+                description: d.map(String::from),
+            }))
+        };
+        let pts = [
+            DataPoint {
+                timestamp: 1_700_000_000_123,
+                server_timestamp: 1_700_000_000_500,
+                value: Value::Float(230.25),
+                extras: None,
+            },
+            DataPoint {
+                timestamp: 1_700_000_001_000,
+                server_timestamp: 1_700_000_001_000,
+                value: Value::Float(5.0),
+                extras: extras(
+                    Some(-3),
+                    Some("42.1,23.3,550"),
+                    Some("tab\there \"quoted\" \u{e9}\u{1F600}"),
+                ),
+            },
+            DataPoint {
+                timestamp: 0,
+                server_timestamp: meterstream_storage::time::MAX_TIMESTAMP,
+                value: Value::Float(f64::NAN),
+                extras: extras(None, None, Some("")),
+            },
+            DataPoint {
+                timestamp: 86_400_000,
+                server_timestamp: 86_400_001,
+                value: Value::Int(-7),
+                extras: extras(Some(0), None, None),
+            },
+            DataPoint {
+                timestamp: 2,
+                server_timestamp: 3,
+                value: Value::Text("\"x\"\\".into()),
+                extras: None,
+            },
+            DataPoint {
+                timestamp: 4,
+                server_timestamp: 5,
+                value: Value::Float(f64::INFINITY),
+                extras: None,
+            },
+        ];
+        let cursor = Some(Cursor::Client {
+            order: meterstream_storage::Order::Asc,
+            ts: 1_700_000_001_000,
+        });
+        for ty in [
+            StreamType::Double,
+            StreamType::Long,
+            StreamType::String,
+            StreamType::Json,
+        ] {
+            for mask in [
+                0xFFu8, 0, 1, 2, 4, 8, 16, 32, 64, 128, 0b10100, 0b11100000, 0b01011011,
+            ] {
+                let f = Fields(mask);
+                for (n, next) in [(pts.len(), None), (3, cursor.clone())] {
+                    let want = serde_json::to_vec(&ListOut::new(
+                        reference::points("gw/m\"/v", ty, &pts[..n], f),
+                        1000,
+                        next.clone(),
+                    ))
+                    .unwrap();
+                    let got = points_page("gw/m\"/v", ty, &pts[..n], f, 1000, next);
+                    assert_eq!(
+                        String::from_utf8(got).unwrap(),
+                        String::from_utf8(want).unwrap(),
+                        "{ty:?} {mask:#b}"
+                    );
+                }
+            }
+        }
+    }
 }
