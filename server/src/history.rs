@@ -85,6 +85,7 @@ const GET_PARAMS: &[&str] = &[
     "timeline",
     "format",
     "fields",
+    "layout",
 ];
 
 /// Points per page while streaming CSV.
@@ -138,7 +139,14 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     let timeline = p.timeline()?;
     let csv = crate::csv_export::wanted(&req, p.take("format")?.as_deref())?;
     let fields = wire::Fields::parse(p.take("fields")?.as_deref())?;
+    let layout = wire::Layout::parse(p.take("layout")?.as_deref())?;
     p.finish(GET_PARAMS)?;
+    if csv && layout == wire::Layout::Columns {
+        return Err(ApiError::param(
+            "layout",
+            "CSV has one layout (a row per point); layout=columns is for JSON",
+        ));
+    }
     let q = HistoryQuery {
         from,
         to,
@@ -180,14 +188,11 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         let info = st2.store.stream(&path)?;
         let page = st2.store.history(&path, &q)?;
         let ty = info.meta.stream_type;
-        Ok(wire::points_page(
-            &path,
-            ty,
-            &page.items,
-            fields,
-            limit,
-            page.next,
-        ))
+        let write = match layout {
+            wire::Layout::Rows => wire::points_page,
+            wire::Layout::Columns => wire::points_columns,
+        };
+        Ok(write(&path, ty, &page.items, fields, limit, page.next))
     })
     .await??;
     Ok(HttpResponse::Ok()

@@ -184,6 +184,108 @@ pub fn points_page(
     out
 }
 
+/// How a history page lays out its points: Digi's list of point objects, or one array per
+/// field (meterstream's addition, for charts: uPlot and most plotting code take columns, and
+/// a client parses a few arrays of numbers far faster than thousands of small objects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `{"list": [{"timestamp": ..., "value": ...}, ...]}` (the default).
+    Rows,
+    /// `{"columns": {"timestamp": [ms, ...], "value": [...]}}`, times as epoch milliseconds.
+    Columns,
+}
+
+impl Layout {
+    /// Parses `layout=rows|columns` (default rows).
+    pub fn parse(s: Option<&str>) -> Result<Layout, crate::error::ApiError> {
+        match s {
+            None | Some("rows") => Ok(Layout::Rows),
+            Some("columns") => Ok(Layout::Columns),
+            Some(o) => Err(crate::error::ApiError::param(
+                "layout",
+                format!("{o:?} is not rows or columns"),
+            )),
+        }
+    }
+}
+
+/// A page of points of one stream as columns: `{"count", "size", "cursor", "columns": {field:
+/// [...]}}` with one array per selected field, in [`POINT_FIELDS`] order. Times are epoch
+/// milliseconds; an optional field a point lacks is `null`.
+pub fn points_columns(
+    stream: &str,
+    ty: StreamType,
+    points: &[DataPoint],
+    fields: Fields,
+    size: usize,
+    next: Option<Cursor>,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(96 + points.len() * 24);
+    let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
+    let _ = write!(out, "{{\"count\":{},\"size\":{size}", points.len());
+    if let Some(c) = next {
+        out.extend_from_slice(b",\"cursor\":");
+        json(&mut out, &c.encode());
+    }
+    out.extend_from_slice(b",\"columns\":{");
+    let h = stable_hash(stream);
+    let stream_json = serde_json::to_string(stream).unwrap_or_default();
+    let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let mut first_column = true;
+    for (f, name) in POINT_FIELDS
+        .iter()
+        .enumerate()
+        .filter(|(f, _)| fields.has(*f))
+    {
+        if !first_column {
+            out.push(b',');
+        }
+        first_column = false;
+        let _ = write!(out, "\"{name}\":[");
+        for (i, p) in points.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let e = p.extras.as_deref();
+            let _ = match f {
+                0 => {
+                    let id = point_id_hashed(h, p.timestamp);
+                    write!(out, "\"{}\"", id.hyphenated().encode_lower(&mut id_buf))
+                }
+                1 => out.write_all(stream_json.as_bytes()),
+                2 => write!(out, "{}", p.timestamp),
+                3 => write!(out, "{}", p.server_timestamp),
+                4 => {
+                    json(
+                        &mut out,
+                        &ValueOut {
+                            value: &p.value,
+                            ty,
+                        },
+                    );
+                    Ok(())
+                }
+                5 => match e.and_then(|e| e.quality) {
+                    Some(q) => write!(out, "{q}"),
+                    None => out.write_all(b"null"),
+                },
+                6 => {
+                    json(&mut out, &e.and_then(|e| e.location.as_deref()));
+                    Ok(())
+                }
+                _ => {
+                    json(&mut out, &e.and_then(|e| e.description.as_deref()));
+                    Ok(())
+                }
+            };
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
 mod erased {
     /// Something serde_json can write into a byte buffer.
     pub trait Json {
@@ -446,12 +548,51 @@ mod tests {
                         next.clone(),
                     ))
                     .unwrap();
-                    let got = points_page("gw/m\"/v", ty, &pts[..n], f, 1000, next);
+                    let got = points_page("gw/m\"/v", ty, &pts[..n], f, 1000, next.clone());
                     assert_eq!(
                         String::from_utf8(got).unwrap(),
-                        String::from_utf8(want).unwrap(),
+                        String::from_utf8(want.clone()).unwrap(),
                         "{ty:?} {mask:#b}"
                     );
+                    // The columns hold the same values, field by field, times as epoch ms.
+                    let cols: J = serde_json::from_slice(&points_columns(
+                        "gw/m\"/v",
+                        ty,
+                        &pts[..n],
+                        f,
+                        1000,
+                        next,
+                    ))
+                    .unwrap();
+                    let rows: J = serde_json::from_slice(&want).unwrap();
+                    assert_eq!(cols["count"], rows["count"]);
+                    assert_eq!(cols["cursor"], rows["cursor"]);
+                    // Columns in the order of POINT_FIELDS (the parsed map sorts its keys).
+                    let text =
+                        String::from_utf8(points_columns("gw/m\"/v", ty, &pts[..n], f, 1000, None))
+                            .unwrap();
+                    let wanted: Vec<&str> = (0..8)
+                        .filter(|i| f.has(*i))
+                        .map(|i| POINT_FIELDS[i])
+                        .collect();
+                    let at: Vec<usize> = wanted
+                        .iter()
+                        .map(|w| text.find(&format!("\"{w}\":[")).unwrap())
+                        .collect();
+                    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+                    assert_eq!(cols["columns"].as_object().unwrap().len(), wanted.len());
+                    for name in wanted {
+                        let col = cols["columns"][name].as_array().unwrap();
+                        assert_eq!(col.len(), n);
+                        for (i, row) in rows["list"].as_array().unwrap().iter().enumerate() {
+                            let want = match name {
+                                "timestamp" => J::from(pts[i].timestamp),
+                                "server_timestamp" => J::from(pts[i].server_timestamp),
+                                _ => row.get(name).cloned().unwrap_or(J::Null),
+                            };
+                            assert_eq!(col[i], want, "{name} of point {i}, {ty:?} {mask:#b}");
+                        }
+                    }
                 }
             }
         }

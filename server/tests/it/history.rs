@@ -278,3 +278,39 @@ fn a_page_may_hold_more_than_digis_thousand_points() {
     );
     assert_eq!(v["list"][2499]["value"], 2499.0);
 }
+
+#[test]
+fn columns_layout_answers_one_array_per_field() {
+    let s = TestServer::start();
+    load(&s, "h/col", 1500);
+    let (st, v) = s.get_json(
+        "/ws/v1/streams/history/h/col?layout=columns&fields=timestamp,value&size=1000&start_time=1000500",
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["count"], 1000);
+    assert!(v.get("list").is_none());
+    let ts = v["columns"]["timestamp"].as_array().unwrap();
+    let vals = v["columns"]["value"].as_array().unwrap();
+    assert_eq!(ts.len(), 1000);
+    assert_eq!(ts[0], 1_001_000);
+    assert_eq!(vals[0], 1.0);
+    assert_eq!(ts[999], 2_000_000);
+    assert_eq!(vals[999], 1000.0);
+    assert_eq!(v["columns"].as_object().unwrap().len(), 2);
+    // The cursor pages on exactly as with rows.
+    let c = v["cursor"].as_str().unwrap();
+    let (_, v) = s.get_json(&format!(
+        "/ws/v1/streams/history/h/col?layout=columns&fields=value&cursor={c}&start_time=1000500"
+    ));
+    assert_eq!(v["count"], 499);
+    assert_eq!(v["columns"]["value"][0], 1001.0);
+    assert!(v.get("cursor").is_none());
+    for (q, name) in [
+        ("layout=wide", "layout"),
+        ("layout=columns&format=csv", "layout"),
+    ] {
+        let (st, v) = s.get_json(&format!("/ws/v1/streams/history/h/col?{q}"));
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(error_message(&v, 400).contains(name), "{q}: {v}");
+    }
+}
