@@ -7,14 +7,32 @@ use meterstream_storage::Engine;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-/// mimalloc instead of glibc malloc: the store allocates on request threads and frees on its apply
-/// thread, which left about 80 MB of fragmented arenas with glibc after the standard ingest.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// glibc's malloc keeps memory freed by another thread than the one that allocated it (the store
+/// allocates on request threads and frees on its apply thread) in its arenas, and large query
+/// answers leave freed pages behind. Once a second this hands free pages back to the OS.
+/// Measured on the standard workload (benches/RESULTS.md): resident memory after ingest 283 MB
+/// with mimalloc, 183 MB with glibc, and after the queries 326 / 322 MB without trimming.
+/// The one `unsafe` of the workspace (whose lints deny it elsewhere): a call into libc.
+#[allow(unsafe_code)]
+fn return_free_memory_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            // SAFETY: malloc_trim only releases free memory; glibc locks its arenas itself.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|e| tracing::warn!("cannot start the malloc-trim thread: {e}"));
+}
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(&Args::parse())?;
+    return_free_memory_periodically();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -66,7 +66,7 @@ fn list_with_query_size_cursor_and_order() {
     let (st, v) = s.get_json("/ws/v1/streams/inventory?query=colour%20%3D%20%27red%27");
     assert_eq!(st, 400);
     assert!(error_message(&v, 400).contains("colour"));
-    let (st, v) = s.get_json("/ws/v1/streams/inventory?size=2000");
+    let (st, v) = s.get_json("/ws/v1/streams/inventory?size=100001");
     assert_eq!(st, 400);
     assert!(error_message(&v, 400).contains("size"), "{v}");
     // The current value is part of each stream.
