@@ -5,32 +5,37 @@
 //! Cells are UTC-aligned: `start % grid == 0`. Every rollup boundary of today's zones lies on the
 //! 15-minute grid (`docs/rollups.md`), so an interval is the merge of the cells it covers.
 //!
-//! Encoding (integers are LEB128 varints, `z` = zigzag first):
+//! Encoding (integers are LEB128 varints, `z` = zigzag first; `ints` is a column of n integers
+//! in the smallest of three forms: one value for all, n zvarints, or the zigzagged values bit
+//! packed at the width of the largest, see `codec::put_ints`):
 //!
 //! ```text
-//! u8      format (2)
+//! u8      format (3)
 //! varint  n (≥ 1)
-//! zvarint first start / grid;  n-1 × varint start delta / grid
-//! n × varint   count
-//! n × zvarint  (first_ts - start) minus the previous bucket's      -- 0 for regular series
-//! n × zvarint  (last_ts - first_ts) minus the previous bucket's
+//! zvarint first start / grid;  ints of n-1 start deltas / grid
+//! ints    count
+//! ints    (first_ts - start) minus the previous bucket's      -- 0 for regular series
+//! ints    (last_ts - first_ts) minus the previous bucket's
 //! u8 0, u8 e   values are decimals: integers at 10^e
-//!     n × zvarint first - previous bucket's last;  n × zvarint last - first
-//!     n × zvarint first - min;  n × zvarint max - first
-//!     u8 0, n × zvarint sum - count × first   (the exact decimal sum)  | u8 1, column
+//!     ints first - previous bucket's last;  ints last - first
+//!     ints first - min;  ints max - first
+//!     u8 0, ints sum - count × first   (the exact decimal sum)  | u8 1, column
 //!     column increase
 //! | u8 1  columns sum, min, max, first, last, increase
 //! n × f32 m2                                                        -- 7 significant digits
-//! column: u8 e (0..=9), n × zvarint delta of round(x · 10^e)  -- when that gives x back
+//! column: u8 e (0..=9), ints of the deltas of round(x · 10^e)  -- when that gives x back
 //!       | u8 255, n × 8-byte LE bits
 //! ```
+//! Format 2 (still read) is the same with every `ints` as plain varints (zigzag for signed
+//! columns). On the standard workload format 3 takes 0.263 bytes per summarized point against
+//! format 2's 0.317: the count and offset columns of regular series become one value each.
 //!
 //! `mean` is not stored: it is `sum / count` on decoding. On decimal meter data every value is a
 //! small difference from a neighbour in time; `sum` and `increase` are snapped to the values'
 //! decimal resolution (what exact decimal sums give) when that moves them by less than 1e-9
 //! relative. `m2` keeps 7 significant digits: standard deviations to about 1e-7 relative.
 
-use crate::codec::{decimal_exponent, put_varint, put_zvarint, Reader};
+use crate::codec::{decimal_exponent, put_ints, put_varint, put_zvarint, Reader};
 use crate::error::{Result, StorageError};
 use crate::rollup::Summary;
 use crate::series::{Series, Values};
@@ -146,11 +151,16 @@ fn put_column(out: &mut Vec<u8>, col: &[f64], snap_to: Option<u8>) {
             out.push(e);
             let scale = 10f64.powi(e as i32);
             let mut prev = 0i64;
-            for x in col {
-                let i = (x * scale).round() as i64;
-                put_zvarint(out, i.wrapping_sub(prev));
-                prev = i;
-            }
+            let deltas: Vec<i64> = col
+                .iter()
+                .map(|x| {
+                    let i = (x * scale).round() as i64;
+                    let d = i.wrapping_sub(prev);
+                    prev = i;
+                    d
+                })
+                .collect();
+            put_ints(out, &deltas);
         }
         None => {
             out.push(255);
@@ -161,7 +171,7 @@ fn put_column(out: &mut Vec<u8>, col: &[f64], snap_to: Option<u8>) {
     }
 }
 
-fn read_column(r: &mut Reader<'_>, n: usize) -> Result<Vec<f64>> {
+fn read_column(r: &mut Reader<'_>, n: usize, format: u8) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     match r.u8()? {
         255 => {
@@ -172,8 +182,8 @@ fn read_column(r: &mut Reader<'_>, n: usize) -> Result<Vec<f64>> {
         e if e <= 9 => {
             let scale = 10f64.powi(e as i32);
             let mut prev = 0i64;
-            for _ in 0..n {
-                prev = prev.wrapping_add(r.zvarint()?);
+            for d in read_ints(r, n, format, true)? {
+                prev = prev.wrapping_add(d);
                 out.push(prev as f64 / scale);
             }
         }
@@ -187,7 +197,24 @@ fn read_column(r: &mut Reader<'_>, n: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+
+/// `n` integers of a column: format 3 writes them with `put_ints` (constant, varints or bit
+/// packed, whichever is smallest); format 2 wrote plain varints (zigzagged when `signed`).
+fn read_ints(r: &mut Reader<'_>, n: usize, format: u8, signed: bool) -> Result<Vec<i64>> {
+    if format >= 3 {
+        return r.ints(n);
+    }
+    (0..n)
+        .map(|_| {
+            if signed {
+                r.zvarint()
+            } else {
+                r.varint().map(|v| v as i64)
+            }
+        })
+        .collect()
+}
 
 /// The integer that `x` is at `scale` (a power of ten), when `x` is that integer over `scale`
 /// within `tol` relative (0 for exactly, bit for bit).
@@ -213,26 +240,28 @@ pub fn encode(buckets: &[Bucket], grid: i64) -> Vec<u8> {
         return out;
     };
     put_zvarint(&mut out, first.0 / grid);
-    for w in buckets.windows(2) {
-        put_varint(&mut out, ((w[1].0 - w[0].0) / grid) as u64);
-    }
-    for (_, s) in buckets {
-        put_varint(&mut out, s.count);
-    }
+    let ints = |f: &dyn Fn(usize) -> i64| (0..buckets.len()).map(f).collect::<Vec<i64>>();
+    put_ints(
+        &mut out,
+        &ints(&|i| match i {
+            0 => 0,
+            _ => (buckets[i].0 - buckets[i - 1].0) / grid,
+        })[1..],
+    );
+    put_ints(&mut out, &ints(&|i| buckets[i].1.count as i64));
     // Offsets of the first and last points: deltas from the previous bucket's (0 for regular
     // series).
-    let mut prev = 0i64;
-    for (start, s) in buckets {
-        let o = s.first_ts - start;
-        put_zvarint(&mut out, o.wrapping_sub(prev));
-        prev = o;
-    }
-    prev = 0;
-    for (_, s) in buckets {
-        let o = s.last_ts - s.first_ts;
-        put_zvarint(&mut out, o.wrapping_sub(prev));
-        prev = o;
-    }
+    let first_off = |i: usize| buckets[i].1.first_ts - buckets[i].0;
+    let span = |i: usize| buckets[i].1.last_ts - buckets[i].1.first_ts;
+    let prev_or_0 = |f: &dyn Fn(usize) -> i64, i: usize| if i == 0 { 0 } else { f(i - 1) };
+    put_ints(
+        &mut out,
+        &ints(&|i| first_off(i).wrapping_sub(prev_or_0(&first_off, i))),
+    );
+    put_ints(
+        &mut out,
+        &ints(&|i| span(i).wrapping_sub(prev_or_0(&span, i))),
+    );
     let col = |f: fn(&Summary) -> f64| buckets.iter().map(|(_, s)| f(s)).collect::<Vec<f64>>();
     let (min, max, first_v, last_v) = (
         col(|s| s.min),
@@ -253,21 +282,26 @@ pub fn encode(buckets: &[Bucket], grid: i64) -> Vec<u8> {
             out.push(e);
             let scale = 10f64.powi(e as i32);
             let int = |x: f64| scaled(x, scale, 0.0).unwrap_or(0);
-            let mut prev_last = 0i64;
-            for (_, s) in buckets {
-                let f = int(s.first);
-                put_zvarint(&mut out, f.wrapping_sub(prev_last));
-                prev_last = int(s.last);
-            }
-            for (_, s) in buckets {
-                put_zvarint(&mut out, int(s.last).wrapping_sub(int(s.first)));
-            }
-            for (_, s) in buckets {
-                put_zvarint(&mut out, int(s.first).wrapping_sub(int(s.min)));
-            }
-            for (_, s) in buckets {
-                put_zvarint(&mut out, int(s.max).wrapping_sub(int(s.first)));
-            }
+            let v = |i: usize| &buckets[i].1;
+            put_ints(
+                &mut out,
+                &ints(&|i| {
+                    let prev_last = if i == 0 { 0 } else { int(v(i - 1).last) };
+                    int(v(i).first).wrapping_sub(prev_last)
+                }),
+            );
+            put_ints(
+                &mut out,
+                &ints(&|i| int(v(i).last).wrapping_sub(int(v(i).first))),
+            );
+            put_ints(
+                &mut out,
+                &ints(&|i| int(v(i).first).wrapping_sub(int(v(i).min))),
+            );
+            put_ints(
+                &mut out,
+                &ints(&|i| int(v(i).max).wrapping_sub(int(v(i).first))),
+            );
             // sum as the exact decimal sum: its distance from count x first.
             let sums: Option<Vec<i64>> = buckets
                 .iter()
@@ -280,9 +314,7 @@ pub fn encode(buckets: &[Bucket], grid: i64) -> Vec<u8> {
             match sums {
                 Some(d) => {
                     out.push(0);
-                    for x in d {
-                        put_zvarint(&mut out, x);
-                    }
+                    put_ints(&mut out, &d);
                 }
                 None => {
                     out.push(1);
@@ -312,7 +344,8 @@ pub fn encode(buckets: &[Bucket], grid: i64) -> Vec<u8> {
 pub fn decode(buf: &[u8], grid: i64) -> Result<Vec<Bucket>> {
     let mut r = Reader::new(buf, "rollup buckets");
     let bad = |m: &str| StorageError::corrupt("rollup buckets", m.to_string());
-    if r.u8()? != FORMAT {
+    let format = r.u8()?;
+    if !(2..=FORMAT).contains(&format) {
         return Err(bad("unknown format"));
     }
     let n = r.len(1 << 24)?;
@@ -322,24 +355,24 @@ pub fn decode(buf: &[u8], grid: i64) -> Result<Vec<Bucket>> {
     let mut starts = Vec::with_capacity(n);
     let mut t = r.zvarint()?.wrapping_mul(grid);
     starts.push(t);
-    for _ in 1..n {
-        t = t.wrapping_add((r.varint()? as i64).wrapping_mul(grid));
+    for d in read_ints(&mut r, n - 1, format, false)? {
+        t = t.wrapping_add(d.wrapping_mul(grid));
         starts.push(t);
     }
-    let mut counts = Vec::with_capacity(n);
-    for _ in 0..n {
-        counts.push(r.varint()?);
-    }
+    let counts: Vec<u64> = read_ints(&mut r, n, format, false)?
+        .into_iter()
+        .map(|c| c as u64)
+        .collect();
     let mut firsts = Vec::with_capacity(n);
     let mut prev = 0i64;
-    for s in &starts {
-        prev = prev.wrapping_add(r.zvarint()?);
+    for (s, d) in starts.iter().zip(read_ints(&mut r, n, format, true)?) {
+        prev = prev.wrapping_add(d);
         firsts.push(s.wrapping_add(prev));
     }
     let mut lasts = Vec::with_capacity(n);
     prev = 0;
-    for f in &firsts {
-        prev = prev.wrapping_add(r.zvarint()?);
+    for (f, d) in firsts.iter().zip(read_ints(&mut r, n, format, true)?) {
+        prev = prev.wrapping_add(d);
         lasts.push(f.wrapping_add(prev));
     }
     let (sum, min, max, first, last, increase) = match r.u8()? {
@@ -350,14 +383,8 @@ pub fn decode(buf: &[u8], grid: i64) -> Result<Vec<Bucket>> {
             }
             let scale = 10f64.powi(e as i32);
             // first from the previous bucket's last, last from first: rebuilt in order.
-            let mut first_d = Vec::with_capacity(n);
-            for _ in 0..n {
-                first_d.push(r.zvarint()?);
-            }
-            let mut last_d = Vec::with_capacity(n);
-            for _ in 0..n {
-                last_d.push(r.zvarint()?);
-            }
+            let first_d = read_ints(&mut r, n, format, true)?;
+            let last_d = read_ints(&mut r, n, format, true)?;
             let mut fi = Vec::with_capacity(n);
             let mut li = Vec::with_capacity(n);
             let mut prev_last = 0i64;
@@ -368,38 +395,39 @@ pub fn decode(buf: &[u8], grid: i64) -> Result<Vec<Bucket>> {
                 li.push(l);
                 prev_last = l;
             }
-            let mut mn = Vec::with_capacity(n);
-            for f in &fi {
-                mn.push(f.wrapping_sub(r.zvarint()?));
-            }
-            let mut mx = Vec::with_capacity(n);
-            for f in &fi {
-                mx.push(f.wrapping_add(r.zvarint()?));
-            }
+            let mn: Vec<i64> = fi
+                .iter()
+                .zip(read_ints(&mut r, n, format, true)?)
+                .map(|(f, d)| f.wrapping_sub(d))
+                .collect();
+            let mx: Vec<i64> = fi
+                .iter()
+                .zip(read_ints(&mut r, n, format, true)?)
+                .map(|(f, d)| f.wrapping_add(d))
+                .collect();
             let to_f = |v: &[i64]| v.iter().map(|x| *x as f64 / scale).collect::<Vec<f64>>();
             let sum = match r.u8()? {
-                0 => {
-                    let mut out = Vec::with_capacity(n);
-                    for i in 0..n {
-                        let d = r.zvarint()? as i128;
-                        let v = d + counts[i] as i128 * fi[i] as i128;
-                        out.push(v as f64 / scale);
-                    }
-                    out
-                }
-                1 => read_column(&mut r, n)?,
+                0 => read_ints(&mut r, n, format, true)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let v = d as i128 + counts[i] as i128 * fi[i] as i128;
+                        v as f64 / scale
+                    })
+                    .collect(),
+                1 => read_column(&mut r, n, format)?,
                 _ => return Err(bad("unknown sum coding")),
             };
-            let increase = read_column(&mut r, n)?;
+            let increase = read_column(&mut r, n, format)?;
             (sum, to_f(&mn), to_f(&mx), to_f(&fi), to_f(&li), increase)
         }
         1 => (
-            read_column(&mut r, n)?,
-            read_column(&mut r, n)?,
-            read_column(&mut r, n)?,
-            read_column(&mut r, n)?,
-            read_column(&mut r, n)?,
-            read_column(&mut r, n)?,
+            read_column(&mut r, n, format)?,
+            read_column(&mut r, n, format)?,
+            read_column(&mut r, n, format)?,
+            read_column(&mut r, n, format)?,
+            read_column(&mut r, n, format)?,
+            read_column(&mut r, n, format)?,
         ),
         _ => return Err(bad("unknown value coding")),
     };
@@ -440,6 +468,69 @@ pub fn decode(buf: &[u8], grid: i64) -> Result<Vec<Bucket>> {
 mod tests {
     use super::*;
 
+    /// Minute summaries written by format 2 (before integer columns were packed) still read:
+    /// bytes from the format-2 encoder for the points below, with and without a value that
+    /// forces the plain-float columns.
+    #[test]
+    fn format_2_still_decodes() {
+        let pts: Vec<(i64, f64)> = (0..200)
+            .map(|i| {
+                (
+                    1_700_000_000_000 + i * 1000 + (i % 7),
+                    230.0 + ((i * 13) % 17) as f64 / 100.0,
+                )
+            })
+            .chain([(1_700_000_300_000, 1e300)])
+            .collect();
+        let v2_all: &[u8] = &[
+            2, 5, 170, 212, 130, 27, 1, 1, 1, 2, 40, 60, 60, 40, 1, 192, 184, 2, 181, 184, 2, 5, 8,
+            180, 184, 2, 184, 225, 4, 176, 184, 2, 14, 203, 184, 2, 169, 225, 4, 1, 255, 184, 30,
+            133, 235, 145, 249, 193, 64, 53, 51, 51, 51, 115, 246, 202, 64, 144, 194, 245, 40, 92,
+            246, 202, 64, 175, 71, 225, 122, 148, 249, 193, 64, 156, 117, 0, 136, 60, 228, 55, 126,
+            255, 0, 0, 0, 0, 0, 192, 108, 64, 0, 0, 0, 0, 0, 192, 108, 64, 0, 0, 0, 0, 0, 192, 108,
+            64, 0, 0, 0, 0, 0, 192, 108, 64, 156, 117, 0, 136, 60, 228, 55, 126, 255, 133, 235, 81,
+            184, 30, 197, 108, 64, 133, 235, 81, 184, 30, 197, 108, 64, 133, 235, 81, 184, 30, 197,
+            108, 64, 133, 235, 81, 184, 30, 197, 108, 64, 156, 117, 0, 136, 60, 228, 55, 126, 255,
+            0, 0, 0, 0, 0, 192, 108, 64, 51, 51, 51, 51, 51, 195, 108, 64, 195, 245, 40, 92, 143,
+            194, 108, 64, 82, 184, 30, 133, 235, 193, 108, 64, 156, 117, 0, 136, 60, 228, 55, 126,
+            255, 20, 174, 71, 225, 122, 196, 108, 64, 164, 112, 61, 10, 215, 195, 108, 64, 51, 51,
+            51, 51, 51, 195, 108, 64, 41, 92, 143, 194, 245, 192, 108, 64, 156, 117, 0, 136, 60,
+            228, 55, 126, 255, 246, 40, 92, 143, 2, 17, 186, 64, 93, 143, 194, 245, 72, 57, 196,
+            64, 155, 153, 153, 153, 57, 57, 196, 64, 43, 92, 143, 194, 245, 246, 186, 64, 0, 0, 0,
+            0, 0, 0, 0, 0, 157, 157, 204, 61, 85, 119, 18, 62, 52, 30, 18, 62, 26, 110, 192, 61, 0,
+            0, 0, 0,
+        ];
+        let v2_decimal: &[u8] = &[
+            2, 4, 170, 212, 130, 27, 1, 1, 1, 40, 60, 60, 40, 192, 184, 2, 181, 184, 2, 5, 8, 184,
+            225, 4, 176, 184, 2, 14, 203, 184, 2, 0, 2, 176, 231, 2, 7, 7, 7, 28, 4, 4, 5, 0, 20,
+            16, 12, 32, 12, 16, 20, 0, 244, 4, 219, 1, 15, 152, 1, 2, 202, 186, 81, 184, 248, 44,
+            23, 249, 144, 42, 157, 157, 204, 61, 85, 119, 18, 62, 52, 30, 18, 62, 26, 110, 192, 61,
+        ];
+        for (bytes, n) in [(v2_all, 201), (v2_decimal, 200)] {
+            let want = summarize(pts[..n].iter().copied(), MINUTE);
+            let got = decode(bytes, MINUTE).unwrap();
+            assert_eq!(got.len(), want.len());
+            for ((s0, a), (s1, b)) in want.iter().zip(&got) {
+                assert_eq!(s0, s1);
+                assert_eq!(
+                    (a.count, a.first_ts, a.last_ts),
+                    (b.count, b.first_ts, b.last_ts)
+                );
+                assert_eq!(
+                    (a.min, a.max, a.first, a.last),
+                    (b.min, b.max, b.first, b.last)
+                );
+                assert!((a.sum - b.sum).abs() <= 1e-9 * a.sum.abs());
+                assert!((a.m2 - b.m2).abs() <= 1e-6 * a.m2.abs().max(1e-12));
+            }
+            // Format 3 says the same (in more bytes here: a column tag costs a byte, which
+            // a chunk's ~34 minutes repay, but not these four).
+            let v3 = encode(&want, MINUTE);
+            assert_eq!(v3[0], 3);
+            assert_eq!(decode(&v3, MINUTE).unwrap(), got);
+        }
+    }
+
     #[test]
     fn round_trip_and_regrid() {
         let pts: Vec<(i64, f64)> = (0..3000)
@@ -462,8 +553,11 @@ mod tests {
             assert!((a.sum - b.sum).abs() < 1e-9 * a.sum.abs());
             assert!((a.m2 - b.m2).abs() <= 1e-6 * a.m2.abs().max(1e-12));
         }
-        // Compact: well under 1 byte per point of 1-second data.
-        assert!(encode(&mins, MINUTE).len() < 3000 / 2);
+        // Compact: well under 1 byte per point of 1-second data; the count and offset columns
+        // of a regular series are one value each (2 bytes: tag and value).
+        let bytes = encode(&mins, MINUTE);
+        assert!(bytes.len() < 3000 / 2);
+        assert_eq!(bytes[0], FORMAT);
         let quarters = regrid(mins.iter().copied(), QUARTER);
         let direct = summarize(pts.iter().copied(), QUARTER);
         assert_eq!(quarters.len(), direct.len());
