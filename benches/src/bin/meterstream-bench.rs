@@ -175,7 +175,14 @@ fn scaling(c: ScalingArgs) -> Result<()> {
                 Some(m) => (a.meters, a.seconds) = (m, *x),
             }
             eprintln!("== {kind}: {} meters, {} s", a.meters, a.seconds);
-            runs.push(compare_once(&a, &c.out)?);
+            // A failed size is reported and left out of the charts; the others still run.
+            match compare_once(&a, &c.out) {
+                Ok(f) => runs.push(f),
+                Err(e) => {
+                    eprintln!("{kind} at {x}: failed: {e:#}");
+                    runs.push(serde_json::json!({ "error": format!("{e:#}") }));
+                }
+            }
         }
         let tables: Vec<Vec<Compared>> = runs.iter().map(comparison).collect();
         let panels: Vec<Panel> = SCALING_FIGURES
@@ -229,6 +236,7 @@ fn scaling(c: ScalingArgs) -> Result<()> {
             kind.into(),
             serde_json::json!({
                 "x": xs,
+                "errors": runs.iter().map(|r| r.get("error").cloned().unwrap_or_default()).collect::<Vec<_>>(),
                 "figures": panels.iter().map(|p| serde_json::json!({
                     "figure": p.figure,
                     "stores": p.lines.iter().map(|(n, v)| (n.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
