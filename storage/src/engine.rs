@@ -125,10 +125,6 @@ struct StreamState {
     sealed_max: Option<i64>,
     /// The point with the largest timestamp (derived, cached).
     current: Option<DataPoint>,
-    /// The head changed since the last checkpoint.
-    dirty: bool,
-    /// The head as encoded in the last snapshot (reused while it does not change).
-    saved: Option<Arc<[u8]>>,
     /// Server time of the last write, ms.
     last_write: i64,
     /// First UTC day whose sealed quarters are kept here rather than in a day record: every
@@ -149,8 +145,6 @@ impl StreamState {
             head: Head::new(kind, block),
             sealed_max: None,
             current: None,
-            dirty: false,
-            saved: None,
             open_day: None,
             open_q: Vec::new(),
         }
@@ -962,7 +956,6 @@ impl Inner {
             let n = st.head.delete_range(0, m + 1)?;
             self.open_points.fetch_sub(n as u64, AtOrd::Relaxed);
             st.sealed_max = Some(st.sealed_max.map_or(m, |old| old.max(m)));
-            st.dirty = true;
         }
         Ok(())
     }
@@ -1201,7 +1194,6 @@ impl Inner {
                         self.open_points
                             .fetch_sub((before - after) as u64, AtOrd::Relaxed);
                     }
-                    st.dirty = true;
                     st.last_write = *server_ts;
                     n += points.len() as u64;
                 }
@@ -1218,7 +1210,6 @@ impl Inner {
                 let n = from_head as u64 + self.delete_chunks_in(st, *from, *to, false)?;
                 if n > 0 {
                     self.recompute_tail(st)?;
-                    st.dirty = true;
                 }
                 Ok(n)
             }
@@ -1257,7 +1248,6 @@ impl Inner {
                 let n = from_head as u64 + self.delete_chunks_in(st, 0, *raw_before, true)?;
                 if n > 0 {
                     self.recompute_tail(st)?;
-                    st.dirty = true;
                 }
                 self.expire_rollups(*id, *rollups_before)?;
                 Ok(n)
@@ -1266,8 +1256,9 @@ impl Inner {
     }
 
     /// Saves open heads, flushes sled, records `seq` as applied, and returns once that is
-    /// durable. Afterwards the log up to `seq` is no longer needed.
-    fn checkpoint(&self, seq: u64, now: i64) -> Result<()> {
+    /// durable. Afterwards the log up to `seq` is no longer needed. `last`: the clean shutdown's
+    /// checkpoint, whose snapshot is encoded compactly (pco) rather than fast.
+    fn checkpoint(&self, seq: u64, now: i64, last: bool) -> Result<()> {
         let started = Instant::now();
         let idle_ms = self.cfg.idle_seal.as_millis() as i64;
         let mut saved = 0usize;
@@ -1285,33 +1276,28 @@ impl Inner {
             })
             .collect();
         self.seal(&idle, true)?;
-        for shard in self.shards.iter() {
-            let mut sh = shard.lock();
-            for st in sh.streams.values_mut() {
-                if st.dirty {
-                    st.saved = if st.head.is_empty() {
-                        None
+        // Chunks first: the snapshot's heads leave out what is sealed.
+        self.db.flush()?;
+        // Heads change only on this (the apply) thread, so they are read as they are written.
+        crate::snapshot::write(&self.cfg.path, seq, |emit| {
+            for shard in self.shards.iter() {
+                let sh = shard.lock();
+                for st in sh.streams.values() {
+                    if st.head.is_empty() {
+                        continue;
+                    }
+                    let series = st.head.to_series()?;
+                    let bytes = if last {
+                        codec::encode(&series)?
                     } else {
-                        Some(Arc::from(codec::encode(&st.head.to_series()?)?))
+                        codec::encode_with(&series, codec::ValueCodec::Delta)?
                     };
-                    st.dirty = false;
+                    emit(st.rec.id, &bytes)?;
                     saved += 1;
                 }
             }
-        }
-        // Chunks first: the snapshot's heads leave out what is sealed.
-        self.db.flush()?;
-        let mut entries: Vec<(u64, Arc<[u8]>)> = Vec::new();
-        for shard in self.shards.iter() {
-            let sh = shard.lock();
-            entries.extend(
-                sh.streams
-                    .values()
-                    .filter_map(|st| st.saved.clone().map(|b| (st.rec.id, b))),
-            );
-        }
-        crate::snapshot::write(&self.cfg.path, seq, entries.iter().map(|(i, b)| (*i, &**b)))?;
-        drop(entries);
+            Ok(())
+        })?;
         let next = self.registry.read().next_counter;
         self.meta.insert("checkpoint_seq", &seq.to_be_bytes())?;
         self.meta.insert("next_counter", &next.to_be_bytes())?;
@@ -1360,7 +1346,6 @@ impl Inner {
                 if let Some(st) = self.shards[shard_of_id(id)].lock().streams.get_mut(&id) {
                     st.head =
                         Head::from_series(codec::decode(&bytes)?, self.cfg.head_block_points)?;
-                    st.saved = Some(Arc::from(bytes));
                 }
             }
         }
@@ -1373,9 +1358,7 @@ impl Inner {
                 // A chunk sealed after the last checkpoint may already hold points of the saved
                 // head (sealing moves the whole head): those copies in the head are stale.
                 if let Some(m) = st.sealed_max {
-                    if st.head.delete_range(0, m + 1)? > 0 {
-                        st.dirty = true;
-                    }
+                    st.head.delete_range(0, m + 1)?;
                 }
                 open += st.head.len() as u64;
             }
@@ -1440,7 +1423,7 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
         let due = applied > cp_seq
             && (last_cp.elapsed() >= interval || log_grown >= inner.cfg.checkpoint_log_bytes);
         if !failed && (due || (disconnected && applied > cp_seq)) {
-            match inner.checkpoint(applied, crate::time::now_ms()) {
+            match inner.checkpoint(applied, crate::time::now_ms(), disconnected) {
                 Ok(()) => {
                     cp_seq = applied;
                     log_bytes_at_cp = wal.stats.bytes.load(AtOrd::Relaxed);

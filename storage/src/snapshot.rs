@@ -12,8 +12,14 @@
 //!   entries: u64 LE stream id, u32 LE length, chunk bytes (see codec)
 //!   u32 LE   CRC-32 of everything before it
 //! ```
-//! It is written to `heads.snap.tmp`, fsynced, renamed over `heads.snap`, and the directory is
-//! fsynced, so a crash leaves either the old or the new snapshot whole.
+//! It is written to `heads.snap.tmp` entry by entry (the count and the header last), fsynced,
+//! renamed over `heads.snap`, and the directory is fsynced, so a crash leaves either the old or
+//! the new snapshot whole.
+//!
+//! Heads are encoded with the fast delta value codec at periodic checkpoints (about ten times
+//! faster than pco, which mattered: the apply thread waits for a checkpoint, and pco-encoding
+//! every head of 3,000 meters took seconds), and with pco at the last checkpoint of a clean
+//! shutdown, so a stopped store's snapshot is as small as its chunks.
 
 use crate::error::{Result, StorageError};
 use std::fs;
@@ -23,38 +29,57 @@ use std::path::Path;
 const MAGIC: &[u8; 8] = b"MSHEADS1";
 const NAME: &str = "heads.snap";
 
-/// Writes the snapshot of `entries` taken at `seq`, atomically.
-pub(crate) fn write<'a>(
+/// Writes the snapshot taken at `seq`, atomically. `entries` hands each (stream id, chunk bytes)
+/// to the function it is given, which writes it straight to the file: the snapshot is never
+/// held in memory whole (it is tens of megabytes per thousand meters). Returns its size.
+pub(crate) fn write(
     dir: &Path,
     seq: u64,
-    entries: impl Iterator<Item = (u64, &'a [u8])>,
+    entries: impl FnOnce(&mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()>,
 ) -> Result<u64> {
-    let mut buf = Vec::with_capacity(1 << 20);
-    buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(&0u32.to_le_bytes());
-    let mut n = 0u32;
-    for (id, bytes) in entries {
-        buf.extend_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        buf.extend_from_slice(bytes);
-        n += 1;
-    }
-    buf[16..20].copy_from_slice(&n.to_le_bytes());
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(&crc.to_le_bytes());
     let tmp = dir.join("heads.snap.tmp");
     let path = dir.join(NAME);
     let io = |p: &Path, e| StorageError::io(p, e);
-    let mut f = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(&buf)
+    let file = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    // The header's count is known at the end: a placeholder now, the real one written over it.
+    out.write_all(&[0u8; 20]).map_err(|e| io(&tmp, e))?;
+    let mut body = crc32fast::Hasher::new();
+    let (mut n, mut len) = (0u32, 20u64);
+    entries(&mut |id, bytes| {
+        let mut head = [0u8; 12];
+        head[..8].copy_from_slice(&id.to_le_bytes());
+        head[8..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        body.update(&head);
+        body.update(bytes);
+        out.write_all(&head)
+            .and_then(|_| out.write_all(bytes))
+            .map_err(|e| io(&tmp, e))?;
+        n += 1;
+        len += 12 + bytes.len() as u64;
+        Ok(())
+    })?;
+    let mut header = [0u8; 20];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..16].copy_from_slice(&seq.to_le_bytes());
+    header[16..].copy_from_slice(&n.to_le_bytes());
+    // CRC-32 of header ++ body, from the two parts.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+    crc.combine(&body);
+    out.write_all(&crc.finalize().to_le_bytes())
+        .map_err(|e| io(&tmp, e))?;
+    let mut f = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(&header))
         .and_then(|_| f.sync_data())
         .map_err(|e| io(&tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io(dir, e))?;
-    Ok(buf.len() as u64)
+    Ok(len + 4)
 }
 
 /// A read snapshot: the sequence number it was taken at, and (stream id, chunk bytes) entries.
@@ -106,13 +131,19 @@ mod tests {
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read(dir.path()).unwrap().is_none());
-        let entries = [(7u64, vec![1u8, 2, 3]), (9, vec![])];
-        write(
-            dir.path(),
-            42,
-            entries.iter().map(|(i, b)| (*i, b.as_slice())),
-        )
+        let entries = [(7u64, vec![1u8, 2, 3]), (9, vec![]), (11, vec![0xEE; 3000])];
+        let size = write(dir.path(), 42, |emit| {
+            for (i, b) in &entries {
+                emit(*i, b)?;
+            }
+            Ok(())
+        })
         .unwrap();
+        assert_eq!(size, fs::metadata(dir.path().join(NAME)).unwrap().len());
+        // The checksum covers the header written last: the same as hashing the file whole.
+        let b = fs::read(dir.path().join(NAME)).unwrap();
+        let (body, crc) = b.split_at(b.len() - 4);
+        assert_eq!(crc32fast::hash(body).to_le_bytes(), crc);
         let (seq, got) = read(dir.path()).unwrap().unwrap();
         assert_eq!(seq, 42);
         assert_eq!(got, entries.to_vec());
