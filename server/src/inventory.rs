@@ -28,15 +28,16 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     };
     p.finish(&["size", "cursor", "order", "query"])?;
     let st2 = st.clone();
-    let body = web::block(move || -> Result<serde_json::Value, ApiError> {
+    let body = web::block(move || -> Result<Vec<u8>, ApiError> {
         let page = st2
             .store
             .list_streams(&filter, order, limit, cursor.as_ref())?;
-        let items = page.items.iter().map(wire::stream).collect();
-        Ok(wire::list(items, limit, page.next))
+        Ok(wire::streams_page(&page.items, limit, page.next))
     })
     .await??;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// `GET /ws/v1/streams/inventory/{stream_id}`.

@@ -20,11 +20,10 @@ use crate::{path_tail, wire, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use meterstream_storage::path::{validate_path, validate_pattern};
 use meterstream_storage::rollup::{fill_intervals, zone, MAX_INTERVALS};
-use meterstream_storage::time::{format_iso, now_ms};
+use meterstream_storage::time::{format_iso, now_ms, IsoFormatter};
 use meterstream_storage::{
     Cursor, Fill, Interval, Method, Order, RollupQuery, RollupValue, StorageError, Store,
 };
-use serde::Serialize;
 use std::collections::BTreeMap;
 
 const PARAMS: &[&str] = &[
@@ -39,6 +38,7 @@ const PARAMS: &[&str] = &[
     "cursor",
     "aggregate",
     "format",
+    "layout",
 ];
 
 /// Intervals per page while streaming CSV.
@@ -70,11 +70,75 @@ impl Aggregate {
     }
 }
 
-#[derive(Serialize)]
-struct RollupOut<'a> {
-    stream_id: &'a str,
-    timestamp: String,
-    value: Option<f64>,
+/// A page of rollup values in Digi's list envelope, `{"count", "size", "cursor", "list":
+/// [{"stream_id", "timestamp", "value"}]}`, written straight into bytes (the same JSON as
+/// serializing each row with serde, without a String per timestamp).
+fn rows_json(rows: &[(String, RollupValue)], size: usize, next: Option<Cursor>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + rows.len() * 96);
+    wire::envelope_start(&mut out, rows.len(), size, next);
+    out.extend_from_slice(b",\"list\":[");
+    let mut iso = IsoFormatter::default();
+    let mut last_stream: Option<(&str, String)> = None;
+    for (i, (s, v)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Rows come stream by stream: each stream's path is escaped once.
+        if last_stream.as_ref().is_none_or(|(p, _)| *p != s.as_str()) {
+            last_stream = Some((s.as_str(), serde_json::to_string(s).unwrap_or_default()));
+        }
+        out.extend_from_slice(b"{\"stream_id\":");
+        if let Some((_, json)) = &last_stream {
+            out.extend_from_slice(json.as_bytes());
+        }
+        out.extend_from_slice(b",\"timestamp\":");
+        wire::write_time(&mut out, &mut iso, v.timestamp);
+        out.extend_from_slice(b",\"value\":");
+        wire::write_json(&mut out, &v.value);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// A page of rollup values as one object per stream with its values as columns: `{"count",
+/// "size", "cursor", "series": [{"stream_id", "timestamp": [ms, ...], "value": [...]}]}`
+/// (`layout=columns`). `count` counts values, as with rows; a stream's values may continue on
+/// the next page.
+fn series_json(rows: &[(String, RollupValue)], size: usize, next: Option<Cursor>) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(64 + rows.len() * 24);
+    wire::envelope_start(&mut out, rows.len(), size, next);
+    out.extend_from_slice(b",\"series\":[");
+    let mut start = 0;
+    while start < rows.len() {
+        let stream = &rows[start].0;
+        let end = start
+            + rows[start..]
+                .iter()
+                .take_while(|(s, _)| s == stream)
+                .count();
+        if start > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"stream_id\":");
+        wire::write_json(&mut out, stream);
+        out.extend_from_slice(b",\"timestamp\":[");
+        for (i, (_, v)) in rows[start..end].iter().enumerate() {
+            let _ = write!(out, "{}{}", if i > 0 { "," } else { "" }, v.timestamp);
+        }
+        out.extend_from_slice(b"],\"value\":[");
+        for (i, (_, v)) in rows[start..end].iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            wire::write_json(&mut out, &v.value);
+        }
+        out.extend_from_slice(b"]}");
+        start = end;
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// A parsed rollup request.
@@ -85,6 +149,7 @@ struct Request {
     query: RollupQuery,
     aggregate: Option<Aggregate>,
     csv: bool,
+    layout: wire::Layout,
 }
 
 fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
@@ -111,7 +176,14 @@ fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
         .map(|a| Aggregate::parse(&a))
         .transpose()?;
     let csv = crate::csv_export::wanted(req, p.take("format")?.as_deref())?;
+    let layout = wire::Layout::parse(p.take("layout")?.as_deref())?;
     p.finish(PARAMS)?;
+    if csv && layout == wire::Layout::Columns {
+        return Err(ApiError::param(
+            "layout",
+            "CSV has one layout (a row per value); layout=columns is for JSON",
+        ));
+    }
     if let (Some(f), Some(t)) = (from, to) {
         if t <= f {
             return Err(ApiError::param("end_time", "it must be after start_time"));
@@ -133,6 +205,7 @@ fn parse(req: &HttpRequest) -> Result<Request, ApiError> {
         },
         aggregate,
         csv,
+        layout,
     })
 }
 
@@ -419,19 +492,73 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     let st2 = st.clone();
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
         let (rows, next) = page_of(&*st2.store, &r)?;
-        let items: Vec<RollupOut> = rows
-            .iter()
-            .map(|(s, v)| RollupOut {
-                stream_id: s,
-                timestamp: format_iso(v.timestamp),
-                value: v.value,
-            })
-            .collect();
-        serde_json::to_vec(&wire::ListOut::new(items, limit, next))
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        Ok(match r.layout {
+            wire::Layout::Rows => rows_json(&rows, limit, next),
+            wire::Layout::Columns => series_json(&rows, limit, next),
+        })
     })
     .await??;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value as J};
+
+    fn rows() -> Vec<(String, RollupValue)> {
+        let v = |t: i64, x: Option<f64>| RollupValue {
+            timestamp: t,
+            value: x,
+        };
+        vec![
+            ("gw/a\"/v".to_string(), v(0, Some(230.5))),
+            ("gw/a\"/v".to_string(), v(60_000, None)),
+            ("gw/a\"/v".to_string(), v(120_000, Some(f64::NAN))),
+            ("gw/b/v".to_string(), v(1_700_000_000_000, Some(-1.0))),
+            ("gw/c/v".to_string(), v(253_402_300_799_999, Some(5.0))),
+        ]
+    }
+
+    #[test]
+    fn rows_are_the_digi_list_shape() {
+        let cursor = Some(Cursor::Key {
+            order: Order::Asc,
+            key: "k".into(),
+        });
+        for next in [None, cursor] {
+            let got: J = serde_json::from_slice(&rows_json(&rows(), 7, next.clone())).unwrap();
+            let list: Vec<J> = rows()
+                .iter()
+                .map(|(s, v)| {
+                    json!({"stream_id": s, "timestamp": format_iso(v.timestamp),
+                           "value": v.value.filter(|x| x.is_finite())})
+                })
+                .collect();
+            let mut want = json!({"count": 5, "size": 7, "list": list});
+            if let Some(c) = next {
+                want["cursor"] = json!(c.encode());
+            }
+            assert_eq!(got, want);
+        }
+        let empty: J = serde_json::from_slice(&rows_json(&[], 3, None)).unwrap();
+        assert_eq!(empty, json!({"count": 0, "size": 3, "list": []}));
+    }
+
+    #[test]
+    fn columns_group_consecutive_rows_by_stream() {
+        let got: J = serde_json::from_slice(&series_json(&rows(), 7, None)).unwrap();
+        assert_eq!(
+            got,
+            json!({"count": 5, "size": 7, "series": [
+                {"stream_id": "gw/a\"/v", "timestamp": [0, 60_000, 120_000], "value": [230.5, null, null]},
+                {"stream_id": "gw/b/v", "timestamp": [1_700_000_000_000i64], "value": [-1.0]},
+                {"stream_id": "gw/c/v", "timestamp": [253_402_300_799_999i64], "value": [5.0]},
+            ]})
+        );
+        let empty: J = serde_json::from_slice(&series_json(&[], 3, None)).unwrap();
+        assert_eq!(empty, json!({"count": 0, "size": 3, "series": []}));
+    }
 }

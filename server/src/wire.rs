@@ -101,11 +101,7 @@ pub fn points_page(
     // Writing to a Vec cannot fail; serde_json writes what it is given or a string.
     let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
     let stream_json = serde_json::to_string(stream).unwrap_or_default();
-    let _ = write!(out, "{{\"count\":{},\"size\":{size}", points.len());
-    if let Some(c) = next {
-        out.extend_from_slice(b",\"cursor\":");
-        json(&mut out, &c.encode());
-    }
+    envelope_start(&mut out, points.len(), size, next);
     out.extend_from_slice(b",\"list\":[");
     let mut id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let mut iso = IsoFormatter::default();
@@ -121,14 +117,7 @@ pub fn points_page(
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"\":");
         };
-        let mut time = |out: &mut Vec<u8>, ms: i64| match iso.format(ms) {
-            Some(text) => {
-                out.push(b'"');
-                out.extend_from_slice(text);
-                out.push(b'"');
-            }
-            None => json(out, &format_iso(ms)),
-        };
+        let mut time = |out: &mut Vec<u8>, ms: i64| write_time(out, &mut iso, ms);
         let e = p.extras.as_deref();
         if fields.has(0) {
             key(&mut out, "id");
@@ -223,11 +212,7 @@ pub fn points_columns(
     use std::io::Write;
     let mut out = Vec::with_capacity(96 + points.len() * 24);
     let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
-    let _ = write!(out, "{{\"count\":{},\"size\":{size}", points.len());
-    if let Some(c) = next {
-        out.extend_from_slice(b",\"cursor\":");
-        json(&mut out, &c.encode());
-    }
+    envelope_start(&mut out, points.len(), size, next);
     out.extend_from_slice(b",\"columns\":{");
     let h = stable_hash(stream);
     let stream_json = serde_json::to_string(stream).unwrap_or_default();
@@ -284,6 +269,35 @@ pub fn points_columns(
     }
     out.extend_from_slice(b"}}");
     out
+}
+
+/// Starts Digi's list envelope: `{"count":n,"size":s` and `,"cursor":"..."` when there is a
+/// next page; the caller adds its items and the closing brace.
+pub fn envelope_start(out: &mut Vec<u8>, count: usize, size: usize, next: Option<Cursor>) {
+    use std::io::Write;
+    let _ = write!(out, "{{\"count\":{count},\"size\":{size}");
+    if let Some(c) = next {
+        out.extend_from_slice(b",\"cursor\":");
+        write_json(out, &c.encode());
+    }
+}
+
+/// Writes `ms` as a JSON string of ISO 8601 UTC with milliseconds.
+pub fn write_time(out: &mut Vec<u8>, iso: &mut IsoFormatter, ms: i64) {
+    match iso.format(ms) {
+        Some(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text);
+            out.push(b'"');
+        }
+        None => write_json(out, &format_iso(ms)),
+    }
+}
+
+/// Writes `v` as JSON (serde_json's rules: non-finite floats and `None` are `null`).
+pub fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Serializing plain values into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, v);
 }
 
 mod erased {
@@ -389,6 +403,82 @@ pub fn stream(s: &StreamInfo) -> J {
     J::Object(m)
 }
 
+/// A stream as [`stream`] answers it, serialized without building a map (an inventory page
+/// holds up to 100,000 streams).
+#[derive(Serialize)]
+struct StreamOut<'a> {
+    id: &'a str,
+    r#type: &'a str,
+    units: &'a str,
+    description: &'a str,
+    forward_to: &'a [String],
+    data_ttl: Option<u64>,
+    rollup_ttl: Option<u64>,
+    created: IsoTime,
+    history_uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<ValueOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<IsoTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_timestamp: Option<IsoTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+}
+
+/// Epoch ms serialized as ISO 8601 UTC, formatted on the stack.
+struct IsoTime(i64);
+
+impl Serialize for IsoTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match meterstream_storage::time::Iso::new(self.0) {
+            Some(iso) => s.serialize_str(iso.as_str()),
+            None => s.serialize_str(&format_iso(self.0)),
+        }
+    }
+}
+
+/// A page of streams in Digi's list envelope, written straight into bytes: the same JSON as
+/// [`list`] of [`stream`]s.
+pub fn streams_page(streams: &[StreamInfo], size: usize, next: Option<Cursor>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + streams.len() * 400);
+    envelope_start(&mut out, streams.len(), size, next);
+    out.extend_from_slice(b",\"list\":[");
+    for (i, s) in streams.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let c = s.current.as_ref();
+        let e = c.and_then(|c| c.extras.as_deref());
+        write_json(
+            &mut out,
+            &StreamOut {
+                id: &s.path,
+                r#type: s.meta.stream_type.as_str(),
+                units: &s.meta.units,
+                description: &s.meta.description,
+                forward_to: &s.meta.forward_to,
+                data_ttl: s.meta.data_ttl,
+                rollup_ttl: s.meta.rollup_ttl,
+                created: IsoTime(s.created),
+                history_uri: format!("/ws/v1/streams/history/{}", url_path(&s.path)),
+                value: c.map(|c| ValueOut {
+                    value: &c.value,
+                    ty: s.meta.stream_type,
+                }),
+                timestamp: c.map(|c| IsoTime(c.timestamp)),
+                server_timestamp: c.map(|c| IsoTime(c.server_timestamp)),
+                quality: e.and_then(|e| e.quality),
+                location: e.and_then(|e| e.location.as_deref()),
+            },
+        );
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// Digi's list envelope: `{"count", "size", "cursor", "list"}`, where `count` is the number of
 /// items on this page and `cursor` is absent on the last page.
 pub fn list(items: Vec<J>, size: usize, next: Option<Cursor>) -> J {
@@ -475,6 +565,59 @@ mod reference {
 mod tests {
     use super::*;
     use meterstream_storage::point::Extras;
+
+    #[test]
+    fn the_streams_page_is_the_stream_objects_in_a_list() {
+        use meterstream_storage::StreamMeta;
+        let mut meta = StreamMeta::new(StreamType::Double);
+        meta.units = "V".into();
+        meta.description = "phase \"1\"".into();
+        meta.forward_to = vec!["a/b".into()];
+        meta.data_ttl = Some(86_400);
+        let streams = vec![
+            StreamInfo {
+                path: "gw/m 1/voltage_l1".into(),
+                meta: meta.clone(),
+                current: Some(DataPoint {
+                    timestamp: 1_700_000_000_123,
+                    server_timestamp: 1_700_000_000_500,
+                    value: Value::Float(230.5),
+                    extras: Some(Box::new(meterstream_storage::point::Extras {
+                        quality: Some(3),
+                        location: Some("42.1,23.3,550".into()),
+                        description: Some("not in the stream object".into()),
+                    })),
+                }),
+                created: 1_600_000_000_000,
+            },
+            StreamInfo {
+                path: "gw/s".into(),
+                meta: StreamMeta::new(StreamType::Json),
+                current: Some(DataPoint {
+                    timestamp: 5,
+                    server_timestamp: 6,
+                    value: Value::Text("{\"a\": [1, 2]}".into()),
+                    extras: None,
+                }),
+                created: 0,
+            },
+            StreamInfo {
+                path: "gw/empty".into(),
+                meta: StreamMeta::new(StreamType::Long),
+                current: None,
+                created: 7,
+            },
+        ];
+        let next = Some(Cursor::Key {
+            order: meterstream_storage::Order::Asc,
+            key: "gw/s".into(),
+        });
+        for n in [None, next] {
+            let got: J = serde_json::from_slice(&streams_page(&streams, 1000, n.clone())).unwrap();
+            let want = list(streams.iter().map(stream).collect(), 1000, n);
+            assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn the_page_writer_answers_exactly_what_serde_would() {

@@ -236,6 +236,44 @@ fn patterns_give_one_series_per_stream() {
 }
 
 #[test]
+fn columns_layout_gives_one_object_per_stream() {
+    let s = TestServer::start();
+    fleet(&s);
+    let base = 1_767_225_600_000i64;
+    let (st, v) = s.get_json("/ws/v1/streams/rollups/*/*/p?interval=1m&method=sum&layout=columns");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"count": 5, "size": 1000, "series": [
+            {"stream_id": "gw/m1/p", "timestamp": [base, base + 60_000], "value": [1.0, 2.0]},
+            {"stream_id": "gw/m2/p", "timestamp": [base, base + 60_000], "value": [10.0, 20.0]},
+            {"stream_id": "gw/m3/p", "timestamp": [base], "value": [100.0]},
+        ]})
+    );
+    // Pages split a stream's values where rows would; the cursor is the same.
+    let (_, v) =
+        s.get_json("/ws/v1/streams/rollups/*/*/p?interval=1m&method=sum&layout=columns&size=3");
+    assert_eq!(
+        v["series"][1],
+        json!({"stream_id": "gw/m2/p", "timestamp": [base], "value": [10.0]})
+    );
+    let c = v["cursor"].as_str().unwrap();
+    let (_, v) = s.get_json(&format!(
+        "/ws/v1/streams/rollups/*/*/p?interval=1m&method=sum&layout=columns&size=3&cursor={c}"
+    ));
+    assert_eq!(
+        v["series"][0],
+        json!({"stream_id": "gw/m2/p", "timestamp": [base + 60_000], "value": [20.0]})
+    );
+    assert_eq!(v["count"], 2);
+    for q in ["layout=grid", "layout=columns&format=csv"] {
+        let (st, v) = s.get_json(&format!("/ws/v1/streams/rollups/gw/m1/p?{q}"));
+        assert_eq!(st, 400, "{q}: {v}");
+        assert!(error_message(&v, 400).contains("layout"), "{q}: {v}");
+    }
+}
+
+#[test]
 fn aggregate_combines_streams_per_interval() {
     let s = TestServer::start();
     fleet(&s);
