@@ -115,8 +115,8 @@ pub struct Panel {
     pub lines: Vec<(String, Vec<f64>)>,
 }
 
-/// Draws one panel per figure in a grid of `columns`, each with a line per store over `xs` on
-/// logarithmic axes.
+/// Draws one panel per figure in a grid of `columns`, each with a line per store over `xs` on a
+/// logarithmic x axis; the y axis is logarithmic when the figure spans more than a factor of 20.
 pub fn scaling_chart(
     path: &Path,
     title: &str,
@@ -143,54 +143,82 @@ pub fn scaling_chart(
             .flat_map(|(_, v)| v.iter().copied())
             .filter(|v| v.is_finite() && *v > 0.0);
         let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-        let (lo, hi) = if lo > hi {
-            (0.1, 10.0)
+        let (lo, hi) = if lo > hi { (0.1, 10.0) } else { (lo, hi) };
+        // A logarithmic axis only for figures that span more than a factor of 20; a narrower
+        // one would show no labels.
+        if hi / lo > 20.0 {
+            panel_chart(
+                &area,
+                panel,
+                x_desc,
+                xs,
+                x0..x1,
+                (lo / 1.5..hi * 1.5).log_scale(),
+            )?;
         } else {
-            (lo / 1.5, hi * 1.5)
-        };
-        let mut chart = ChartBuilder::on(&area)
-            .caption(&panel.figure, ("sans-serif", 15))
-            .margin(8)
-            .x_label_area_size(34)
-            .y_label_area_size(56)
-            .build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .x_label_formatter(&|v| compact(*v))
-            .y_label_formatter(&|v| compact(*v))
-            .draw()
-            .map_err(err)?;
-        for (s, (store, ys)) in panel.lines.iter().enumerate() {
-            let colour = COLOURS[s % COLOURS.len()];
-            let pts: Vec<(f64, f64)> = xs
-                .iter()
-                .zip(ys)
-                .filter(|(_, y)| y.is_finite() && **y > 0.0)
-                .map(|(x, y)| (*x, *y))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
-                .map_err(err)?
-                .label(store.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
-                .map_err(err)?;
+            panel_chart(&area, panel, x_desc, xs, x0..x1, 0.0..hi * 1.15)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(("sans-serif", 11))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
     }
     root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One panel of [`scaling_chart`]: the x axis logarithmic, the y axis as given.
+fn panel_chart<DB, Y>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel,
+    x_desc: &str,
+    xs: &[f64],
+    x: std::ops::Range<f64>,
+    y: Y,
+) -> Result<()>
+where
+    DB: DrawingBackend,
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.figure, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(34)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x.log_scale(), y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_desc(x_desc)
+        .x_label_formatter(&|v| compact(*v))
+        .y_label_formatter(&|v| compact(*v))
+        .draw()
+        .map_err(err)?;
+    for (s, (store, ys)) in panel.lines.iter().enumerate() {
+        let colour = COLOURS[s % COLOURS.len()];
+        let pts: Vec<(f64, f64)> = xs
+            .iter()
+            .zip(ys)
+            .filter(|(_, y)| y.is_finite() && **y > 0.0)
+            .map(|(x, y)| (*x, *y))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+            .map_err(err)?
+            .label(store.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 11))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
     Ok(())
 }
 

@@ -58,6 +58,9 @@ struct ScalingArgs {
     /// Where the JSON and the charts go.
     #[arg(long, default_value = "benches/results")]
     out: PathBuf,
+    /// Run nothing: redraw the charts and `scaling.json` from the runs' JSON already in `--out`.
+    #[arg(long)]
+    replot: bool,
 }
 
 /// The workload sizes the comparison is made for.
@@ -140,15 +143,18 @@ fn compare(mut c: CompareArgs) -> Result<()> {
 }
 
 /// The figures a scaling chart shows, by their names in [`comparison`].
-const SCALING_FIGURES: [&str; 9] = [
+const SCALING_FIGURES: [&str; 12] = [
     "ingest, points/s",
     "server CPU-s per M points",
     "resident memory, MB",
     "bytes per point",
     "raw history, whole hour, ms",
+    "raw history, whole hour, as columns, ms",
     "hourly rollup, one stream (average), ms",
     "1m averages, one meter's 12 streams, ms",
+    "1m averages, 12 streams, as columns, ms",
     "15m averages, fleet, per stream, ms",
+    "15m averages, fleet, as columns, ms",
     "latest value, every stream, ms",
 ];
 
@@ -176,7 +182,15 @@ fn scaling(c: ScalingArgs) -> Result<()> {
             }
             eprintln!("== {kind}: {} meters, {} s", a.meters, a.seconds);
             // A failed size is reported and left out of the charts; the others still run.
-            match compare_once(&a, &c.out) {
+            let run = if c.replot {
+                let p = c.out.join(format!("{}.json", run_name(&a)));
+                std::fs::read(&p)
+                    .with_context(|| p.display().to_string())
+                    .and_then(|b| Ok(serde_json::from_slice(&b)?))
+            } else {
+                compare_once(&a, &c.out)
+            };
+            match run {
                 Ok(f) => runs.push(f),
                 Err(e) => {
                     eprintln!("{kind} at {x}: failed: {e:#}");
@@ -693,7 +707,7 @@ const PEERS: [(&str, &str, &str); 2] = [
 fn comparison(f: &serde_json::Value) -> Vec<Compared> {
     // (figure, meterstream's JSON path, the peers' JSON path, scale, whether higher is better).
     // In the peers' paths "@" stands for the hourly method's name, which differs per peer.
-    let rows: [Row; 14] = [
+    let rows: [Row; 16] = [
         (
             "ingest, points/s",
             &["points_per_second"],
@@ -774,10 +788,35 @@ fn comparison(f: &serde_json::Value) -> Vec<Compared> {
             false,
         ),
         (
+            "1m averages, 12 streams, as columns, ms",
+            &[
+                "rollups",
+                "one_meter_12_streams_1m_average_day_columns",
+                "client_ms",
+            ],
+            &["rollups", "one_meter_12_streams_1m_average_day_median_ms"],
+            1.0,
+            false,
+        ),
+        (
             "15m averages, fleet, per stream, ms",
             &[
                 "rollups",
                 "fleet_active_power_15m_average_per_stream_all_pages",
+                "client_ms",
+            ],
+            &[
+                "rollups",
+                "fleet_active_power_15m_average_per_stream_median_ms",
+            ],
+            1.0,
+            false,
+        ),
+        (
+            "15m averages, fleet, as columns, ms",
+            &[
+                "rollups",
+                "fleet_active_power_15m_average_per_stream_columns",
                 "client_ms",
             ],
             &[
@@ -962,6 +1001,34 @@ fn rollup_queries(
     let one_meter_day = timed_both(a.query_runs, || {
         rollup_rows(client, url, &meter, &day).map(|r| r.1)
     })?;
+    // The same as one object per stream with columns (`layout=columns`), the shape a chart
+    // takes and the peers answer.
+    let columns = |path: &str, q: &str, want: usize| -> Result<f64> {
+        let mut ms = 0.0;
+        let mut n = 0;
+        let mut cursor = String::new();
+        loop {
+            let r = client
+                .get(format!(
+                    "{url}/ws/v1/streams/rollups/{path}?size={PAGE}&layout=columns&{q}{cursor}"
+                ))
+                .send()?;
+            ms += server_ms(&r);
+            let v: serde_json::Value = r.json()?;
+            n += v["series"].as_array().map_or(0, |s| {
+                s.iter()
+                    .map(|s| s["value"].as_array().map_or(0, Vec::len))
+                    .sum()
+            });
+            match v["cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
+        ensure!(n == want, "{path} as columns: {n} values, {want} rows");
+        Ok(ms)
+    };
+    let one_meter_day_columns = timed_both(a.query_runs, || columns(&meter, &day, rows.len()))?;
     let fleet_q = format!("interval=15m&method=average&start_time={start_ms}&end_time={now}");
     let (rows, _) = rollup_rows(client, url, "*/*/active_power", &fleet_q)?;
     ensure!(
@@ -971,6 +1038,9 @@ fn rollup_queries(
     );
     let fleet_ms = timed_both(a.query_runs, || {
         rollup_rows(client, url, "*/*/active_power", &fleet_q).map(|r| r.1)
+    })?;
+    let fleet_columns_ms = timed_both(a.query_runs, || {
+        columns("*/*/active_power", &fleet_q, rows.len())
     })?;
     let agg_q = format!("{fleet_q}&aggregate=sum");
     let (rows, _) = rollup_rows(client, url, "*/*/active_power", &agg_q)?;
@@ -1002,7 +1072,9 @@ fn rollup_queries(
         "last_day_fleet_active_power_15m_average_per_stream_all_pages": fleet_last_day,
         "hourly_one_stream_whole_span": hourly,
         "one_meter_12_streams_1m_average_day": one_meter_day,
+        "one_meter_12_streams_1m_average_day_columns": one_meter_day_columns,
         "fleet_active_power_15m_average_per_stream_all_pages": fleet_ms,
+        "fleet_active_power_15m_average_per_stream_columns": fleet_columns_ms,
         "fleet_active_power_15m_average_sum": agg_ms,
         "note": "medians; server_ms from the Server-Timing header summed over pages, client_ms includes HTTP and the client's JSON parsing",
     }))
