@@ -1394,6 +1394,10 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
     let mut last_cp = Instant::now();
     let mut cp_seq = applied;
     let mut log_bytes_at_cp = wal.stats.bytes.load(AtOrd::Relaxed);
+    // Whether the snapshot on disk was encoded compactly (a clean shutdown's); periodic ones are
+    // encoded fast, so a shutdown after one takes a last, compact checkpoint even when nothing
+    // was applied since.
+    let mut snapshot_compact = false;
     let mut failed = false;
     loop {
         let msg = rx.recv_timeout(Duration::from_millis(200).min(interval));
@@ -1422,10 +1426,12 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
         let log_grown = wal.stats.bytes.load(AtOrd::Relaxed) - log_bytes_at_cp;
         let due = applied > cp_seq
             && (last_cp.elapsed() >= interval || log_grown >= inner.cfg.checkpoint_log_bytes);
-        if !failed && (due || (disconnected && applied > cp_seq)) {
+        let last_needed = disconnected && (applied > cp_seq || !snapshot_compact);
+        if !failed && (due || last_needed) {
             match inner.checkpoint(applied, crate::time::now_ms(), disconnected) {
                 Ok(()) => {
                     cp_seq = applied;
+                    snapshot_compact = disconnected;
                     log_bytes_at_cp = wal.stats.bytes.load(AtOrd::Relaxed);
                     if let Err(e) = wal.truncate(applied) {
                         tracing::warn!(error = %e, "could not delete old log segments");

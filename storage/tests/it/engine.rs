@@ -395,3 +395,53 @@ fn server_timeline_orders_by_arrival() {
     assert_eq!(v.items.len(), 1);
     assert_eq!(v.items[0].server_timestamp, 1000);
 }
+
+/// Periodic checkpoints encode heads fast; a clean shutdown leaves them compact, also when
+/// nothing was written after the last periodic checkpoint.
+#[test]
+fn shutdown_leaves_a_compact_heads_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.chunk_points = 4096;
+    cfg.head_block_points = 128;
+    // Noisy decimal values: pco packs them tighter than the fast delta codec.
+    let pts: Vec<(i64, f64)> = (0..3000)
+        .map(|i: i64| (1000 + i * 1000, 230.0 + ((i * 7919) % 61) as f64 / 100.0))
+        .collect();
+    let snap = dir.path().join("heads.snap");
+    {
+        let s = Engine::open(cfg.clone()).unwrap();
+        // Written now, so that checkpoints do not seal the heads as idle.
+        let now = meterstream_storage::time::now_ms();
+        for k in 0..10 {
+            s.write(vec![group(&format!("gw/m/v{k}"), &pts)], now)
+                .unwrap();
+        }
+        // Wait for a periodic checkpoint to cover the writes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut periodic = 0;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            periodic = std::fs::metadata(&snap).map_or(0, |m| m.len());
+            if periodic > 10 * 3000 {
+                break;
+            }
+        }
+        assert!(
+            periodic > 10 * 3000,
+            "no periodic snapshot of the heads: {periodic}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        periodic = std::fs::metadata(&snap).unwrap().len();
+        s.close();
+        let last = std::fs::metadata(&snap).unwrap().len();
+        assert!(
+            (last as f64) < periodic as f64 * 0.9,
+            "shutdown snapshot {last} bytes, periodic {periodic}"
+        );
+    }
+    let s = Engine::open(cfg).unwrap();
+    for k in 0..10 {
+        assert_eq!(all(&s, &format!("gw/m/v{k}")), pts);
+    }
+}
