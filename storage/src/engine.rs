@@ -675,7 +675,7 @@ impl Inner {
             }
         }
         // The open head.
-        let mins = st.head.minutes();
+        let mins = st.head.minutes()?;
         let mut list =
             &mins[mins.partition_point(|b| b.0 < m0)..mins.partition_point(|b| b.0 < m1)];
         let (skip, left_raw) = trim_left(list);
