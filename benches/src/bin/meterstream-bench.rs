@@ -604,6 +604,8 @@ fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
     let sync_mean_ms = metric("meterstream_storage_flush_duration_seconds_sum") / syncs * 1000.0;
     let frames_per_sync = metric("meterstream_storage_group_commit_frames_sum")
         / metric("meterstream_storage_group_commit_frames_count");
+    let checkpoints = metric("meterstream_storage_checkpoint_duration_seconds_count");
+    let checkpoint_seconds = metric("meterstream_storage_checkpoint_duration_seconds_sum");
     let rss_after_queries = srv.rss_bytes()?;
     srv.stop()?;
     let disk = dir_bytes(&dir);
@@ -635,6 +637,8 @@ fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
         "log_syncs": syncs,
         "log_sync_mean_ms": sync_mean_ms,
         "records_per_sync": frames_per_sync,
+        "checkpoints": checkpoints,
+        "checkpoint_seconds_total": checkpoint_seconds,
     });
     let mut figures = figures;
     drop(batches);
