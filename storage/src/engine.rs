@@ -1286,13 +1286,9 @@ impl Inner {
                     if st.head.is_empty() {
                         continue;
                     }
-                    let series = st.head.to_series()?;
-                    let bytes = if last {
-                        codec::encode(&series)?
-                    } else {
-                        codec::encode_with(&series, codec::ValueCodec::Delta)?
-                    };
-                    emit(st.rec.id, &bytes)?;
+                    for part in st.head.snapshot_parts(last)? {
+                        emit(st.rec.id, &part)?;
+                    }
                     saved += 1;
                 }
             }
@@ -1342,10 +1338,24 @@ impl Inner {
         }
         drop(reg);
         if let Some((_, entries)) = crate::snapshot::read(&self.cfg.path)? {
-            for (id, bytes) in entries {
+            // A head's parts are consecutive entries of its id, oldest first.
+            let mut entries = entries.into_iter().peekable();
+            while let Some((id, bytes)) = entries.next() {
+                let mut series = codec::decode(&bytes)?;
+                while let Some((_, more)) = entries.next_if(|(next, _)| *next == id) {
+                    let more = codec::decode(&more)?;
+                    if let (Some(a), Some(b)) = (series.last_ts(), more.first_ts()) {
+                        if a >= b {
+                            return Err(StorageError::corrupt(
+                                "heads snapshot",
+                                format!("parts of the head of stream {id} overlap"),
+                            ));
+                        }
+                    }
+                    series.append_newer(more);
+                }
                 if let Some(st) = self.shards[shard_of_id(id)].lock().streams.get_mut(&id) {
-                    st.head =
-                        Head::from_series(codec::decode(&bytes)?, self.cfg.head_block_points)?;
+                    st.head = Head::from_series(series, self.cfg.head_block_points)?;
                 }
             }
         }

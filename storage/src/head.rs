@@ -232,6 +232,28 @@ impl Head {
         Ok(std::borrow::Cow::Owned(all))
     }
 
+    /// The head as snapshot entries, in time order, each a chunk encoding that
+    /// `codec::decode` reads: with `compact`, one pco-encoded chunk of every point; otherwise
+    /// the frozen blocks as they are held (no work) and the newest points delta-encoded.
+    pub fn snapshot_parts(&self, compact: bool) -> Result<Vec<std::borrow::Cow<'_, [u8]>>> {
+        use std::borrow::Cow;
+        if compact {
+            return Ok(vec![Cow::Owned(codec::encode(&self.to_series()?)?)]);
+        }
+        let mut parts: Vec<Cow<'_, [u8]>> = self
+            .frozen
+            .iter()
+            .map(|f| Cow::Borrowed(&*f.bytes))
+            .collect();
+        if !self.tail.is_empty() {
+            parts.push(Cow::Owned(codec::encode_with(
+                &self.tail,
+                ValueCodec::Delta,
+            )?));
+        }
+        Ok(parts)
+    }
+
     /// Every point, as one series.
     pub fn to_series(&self) -> Result<Series> {
         let mut s = Series::new(self.kind());
@@ -492,5 +514,26 @@ mod tests {
         assert!(h.minutes().unwrap().is_empty());
         h.replace(s).unwrap();
         check(&h);
+    }
+
+    #[test]
+    fn snapshot_parts_decode_to_the_head() {
+        let mut h = Head::new(ValueKind::Float, 8);
+        h.write(&pts(&(0..30).collect::<Vec<_>>()), 1).unwrap();
+        h.write(&pts(&[3, 100]), 2).unwrap();
+        let want = h.to_series().unwrap();
+        for compact in [false, true] {
+            let parts = h.snapshot_parts(compact).unwrap();
+            assert_eq!(parts.len(), if compact { 1 } else { 4 }, "{compact}");
+            let mut s = Series::new(ValueKind::Float);
+            for p in parts {
+                s.append_newer(codec::decode(&p).unwrap());
+            }
+            assert_eq!(s, want);
+        }
+        assert!(Head::new(ValueKind::Float, 8)
+            .snapshot_parts(false)
+            .unwrap()
+            .is_empty());
     }
 }
