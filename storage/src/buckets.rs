@@ -464,6 +464,28 @@ pub fn decode(buf: &[u8], grid: i64) -> Result<Vec<Bucket>> {
     Ok(out)
 }
 
+/// Asserts that `b` is `a` as stored: counts, times, extremes and first/last exact, `sum` to
+/// 1e-9 and `m2` to 1e-6 relative (it is kept as a 4-byte float).
+#[cfg(test)]
+pub(crate) fn assert_stored_as(a: &Summary, b: &Summary) {
+    assert_eq!(
+        (a.count, a.first_ts, a.last_ts),
+        (b.count, b.first_ts, b.last_ts)
+    );
+    assert_eq!(
+        (a.min, a.max, a.first, a.last),
+        (b.min, b.max, b.first, b.last)
+    );
+    assert!(
+        (a.sum - b.sum).abs() <= 1e-9 * a.sum.abs().max(1.0),
+        "{a:?} {b:?}"
+    );
+    assert!(
+        (a.m2 - b.m2).abs() <= 1e-6 * a.m2.abs().max(1e-12),
+        "{a:?} {b:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,16 +534,7 @@ mod tests {
             assert_eq!(got.len(), want.len());
             for ((s0, a), (s1, b)) in want.iter().zip(&got) {
                 assert_eq!(s0, s1);
-                assert_eq!(
-                    (a.count, a.first_ts, a.last_ts),
-                    (b.count, b.first_ts, b.last_ts)
-                );
-                assert_eq!(
-                    (a.min, a.max, a.first, a.last),
-                    (b.min, b.max, b.first, b.last)
-                );
-                assert!((a.sum - b.sum).abs() <= 1e-9 * a.sum.abs());
-                assert!((a.m2 - b.m2).abs() <= 1e-6 * a.m2.abs().max(1e-12));
+                assert_stored_as(a, b);
             }
             // Format 3 says the same (in more bytes here: a column tag costs a byte, which
             // a chunk's ~34 minutes repay, but not these four).
@@ -542,16 +555,7 @@ mod tests {
         assert_eq!(back.len(), mins.len());
         for ((s0, a), (s1, b)) in mins.iter().zip(&back) {
             assert_eq!(s0, s1);
-            assert_eq!(
-                (a.count, a.first_ts, a.last_ts),
-                (b.count, b.first_ts, b.last_ts)
-            );
-            assert_eq!(
-                (a.min, a.max, a.first, a.last),
-                (b.min, b.max, b.first, b.last)
-            );
-            assert!((a.sum - b.sum).abs() < 1e-9 * a.sum.abs());
-            assert!((a.m2 - b.m2).abs() <= 1e-6 * a.m2.abs().max(1e-12));
+            assert_stored_as(a, b);
         }
         // Compact: well under 1 byte per point of 1-second data; the count and offset columns
         // of a regular series are one value each (2 bytes: tag and value).

@@ -462,22 +462,7 @@ mod tests {
             assert_eq!(got.len(), want.len());
             for ((t0, a), (t1, b)) in want.iter().zip(got.iter()) {
                 assert_eq!(t0, t1);
-                assert_eq!(
-                    (a.count, a.first_ts, a.last_ts),
-                    (b.count, b.first_ts, b.last_ts)
-                );
-                assert_eq!(
-                    (a.min, a.max, a.first, a.last),
-                    (b.min, b.max, b.first, b.last)
-                );
-                assert!(
-                    (a.sum - b.sum).abs() <= 1e-9 * a.sum.abs().max(1.0),
-                    "{a:?} {b:?}"
-                );
-                assert!(
-                    (a.m2 - b.m2).abs() <= 1e-6 * a.m2.abs().max(1e-9),
-                    "{a:?} {b:?}"
-                );
+                buckets::assert_stored_as(a, b);
             }
         };
         let mut h = Head::new(ValueKind::Float, 128);
