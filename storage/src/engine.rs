@@ -1464,6 +1464,18 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
     }
 }
 
+/// Whether sled compresses its pages (zstd level 1): yes for a new store; an existing one keeps
+/// what it was created with (sled refuses to open with the other setting).
+fn sled_compression(sled_dir: &std::path::Path) -> bool {
+    match std::fs::read_to_string(sled_dir.join("conf")) {
+        Ok(conf) => conf
+            .lines()
+            .find_map(|l| l.strip_prefix("use_compression:"))
+            .is_some_and(|v| v.trim() == "true"),
+        Err(_) => true,
+    }
+}
+
 impl Engine {
     /// Opens (or creates) the store in `cfg.path`, recovering everything that was acknowledged.
     pub fn open(cfg: Config) -> Result<Engine> {
@@ -1471,10 +1483,13 @@ impl Engine {
         let started = Instant::now();
         let wal_dir = cfg.path.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(|e| StorageError::io(&wal_dir, e))?;
+        let sled_dir = cfg.path.join("sled");
         let sled_cfg = sled::Config::new()
-            .path(cfg.path.join("sled"))
+            .path(&sled_dir)
             .cache_capacity(cfg.cache_bytes)
             .mode(sled::Mode::LowSpace)
+            .use_compression(sled_compression(&sled_dir))
+            .compression_factor(1)
             .flush_every_ms(Some(1000));
         // sled releases its file lock from a background thread after the previous handle is
         // dropped; a reopen right after a close may find it still held for a moment.
