@@ -1467,12 +1467,13 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
 /// Whether sled compresses its pages (zstd level 1): yes for a new store; an existing one keeps
 /// what it was created with (sled refuses to open with the other setting).
 fn sled_compression(sled_dir: &std::path::Path) -> bool {
-    match std::fs::read_to_string(sled_dir.join("conf")) {
-        Ok(conf) => conf
+    // sled's `conf` is text lines followed by a binary checksum.
+    match std::fs::read(sled_dir.join("conf")) {
+        Ok(conf) => String::from_utf8_lossy(&conf)
             .lines()
             .find_map(|l| l.strip_prefix("use_compression:"))
             .is_some_and(|v| v.trim() == "true"),
-        Err(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 

@@ -445,3 +445,35 @@ fn shutdown_leaves_a_compact_heads_snapshot() {
         assert_eq!(all(&s, &format!("gw/m/v{k}")), pts);
     }
 }
+
+/// Stores created before sled compressed its pages open as they are (sled refuses a changed
+/// setting); new stores compress.
+#[test]
+fn stores_keep_their_sled_compression_setting() {
+    let old = tempfile::tempdir().unwrap();
+    drop(
+        sled::Config::new()
+            .path(old.path().join("sled"))
+            .use_compression(false)
+            .open()
+            .unwrap(),
+    );
+    let new = tempfile::tempdir().unwrap();
+    for (dir, compressed) in [(&old, false), (&new, true)] {
+        for round in 0..2 {
+            let s = Engine::open(small_config(dir.path())).unwrap();
+            if round == 0 {
+                s.write(vec![group("gw/m/v", &[(1000, 1.5), (2000, 2.5)])], 5)
+                    .unwrap();
+            }
+            assert_eq!(all(&s, "gw/m/v"), vec![(1000, 1.5), (2000, 2.5)]);
+            s.close();
+        }
+        let conf = std::fs::read(dir.path().join("sled/conf")).unwrap();
+        let conf = String::from_utf8_lossy(&conf);
+        assert!(
+            conf.contains(&format!("use_compression: {compressed}")),
+            "{conf}"
+        );
+    }
+}
