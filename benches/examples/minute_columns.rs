@@ -8,16 +8,7 @@ use meterstream_storage::buckets::{self, MINUTE};
 fn main() {
     let (meters, secs) = (100usize, 2048usize);
     let start = 1_767_225_600_000i64;
-    let mut fleet = Fleet::new(meters, 10, 7);
-    let mut series: Vec<Vec<(i64, f64)>> = vec![Vec::with_capacity(secs); meters * 12];
-    for s in 0..secs {
-        let t = start + s as i64 * 1000;
-        fleet.second(t, |m, v| {
-            for c in 0..12 {
-                series[m * 12 + c].push((t, v[c]));
-            }
-        });
-    }
+    let series = Fleet::new(meters, 10, 7).series(start, secs);
     type Edit = fn(&mut meterstream_storage::rollup::Summary);
     let edits: [(&str, Edit); 3] = [
         ("all", |_| {}),

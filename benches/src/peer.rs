@@ -104,45 +104,34 @@ fn stop_child(child: &mut Child) -> Result<()> {
     Ok(())
 }
 
-/// A VictoriaMetrics process on 127.0.0.1 with its data in a given directory.
-pub struct Victoria {
+/// A peer's process on 127.0.0.1 and its base URL; killed when dropped if still running.
+pub struct Peer {
     /// The process.
     pub child: Child,
     /// Base URL.
     pub url: String,
 }
 
-impl Victoria {
-    /// Starts `victoria-metrics` (Debian package `victoria-metrics`) and waits for `/health`.
-    pub fn start(data: &Path) -> Result<Victoria> {
-        let bin = find_bin(VICTORIA.0).context(install_hint(&[VICTORIA.1]))?;
-        let port = crate::server::free_port()?;
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .arg(format!("-storageDataPath={}", data.display()))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg("-retentionPeriod=100y")
-            .arg("-loggerLevel=ERROR")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut v = Victoria { child, url };
+impl Peer {
+    /// Spawns `cmd` (named `name` in errors) and waits until `GET {url}{health}` succeeds.
+    fn spawn(name: &str, mut cmd: Command, url: String, health: &str) -> Result<Peer> {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let mut p = Peer { child, url };
         let client = reqwest::blocking::Client::new();
         for _ in 0..3000 {
             if client
-                .get(format!("{}/health", v.url))
+                .get(format!("{}{health}", p.url))
                 .send()
                 .is_ok_and(|r| r.status().is_success())
             {
-                return Ok(v);
+                return Ok(p);
             }
-            if v.child.try_wait()?.is_some() {
-                bail!("victoria-metrics exited during start");
+            if p.child.try_wait()?.is_some() {
+                bail!("{name} exited during start");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = v.child.kill();
-        bail!("victoria-metrics did not start")
+        bail!("{name} did not start")
     }
 
     /// CPU seconds used so far.
@@ -159,74 +148,13 @@ impl Victoria {
     pub fn stop(mut self) -> Result<()> {
         stop_child(&mut self.child)
     }
-}
 
-impl Drop for Victoria {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// An InfluxDB 1.x process (`influxd`) on 127.0.0.1 with its meta, data and WAL directories in a
-/// given directory, and a database `bench`.
-pub struct Influx {
-    /// The process.
-    pub child: Child,
-    /// Base URL.
-    pub url: String,
-}
-
-impl Influx {
-    /// Starts `influxd` (Debian package `influxdb`), waits for `/ping`, creates database `bench`.
-    pub fn start(data: &Path) -> Result<Influx> {
-        let bin = find_bin(INFLUXD.0).context(install_hint(&[INFLUXD.1]))?;
-        let (port, rpc) = (crate::server::free_port()?, crate::server::free_port()?);
-        let url = format!("http://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .env("INFLUXDB_META_DIR", data.join("meta"))
-            .env("INFLUXDB_DATA_DIR", data.join("data"))
-            .env("INFLUXDB_DATA_WAL_DIR", data.join("wal"))
-            .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{port}"))
-            .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc}"))
-            .env("INFLUXDB_REPORTING_DISABLED", "true")
-            .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
-            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
-            .env("INFLUXDB_MONITOR_STORE_ENABLED", "false")
-            .env("INFLUXDB_HTTP_MAX_BODY_SIZE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut v = Influx { child, url };
-        let client = reqwest::blocking::Client::new();
-        for _ in 0..3000 {
-            if client
-                .get(format!("{}/ping", v.url))
-                .send()
-                .is_ok_and(|r| r.status().is_success())
-            {
-                let r = client
-                    .post(format!("{}/query", v.url))
-                    .form(&[("q", "CREATE DATABASE bench")])
-                    .send()?;
-                if !r.status().is_success() {
-                    bail!("influxd refused CREATE DATABASE: {}", r.status());
-                }
-                return Ok(v);
-            }
-            if v.child.try_wait()?.is_some() {
-                bail!("influxd exited during start");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = v.child.kill();
-        bail!("influxd did not start")
-    }
-
-    /// Runs an InfluxQL query against database `bench`; the answer as JSON.
-    pub fn query(&self, client: &reqwest::blocking::Client, q: &str) -> Result<serde_json::Value> {
+    /// Runs an InfluxQL query against database `bench` (InfluxDB); the answer as JSON.
+    pub fn influxql(
+        &self,
+        client: &reqwest::blocking::Client,
+        q: &str,
+    ) -> Result<serde_json::Value> {
         let r = client
             .get(format!("{}/query", self.url))
             .query(&[("db", "bench"), ("q", q), ("epoch", "ms")])
@@ -240,26 +168,58 @@ impl Influx {
         }
         Ok(v)
     }
+}
 
-    /// CPU seconds used so far.
-    pub fn cpu_seconds(&self) -> Result<f64> {
-        crate::server::cpu_seconds_of(self.child.id())
-    }
-
-    /// Resident bytes.
-    pub fn rss_bytes(&self) -> Result<u64> {
-        crate::server::rss_bytes_of(self.child.id())
-    }
-
-    /// Stops it with SIGTERM and waits.
-    pub fn stop(mut self) -> Result<()> {
-        stop_child(&mut self.child)
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
-impl Drop for Influx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Starts `victoria-metrics` (Debian package `victoria-metrics`) with its data in `data` and
+/// waits for `/health`.
+pub fn start_victoria(data: &Path) -> Result<Peer> {
+    let bin = find_bin(VICTORIA.0).context(install_hint(&[VICTORIA.1]))?;
+    let port = crate::server::free_port()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("-storageDataPath={}", data.display()))
+        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+        .arg("-retentionPeriod=100y")
+        .arg("-loggerLevel=ERROR");
+    Peer::spawn(
+        "victoria-metrics",
+        cmd,
+        format!("http://127.0.0.1:{port}"),
+        "/health",
+    )
+}
+
+/// Starts InfluxDB 1.x (`influxd`, Debian package `influxdb`) with its meta, data and WAL
+/// directories in `data`, waits for `/ping`, and creates database `bench`.
+pub fn start_influx(data: &Path) -> Result<Peer> {
+    let bin = find_bin(INFLUXD.0).context(install_hint(&[INFLUXD.1]))?;
+    let (port, rpc) = (crate::server::free_port()?, crate::server::free_port()?);
+    let mut cmd = Command::new(bin);
+    cmd.env("INFLUXDB_META_DIR", data.join("meta"))
+        .env("INFLUXDB_DATA_DIR", data.join("data"))
+        .env("INFLUXDB_DATA_WAL_DIR", data.join("wal"))
+        .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{port}"))
+        .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc}"))
+        .env("INFLUXDB_REPORTING_DISABLED", "true")
+        .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
+        .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
+        .env("INFLUXDB_MONITOR_STORE_ENABLED", "false")
+        .env("INFLUXDB_HTTP_MAX_BODY_SIZE", "0");
+    let p = Peer::spawn("influxd", cmd, format!("http://127.0.0.1:{port}"), "/ping")?;
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/query", p.url))
+        .form(&[("q", "CREATE DATABASE bench")])
+        .send()?;
+    if !r.status().is_success() {
+        bail!("influxd refused CREATE DATABASE: {}", r.status());
     }
+    Ok(p)
 }

@@ -117,6 +117,21 @@ impl Fleet {
         )
     }
 
+    /// Every stream's points over `seconds` from `start_ms`, one `Vec` per stream in the order
+    /// meter by meter, channel by channel (stream `m * 12 + c`).
+    pub fn series(&mut self, start_ms: i64, seconds: usize) -> Vec<Vec<(i64, f64)>> {
+        let mut out = vec![Vec::with_capacity(seconds); self.meters() * 12];
+        for s in 0..seconds {
+            let t = start_ms + s as i64 * 1000;
+            self.second(t, |m, v| {
+                for (c, x) in v.iter().enumerate() {
+                    out[m * 12 + c].push((t, *x));
+                }
+            });
+        }
+        out
+    }
+
     /// Advances every meter by one second at `t_ms` and calls `emit(meter, values)` with its 12
     /// channel values, in [`CHANNELS`] order.
     pub fn second(&mut self, t_ms: i64, mut emit: impl FnMut(usize, &[f64; 12])) {

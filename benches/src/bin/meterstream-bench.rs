@@ -1241,11 +1241,10 @@ fn influx(
     now: i64,
     points: f64,
 ) -> Result<serde_json::Value> {
-    use meterstream_bench::peer::Influx;
     let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("influx");
-    let db = Influx::start(&dir)?;
+    let db = meterstream_bench::peer::start_influx(&dir)?;
     let cpu0 = db.cpu_seconds()?;
     let started = Instant::now();
     send_all(
@@ -1260,7 +1259,7 @@ fn influx(
     let last_ms = (now - 1000) / 1000 * 1000;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let v = db.query(
+        let v = db.influxql(
             &client,
             &format!("SELECT last(reactive_energy) FROM meter WHERE gw='{gw}' AND dev='{dev}'"),
         )?;
@@ -1292,7 +1291,7 @@ fn influx(
         now - 3_600_000
     );
     let raw = timed(a.query_runs, || {
-        let v = db.query(&client, &q)?;
+        let v = db.influxql(&client, &q)?;
         ensure!(
             values(&v) == a.seconds.min(3600),
             "raw hour: {} values",
@@ -1304,28 +1303,28 @@ fn influx(
     for f in ["min", "max", "mean", "sum", "count", "stddev"] {
         let q =
             format!("SELECT {f}(voltage_l1) FROM meter WHERE {meter} AND {span} GROUP BY time(1h)");
-        let ms = timed(a.query_runs, || db.query(&client, &q).map(|_| ()))?;
+        let ms = timed(a.query_runs, || db.influxql(&client, &q).map(|_| ()))?;
         hourly.insert(f.into(), ms.into());
     }
     let q = format!(
         "SELECT mean(*) FROM meter WHERE {meter} AND time >= {}ms AND time < {now}ms GROUP BY time(1m)",
         now - 86_400_000
     );
-    let one_meter_day = timed(a.query_runs, || db.query(&client, &q).map(|_| ()))?;
+    let one_meter_day = timed(a.query_runs, || db.influxql(&client, &q).map(|_| ()))?;
     let q =
         format!("SELECT mean(active_power) FROM meter WHERE {span} GROUP BY time(15m), gw, dev");
     let fleet_ms = timed(a.query_runs, || {
-        let v = db.query(&client, &q)?;
+        let v = db.influxql(&client, &q)?;
         ensure!(series(&v) == a.meters, "fleet: {} series", series(&v));
         Ok(())
     })?;
     let q = format!(
         "SELECT sum(ap) FROM (SELECT mean(active_power) AS ap FROM meter WHERE {span} GROUP BY time(15m), gw, dev) WHERE {span} GROUP BY time(15m)"
     );
-    let agg = timed(a.query_runs, || db.query(&client, &q).map(|_| ()))?;
+    let agg = timed(a.query_runs, || db.influxql(&client, &q).map(|_| ()))?;
     let q = format!("SELECT last(*) FROM meter WHERE gw='{gw}' GROUP BY dev");
     let one_gateway = timed(a.query_runs, || {
-        let v = db.query(&client, &q)?;
+        let v = db.influxql(&client, &q)?;
         ensure!(
             series(&v) == a.meters_per_gateway,
             "gateway: {} series",
@@ -1335,7 +1334,7 @@ fn influx(
     })?;
     let q = "SELECT last(*) FROM meter GROUP BY gw, dev";
     let every = timed(a.query_runs.min(20), || {
-        let v = db.query(&client, q)?;
+        let v = db.influxql(&client, q)?;
         ensure!(series(&v) == a.meters, "every: {} series", series(&v));
         Ok(())
     })?;
@@ -1369,11 +1368,10 @@ fn victoria(
     now: i64,
     points: f64,
 ) -> Result<serde_json::Value> {
-    use meterstream_bench::peer::Victoria;
     let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("vm");
-    let vm = Victoria::start(&dir)?;
+    let vm = meterstream_bench::peer::start_victoria(&dir)?;
     let cpu0 = vm.cpu_seconds()?;
     let started = Instant::now();
     send_all(
