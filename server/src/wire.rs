@@ -83,8 +83,8 @@ impl Serialize for ValueOut<'_> {
 }
 
 /// A page of points of one stream in Digi's list envelope, `{"count", "size", "cursor",
-/// "list"}`, written straight into bytes: the same JSON as serializing [`PointOut`]s in a
-/// [`ListOut`], without a String per timestamp and id or escaping of the field names (a page
+/// "list"}`, written straight into bytes: the same JSON as serializing point structs in Digi's
+/// list envelope, without a String per timestamp and id or escaping of the field names (a page
 /// holds up to 100,000 points).
 pub fn points_page(
     stream: &str,
@@ -99,7 +99,6 @@ pub fn points_page(
     let mut out = Vec::with_capacity(64 + points.len() * per_point);
     let h = stable_hash(stream);
     // Writing to a Vec cannot fail; serde_json writes what it is given or a string.
-    let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
     let stream_json = serde_json::to_string(stream).unwrap_or_default();
     envelope_start(&mut out, points.len(), size, next);
     out.extend_from_slice(b",\"list\":[");
@@ -140,7 +139,7 @@ pub fn points_page(
         }
         if fields.has(4) {
             key(&mut out, "value");
-            json(
+            write_json(
                 &mut out,
                 &ValueOut {
                     value: &p.value,
@@ -157,14 +156,14 @@ pub fn points_page(
             .filter(|_| fields.has(6))
         {
             key(&mut out, "location");
-            json(&mut out, &l);
+            write_json(&mut out, &l);
         }
         if let Some(d) = e
             .and_then(|e| e.description.as_deref())
             .filter(|_| fields.has(7))
         {
             key(&mut out, "description");
-            json(&mut out, &d);
+            write_json(&mut out, &d);
         }
         // A point with no field selected is `{}`.
         out.extend_from_slice(if sep == b'{' { b"{}" } else { b"}" });
@@ -211,7 +210,6 @@ pub fn points_columns(
 ) -> Vec<u8> {
     use std::io::Write;
     let mut out = Vec::with_capacity(96 + points.len() * 24);
-    let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
     envelope_start(&mut out, points.len(), size, next);
     out.extend_from_slice(b",\"columns\":{");
     let h = stable_hash(stream);
@@ -242,7 +240,7 @@ pub fn points_columns(
                 2 => write!(out, "{}", p.timestamp),
                 3 => write!(out, "{}", p.server_timestamp),
                 4 => {
-                    json(
+                    write_json(
                         &mut out,
                         &ValueOut {
                             value: &p.value,
@@ -256,11 +254,11 @@ pub fn points_columns(
                     None => out.write_all(b"null"),
                 },
                 6 => {
-                    json(&mut out, &e.and_then(|e| e.location.as_deref()));
+                    write_json(&mut out, &e.and_then(|e| e.location.as_deref()));
                     Ok(())
                 }
                 _ => {
-                    json(&mut out, &e.and_then(|e| e.description.as_deref()));
+                    write_json(&mut out, &e.and_then(|e| e.description.as_deref()));
                     Ok(())
                 }
             };
@@ -298,42 +296,6 @@ pub fn write_time(out: &mut Vec<u8>, iso: &mut IsoFormatter, ms: i64) {
 pub fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     // Serializing plain values into a Vec cannot fail.
     let _ = serde_json::to_writer(out, v);
-}
-
-mod erased {
-    /// Something serde_json can write into a byte buffer.
-    pub trait Json {
-        fn write(&self, out: &mut Vec<u8>);
-    }
-
-    impl<T: serde::Serialize + ?Sized> Json for T {
-        fn write(&self, out: &mut Vec<u8>) {
-            // Serializing strings, numbers and our own types into a Vec does not fail.
-            let _ = serde_json::to_writer(out, self);
-        }
-    }
-}
-
-/// Digi's list envelope, typed: `{"count", "size", "cursor", "list"}`.
-#[derive(Serialize)]
-pub struct ListOut<T: Serialize> {
-    count: usize,
-    size: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cursor: Option<String>,
-    list: Vec<T>,
-}
-
-impl<T: Serialize> ListOut<T> {
-    /// A page of `list` for a request of `size`, with the cursor of the next page.
-    pub fn new(list: Vec<T>, size: usize, next: Option<Cursor>) -> Self {
-        ListOut {
-            count: list.len(),
-            size,
-            cursor: next.map(|c| c.encode()),
-            list,
-        }
-    }
 }
 
 /// Characters escaped in a stream path used as a URL path: all but the unreserved ones, the
@@ -496,6 +458,28 @@ pub fn list(items: Vec<J>, size: usize, next: Option<Cursor>) -> J {
 mod reference {
     //! The point shape as plain serde, to check [`super::points_page`] against.
     use super::*;
+
+    /// Digi's list envelope, typed: `{"count", "size", "cursor", "list"}`.
+    #[derive(Serialize)]
+    pub(super) struct ListOut<T: Serialize> {
+        count: usize,
+        size: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+        list: Vec<T>,
+    }
+
+    impl<T: Serialize> ListOut<T> {
+        /// A page of `list` for a request of `size`, with the cursor of the next page.
+        pub(super) fn new(list: Vec<T>, size: usize, next: Option<Cursor>) -> Self {
+            ListOut {
+                count: list.len(),
+                size,
+                cursor: next.map(|c| c.encode()),
+                list,
+            }
+        }
+    }
 
     /// A point of `stream` (of type `ty`), serialized straight to JSON without building a map.
     #[derive(Serialize)]
@@ -685,7 +669,7 @@ mod tests {
             ] {
                 let f = Fields(mask);
                 for (n, next) in [(pts.len(), None), (3, cursor.clone())] {
-                    let want = serde_json::to_vec(&ListOut::new(
+                    let want = serde_json::to_vec(&reference::ListOut::new(
                         reference::points("gw/m\"/v", ty, &pts[..n], f),
                         1000,
                         next.clone(),
