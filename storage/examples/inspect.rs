@@ -2,9 +2,17 @@
 //! `cargo run --release -p meterstream-storage --example inspect -- DIR`
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: inspect DIR")?;
-    let db = sled::Config::new()
-        .path(std::path::Path::new(&dir).join("sled"))
-        .open()?;
+    let path = std::path::Path::new(&dir).join("sled");
+    // sled refuses to open a store with the other compression setting; stores made since
+    // sled compression was turned on use it, older ones do not.
+    let db = match sled::Config::new()
+        .path(&path)
+        .use_compression(true)
+        .open()
+    {
+        Ok(db) => db,
+        Err(_) => sled::Config::new().path(&path).open()?,
+    };
     for name in db.tree_names() {
         let t = db.open_tree(&name)?;
         let (mut n, mut k, mut v) = (0u64, 0u64, 0u64);
