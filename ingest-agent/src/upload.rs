@@ -1,0 +1,434 @@
+//! From the channel layer to the server: the spool writer appends every published round to the
+//! spool, and the uploader sends pending records in batches and acknowledges them in the spool
+//! once the server has.
+//!
+//! # Spool record payload
+//! A MessagePack array of readings, each `[channel, timestamp ms, value, stream type, unit]`
+//! (value a float or a string; stream type its Digi name).
+//!
+//! # Upload
+//! `POST <url>/ws/v1/streams/history` with `Content-Type: application/msgpack` in the server's
+//! compact shape: `{"groups": [{"stream_id", "stream_type", "stream_units", "points":
+//! [[ts, value], ...]}, ...]}`, one group per stream path `<device id>/<channel>`.
+//!
+//! A batch is sent when `batch_points` are pending or the oldest unsent record has waited
+//! `flush_interval`. While a backlog replays, batches alternate between the oldest records and
+//! the newest, so live readings wait at most one batch.
+//!
+//! | answer | what happens |
+//! |---|---|
+//! | 2xx | acknowledged; for 207, the refused items are logged at ERROR and counted |
+//! | 400, 422 | the server refuses the batch for good: logged at ERROR, counted, acknowledged |
+//! | 413 | the batch is halved and sent again |
+//! | anything else, or no answer | retried after a backoff (doubling, with jitter) |
+
+use crate::channel::{Reading, Sample};
+use crate::config::{ServerConfig, UploadConfig};
+use crate::metrics::Stats;
+use crate::spool::Spool;
+use meterstream_storage::StreamType;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The spool, shared by the writer and the uploader.
+pub type SharedSpool = Arc<Mutex<Spool>>;
+
+/// Locks the spool (a panic elsewhere while it was held leaves it usable: its state is on disk).
+pub fn lock(s: &SharedSpool) -> std::sync::MutexGuard<'_, Spool> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Spooled(String, i64, Sample, String, String);
+
+/// Encodes a round as a spool record payload.
+pub fn encode_round(readings: &[Reading]) -> Vec<u8> {
+    let v: Vec<Spooled> = readings
+        .iter()
+        .map(|r| {
+            Spooled(
+                r.channel.to_string(),
+                r.timestamp,
+                r.value.clone(),
+                r.stream_type.as_str().to_string(),
+                r.unit.to_string(),
+            )
+        })
+        .collect();
+    rmp_serde::to_vec(&v).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Group<'a> {
+    stream_id: String,
+    stream_type: &'a str,
+    stream_units: &'a str,
+    points: Vec<(i64, &'a Sample)>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    groups: Vec<Group<'a>>,
+}
+
+/// Builds the compact upload body of some spool payloads, for `device_id`. Records that cannot
+/// be decoded (which the CRC makes unlikely) are skipped and counted in the second value.
+pub fn build_body(device_id: &str, payloads: &[Vec<u8>]) -> (Vec<u8>, usize) {
+    let mut decoded: Vec<Vec<Spooled>> = Vec::with_capacity(payloads.len());
+    let mut bad = 0;
+    for p in payloads {
+        match rmp_serde::from_slice::<Vec<Spooled>>(p) {
+            Ok(v) => decoded.push(v),
+            Err(_) => bad += 1,
+        }
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
+    for r in decoded.iter().flatten() {
+        let g = groups.entry(r.0.as_str()).or_insert_with(|| {
+            order.push(r.0.as_str());
+            Group {
+                stream_id: format!("{device_id}/{}", r.0),
+                stream_type: r.3.as_str(),
+                stream_units: r.4.as_str(),
+                points: Vec::new(),
+            }
+        });
+        g.points.push((r.1, &r.2));
+    }
+    let body = Body {
+        groups: order.iter().filter_map(|k| groups.remove(k)).collect(),
+    };
+    (rmp_serde::to_vec_named(&body).unwrap_or_default(), bad)
+}
+
+/// What the server made of an upload.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// Stored; `refused` items were not.
+    Stored { refused: usize, message: String },
+    /// Refused for good.
+    Refused(String),
+    /// Too large: send less.
+    TooLarge,
+    /// Try again later.
+    Retry(String),
+}
+
+/// The uploader's half: batches pending spool records and posts them.
+pub struct Uploader {
+    /// The spool.
+    pub spool: SharedSpool,
+    /// Woken whenever a record is appended.
+    pub appended: Arc<Notify>,
+    /// The gateway's device id.
+    pub device_id: String,
+    /// Where and how.
+    pub server: ServerConfig,
+    /// Batching and backoff.
+    pub upload: UploadConfig,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Uploader {
+    /// Uploads for as long as the task runs.
+    pub async fn run(self) {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(self.server.timeout))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot build the HTTP client, nothing will be uploaded: {e}");
+                return;
+            }
+        };
+        let url = format!(
+            "{}/ws/v1/streams/history",
+            self.server.url.trim_end_matches('/')
+        );
+        let min = Duration::from_secs_f64(self.upload.min_backoff);
+        let max = Duration::from_secs_f64(self.upload.max_backoff);
+        let flush = Duration::from_secs_f64(self.upload.flush_interval);
+        let mut backoff = min;
+        let mut limit = self.upload.batch_points;
+        let mut newest_turn = false;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            // Wait for a full batch, or for the oldest pending record to have waited `flush`.
+            let pending = lock(&self.spool).pending_points();
+            if pending == 0 {
+                deadline = None;
+                self.appended.notified().await;
+                continue;
+            }
+            let due = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + flush);
+            if (pending as usize) < limit && tokio::time::Instant::now() < due {
+                tokio::select! {
+                    () = self.appended.notified() => {}
+                    () = tokio::time::sleep_until(due) => {}
+                }
+                continue;
+            }
+            // A backlog: alternate between its oldest records and the newest.
+            let backlog = pending as usize > limit;
+            let from_newest = backlog && newest_turn;
+            newest_turn = backlog && !newest_turn;
+            let (seqs, payloads, points) = {
+                let sp = lock(&self.spool);
+                let mut seqs = Vec::new();
+                let mut points = 0usize;
+                let mut take = |(seq, p): (u64, u32)| {
+                    if !seqs.is_empty() && points + p as usize > limit {
+                        return false;
+                    }
+                    seqs.push(seq);
+                    points += p as usize;
+                    true
+                };
+                if from_newest {
+                    for x in sp.pending().rev() {
+                        if !take(x) {
+                            break;
+                        }
+                    }
+                    seqs.reverse();
+                } else {
+                    for x in sp.pending() {
+                        if !take(x) {
+                            break;
+                        }
+                    }
+                }
+                let mut payloads = Vec::with_capacity(seqs.len());
+                let mut ok = Vec::with_capacity(seqs.len());
+                for s in seqs {
+                    match sp.read(s) {
+                        Ok((_, p)) => {
+                            payloads.push(p);
+                            ok.push(s);
+                        }
+                        Err(e) => tracing::error!("reading the spool: {e}"),
+                    }
+                }
+                (ok, payloads, points)
+            };
+            if seqs.is_empty() {
+                tokio::time::sleep(min).await;
+                continue;
+            }
+            let (body, bad) = build_body(&self.device_id, &payloads);
+            if bad > 0 {
+                tracing::error!(
+                    records = bad,
+                    "spool records that cannot be decoded are dropped"
+                );
+            }
+            let answer = self.post(&client, &url, body).await;
+            match answer {
+                Answer::Stored { refused, message } => {
+                    if refused > 0 {
+                        tracing::error!(refused, "the server refused some readings: {message}");
+                        self.stats
+                            .rejected_points
+                            .fetch_add(refused as u64, Ordering::Relaxed);
+                    }
+                    self.ack(&seqs, points).await;
+                    backoff = min;
+                    limit = self.upload.batch_points;
+                    deadline = None;
+                }
+                Answer::Refused(message) => {
+                    tracing::error!(
+                        points,
+                        "the server refused a batch for good, it is dropped: {message}"
+                    );
+                    self.stats
+                        .rejected_points
+                        .fetch_add(points as u64, Ordering::Relaxed);
+                    self.ack(&seqs, points).await;
+                }
+                Answer::TooLarge => {
+                    limit = (limit / 2).max(1);
+                    tracing::warn!(
+                        limit,
+                        "the server found the batch too large; sending smaller ones"
+                    );
+                }
+                Answer::Retry(why) => {
+                    self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+                    let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                    tracing::warn!(
+                        retry_in_ms = jittered.as_millis() as u64,
+                        pending,
+                        "upload failed: {why}"
+                    );
+                    tokio::time::sleep(jittered).await;
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, seqs: &[u64], points: usize) {
+        let spool = self.spool.clone();
+        let seqs = seqs.to_vec();
+        let r = tokio::task::spawn_blocking(move || lock(&spool).ack(&seqs)).await;
+        match r {
+            Ok(Ok(())) => {
+                self.stats
+                    .uploaded_points
+                    .fetch_add(points as u64, Ordering::Relaxed);
+            }
+            // The records stay pending and are sent again; the server stores nothing twice.
+            Ok(Err(e)) => tracing::error!("recording an acknowledgement in the spool: {e}"),
+            Err(e) => tracing::error!("recording an acknowledgement in the spool: {e}"),
+        }
+    }
+
+    async fn post(&self, client: &reqwest::Client, url: &str, body: Vec<u8>) -> Answer {
+        let mut req = client
+            .post(url)
+            .header("content-type", "application/msgpack")
+            .body(body);
+        if let Some(key) = &self.server.api_key {
+            req = req.bearer_auth(key);
+        } else if let Some(user) = &self.server.username {
+            req = req.basic_auth(user, self.server.password.as_ref());
+        }
+        let r = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Answer::Retry(e.to_string()),
+        };
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        classify(status, &text)
+    }
+}
+
+fn classify(status: u16, text: &str) -> Answer {
+    match status {
+        207 => {
+            let refused = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v["errors"].as_array().map(Vec::len))
+                .unwrap_or(1);
+            Answer::Stored {
+                refused,
+                message: text.chars().take(500).collect(),
+            }
+        }
+        200..=299 => Answer::Stored {
+            refused: 0,
+            message: String::new(),
+        },
+        400 | 422 => Answer::Refused(format!(
+            "{status}: {}",
+            text.chars().take(500).collect::<String>()
+        )),
+        413 => Answer::TooLarge,
+        _ => Answer::Retry(format!(
+            "{status}: {}",
+            text.chars().take(200).collect::<String>()
+        )),
+    }
+}
+
+/// The spool writer: appends every round received to the spool and wakes the uploader.
+pub async fn write_rounds(
+    mut rx: tokio::sync::mpsc::Receiver<crate::channel::Round>,
+    spool: SharedSpool,
+    appended: Arc<Notify>,
+    stats: Arc<Stats>,
+) {
+    while let Some(round) = rx.recv().await {
+        let payload = encode_round(&round);
+        let points = round.len() as u32;
+        let sp = spool.clone();
+        let r = tokio::task::spawn_blocking(move || lock(&sp).append(points, &payload)).await;
+        match r {
+            Ok(Ok(_)) => appended.notify_one(),
+            Ok(Err(e)) => {
+                stats
+                    .spool_write_failures
+                    .fetch_add(u64::from(points), Ordering::Relaxed);
+                tracing::error!(
+                    points,
+                    "cannot write readings to the spool, they are lost: {e}"
+                );
+            }
+            Err(e) => tracing::error!("spool writer: {e}"),
+        }
+    }
+}
+
+/// The stream type of a spooled reading's type name (`DOUBLE` when unknown).
+pub fn stream_type(name: &str) -> StreamType {
+    StreamType::parse(name).unwrap_or(StreamType::Double)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rounds_become_one_group_per_stream_in_time_order() {
+        let r = |c: &str, t: i64, v: Sample| Reading {
+            channel: c.into(),
+            timestamp: t,
+            value: v,
+            stream_type: if c.ends_with("status") {
+                StreamType::String
+            } else {
+                StreamType::Double
+            },
+            unit: if c.ends_with("status") {
+                "".into()
+            } else {
+                "V".into()
+            },
+        };
+        let p1 = encode_round(&[
+            r("m/v", 1000, Sample::Number(230.5)),
+            r("m/status", 1000, Sample::Text("active".into())),
+        ]);
+        let p2 = encode_round(&[r("m/v", 2000, Sample::Number(231.0))]);
+        let (body, bad) = build_body("gw1", &[p1, p2, vec![1, 2, 3]]);
+        assert_eq!(bad, 1);
+        let v: serde_json::Value = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"groups": [
+                {"stream_id": "gw1/m/v", "stream_type": "DOUBLE", "stream_units": "V", "points": [[1000, 230.5], [2000, 231.0]]},
+                {"stream_id": "gw1/m/status", "stream_type": "STRING", "stream_units": "", "points": [[1000, "active"]]},
+            ]})
+        );
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(
+            classify(200, ""),
+            Answer::Stored {
+                refused: 0,
+                message: String::new()
+            }
+        );
+        assert!(matches!(
+            classify(207, r#"{"errors":[{},{}]}"#),
+            Answer::Stored { refused: 2, .. }
+        ));
+        assert!(matches!(classify(400, "bad"), Answer::Refused(_)));
+        assert_eq!(classify(413, ""), Answer::TooLarge);
+        for s in [401, 403, 404, 429, 500, 503] {
+            assert!(matches!(classify(s, ""), Answer::Retry(_)), "{s}");
+        }
+    }
+}
