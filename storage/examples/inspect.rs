@@ -5,11 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::path::Path::new(&dir).join("sled");
     // sled refuses to open a store with the other compression setting; stores made since
     // sled compression was turned on use it, older ones do not.
-    let db = match sled::Config::new()
-        .path(&path)
-        .use_compression(true)
-        .open()
-    {
+    let db = match sled::Config::new().path(&path).use_compression(true).open() {
         Ok(db) => db,
         Err(_) => sled::Config::new().path(&path).open()?,
     };
