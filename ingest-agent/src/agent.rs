@@ -74,11 +74,13 @@ pub async fn run(
         appended.notify_one();
     }
     let upload_sub = channels.subscribe(None, 256, true);
+    let (stop_writer, writer_stop) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(write_rounds(
         upload_sub.rx,
         spool.clone(),
         appended.clone(),
         stats.clone(),
+        writer_stop,
     ));
     let uploader = tokio::spawn(
         Uploader {
@@ -151,8 +153,8 @@ pub async fn run(
     for s in sampling {
         let _ = s.await;
     }
-    // The writer ends once every publisher is gone and its queue is drained.
-    drop(channels);
+    // The writer appends what is queued, then ends.
+    let _ = stop_writer.send(());
     let _ = writer.await;
     // Give the uploader a moment to send what is pending; anything left stays spooled.
     let deadline = Instant::now() + Duration::from_secs(3);

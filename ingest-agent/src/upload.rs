@@ -340,14 +340,33 @@ fn classify(status: u16, text: &str) -> Answer {
     }
 }
 
-/// The spool writer: appends every round received to the spool and wakes the uploader.
+/// The spool writer: appends every round received to the spool and wakes the uploader. When
+/// `stop` fires it takes no new rounds, appends those already queued, and returns.
 pub async fn write_rounds(
     mut rx: tokio::sync::mpsc::Receiver<crate::channel::Round>,
     spool: SharedSpool,
     appended: Arc<Notify>,
     stats: Arc<Stats>,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    while let Some(round) = rx.recv().await {
+    let mut stop = std::pin::pin!(stop);
+    let mut stopping = false;
+    loop {
+        let round = if stopping {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                r = rx.recv() => r,
+                _ = &mut stop => {
+                    stopping = true;
+                    rx.close();
+                    continue;
+                }
+            }
+        };
+        let Some(round) = round else {
+            return;
+        };
         let payload = encode_round(&round);
         let points = round.len() as u32;
         let sp = spool.clone();
