@@ -52,6 +52,10 @@ struct Physics {
     last_ms: Option<i64>,
 }
 
+fn hours_since_2020(now_ms: i64) -> f64 {
+    ((now_ms - 1_577_836_800_000) as f64 / 3_600_000.0).max(0.0)
+}
+
 /// Fraction of full load at a time of day (hours, 0–24): a base load with morning and evening
 /// peaks.
 pub fn load_curve(hour: f64) -> f64 {
@@ -60,7 +64,9 @@ pub fn load_curve(hour: f64) -> f64 {
 }
 
 impl Physics {
-    fn new(seed: u64) -> Physics {
+    /// A meter seeded by `seed`; its energy counters start where ~2.5 kW (and ~0.8 kvar) since
+    /// 2020 would have brought them, so that a restarted simulator's counters still only grow.
+    fn new(seed: u64, now_ms: i64) -> Physics {
         let mut rng = SmallRng::seed_from_u64(seed);
         let v_offset = [0; 3].map(|_| rng.gen_range(-2.0..2.0));
         let base = rng.gen_range(10.0..60.0);
@@ -73,8 +79,8 @@ impl Physics {
             walk: [1.0; 3],
             pf,
             freq: 50.0,
-            active_kwh: 1000.0 + (seed % 5000) as f64,
-            reactive_kvarh: 200.0 + (seed % 900) as f64,
+            active_kwh: (seed % 5000) as f64 + 2.5 * hours_since_2020(now_ms),
+            reactive_kvarh: (seed % 900) as f64 + 0.8 * hours_since_2020(now_ms),
             last_ms: None,
         }
     }
@@ -164,7 +170,7 @@ impl SimMeter {
             slave,
             profile: Arc::new(profile),
             state: Arc::new(Mutex::new(State {
-                physics: Physics::new(seed),
+                physics: Physics::new(seed, now_ms),
                 words: Default::default(),
                 fault: Fault::None,
                 requests: 0,
@@ -402,7 +408,7 @@ mod tests {
 
     #[test]
     fn quantities_are_consistent_and_energy_only_grows() {
-        let mut ph = Physics::new(7);
+        let mut ph = Physics::new(7, 1_700_000_000_000);
         let mut last = 0.0;
         for s in 0..7200 {
             let v = ph.step(1_700_000_000_000 + s * 1000);

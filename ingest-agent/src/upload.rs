@@ -63,6 +63,13 @@ pub fn encode_round(readings: &[Reading]) -> Vec<u8> {
     rmp_serde::to_vec(&v).unwrap_or_default()
 }
 
+/// The readings of a spool record payload as (channel, timestamp ms, value), or `None` if it
+/// cannot be decoded.
+pub fn decode_round(payload: &[u8]) -> Option<Vec<(String, i64, Sample)>> {
+    let v: Vec<Spooled> = rmp_serde::from_slice(payload).ok()?;
+    Some(v.into_iter().map(|s| (s.0, s.1, s.2)).collect())
+}
+
 #[derive(Serialize)]
 struct Group<'a> {
     stream_id: String,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod crash;
 mod meters;
 mod support;
 mod upload;
