@@ -7,7 +7,10 @@
 //! - [`server`]: starting and measuring a server process.
 //! - [`peer`]: VictoriaMetrics and InfluxDB, the peers measured in the same run.
 //! - [`chart`]: SVG charts of the results.
+//! - [`agent`]: the gateway agent's cost and replay speed (it prepares the replay spool with
+//!   the agent's own spool code).
 
+pub mod agent;
 pub mod batch;
 pub mod chart;
 pub mod peer;

@@ -74,6 +74,11 @@ pub struct UploadConfig {
     pub min_backoff: f64,
     /// Longest retry delay in seconds. Default 60.
     pub max_backoff: f64,
+    /// While a backlog replays (oldest first, in time order), readings taken since it began
+    /// are sent ahead of it once they have waited this many seconds. Default 5. Short outages
+    /// replay before that, all in time order; sending live readings early makes the server
+    /// take the rest of the backlog as late data, which costs it more.
+    pub live_max_delay: f64,
 }
 
 /// The on-disk spool.
@@ -189,6 +194,7 @@ impl Default for UploadConfig {
             flush_interval: 1.0,
             min_backoff: 0.5,
             max_backoff: 60.0,
+            live_max_delay: 5.0,
         }
     }
 }
@@ -359,6 +365,7 @@ impl Config {
         positive("upload.flush_interval", self.upload.flush_interval)?;
         positive("upload.min_backoff", self.upload.min_backoff)?;
         positive("upload.max_backoff", self.upload.max_backoff)?;
+        positive("upload.live_max_delay", self.upload.live_max_delay)?;
         if self.upload.min_backoff > self.upload.max_backoff {
             return bad("upload.min_backoff", "is above upload.max_backoff".into());
         }

@@ -516,7 +516,7 @@ impl Spool {
     }
 
     /// Pending seqs, oldest first, with their points.
-    pub fn pending(&self) -> impl DoubleEndedIterator<Item = (u64, u32)> + '_ {
+    pub fn pending(&self) -> impl DoubleEndedIterator<Item = (u64, u32)> + Clone + '_ {
         self.index.iter().map(|(k, l)| (*k, l.points))
     }
 
@@ -538,6 +538,11 @@ impl Spool {
     /// Points dropped because the spool was full, since it was opened.
     pub fn dropped_points(&self) -> u64 {
         self.dropped_points
+    }
+
+    /// The seq the next append will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// The directory.

@@ -31,6 +31,9 @@ enum Cmd {
     Scaling(ScalingArgs),
     /// Act as gateways: post live readings of simulated meters every second.
     Simulate(SimulateArgs),
+    /// The gateway agent: its CPU and memory reading simulated meters every second, and how
+    /// fast it replays a spool after an outage.
+    Agent(meterstream_bench::agent::AgentArgs),
 }
 
 #[derive(Parser)]
@@ -1462,5 +1465,14 @@ fn main() -> Result<()> {
         Cmd::Compare(c) => compare(c),
         Cmd::Scaling(c) => scaling(c),
         Cmd::Simulate(a) => simulate(a),
+        Cmd::Agent(a) => {
+            let v = meterstream_bench::agent::run(&a)?;
+            let text = serde_json::to_string_pretty(&v)?;
+            if let Some(p) = &a.json {
+                std::fs::write(p, &text)?;
+            }
+            println!("{text}");
+            Ok(())
+        }
     }
 }
