@@ -11,7 +11,7 @@
 //!    time until the server has ingested as many points as the spool held, and the points per
 //!    second that makes.
 
-use crate::server::{cpu_seconds_of, rss_bytes_of, ServerProcess};
+use crate::server::{cpu_seconds_of, rss_bytes_of, stop_child, ServerProcess};
 use anyhow::{ensure, Context, Result};
 use meterstream_agent::channel::{Reading, Sample};
 use meterstream_agent::profile::Profile;
@@ -55,19 +55,7 @@ struct Agent(Child);
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = stop_child(&mut self.0, Duration::from_secs(10));
     }
 }
 

@@ -99,19 +99,27 @@ impl ServerProcess {
 
     /// Stops the server gracefully (SIGTERM) and waits for it.
     pub fn stop(mut self) -> Result<()> {
-        let pid = self.child.id() as i32;
-        if send_signal(pid, 15) {
-            for _ in 0..3000 {
-                if self.child.try_wait()?.is_some() {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
+        stop_child(&mut self.child, Duration::from_secs(30))
     }
+}
+
+/// Stops a child process: SIGTERM, up to `grace` for it to exit, then SIGKILL.
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) -> Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    if send_signal(child.id() as i32, 15) {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
 }
 
 /// Sends signal `sig` with `kill(1)`, which keeps this crate free of unsafe code.

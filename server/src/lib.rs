@@ -14,6 +14,8 @@
 //!   [`params`]: query parameters.
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
+//! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
+//!   and for embedding.
 
 pub mod config;
 pub mod csv_export;
@@ -37,6 +39,56 @@ use metrics::Metrics;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A server running on a thread of its own, with its own actix runtime, on a store it opens
+/// itself; stopped gracefully and joined when dropped.
+pub struct Background {
+    /// `http://<address>` of the listener.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Opens the store `cfg` describes and serves it on `listener` until dropped.
+    pub fn start(
+        listener: std::net::TcpListener,
+        cfg: config::Config,
+    ) -> Result<Background, Box<dyn std::error::Error + Send + Sync>> {
+        cfg.validate()?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let store: Arc<dyn Store> =
+            Arc::new(meterstream_storage::Engine::open(cfg.store_config())?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("meterstream-server".into())
+            .spawn(move || {
+                let served =
+                    actix_web::rt::System::new().block_on(run(listener, store, cfg, async {
+                        let _ = rx.await;
+                    }));
+                if let Err(e) = served {
+                    tracing::error!("the background server failed: {e}");
+                }
+            })?;
+        Ok(Background {
+            url,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// State shared by every handler.
 pub struct AppState {

@@ -4,18 +4,15 @@
 use meterstream_agent::agent::Handles;
 use meterstream_agent::channel::{Reading, Sample};
 use meterstream_agent::config::{Config, MeterConfig, PortConfig};
-use meterstream_storage::{Engine, Store};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const DEVICE: &str = "00000000-00000000-00409DFF-FF418079";
 
 pub struct TestServer {
     pub url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: meterstream_server::Background,
 }
 
 impl TestServer {
@@ -27,20 +24,10 @@ impl TestServer {
             ..Default::default()
         };
         let listener = std::net::TcpListener::bind(addr).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let store: Arc<dyn Store> = Arc::new(Engine::open(cfg.store_config()).unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new()
-                .block_on(meterstream_server::run(listener, store, cfg, async {
-                    let _ = rx.await;
-                }))
-                .unwrap();
-        });
+        let server = meterstream_server::Background::start(listener, cfg).unwrap();
         TestServer {
-            url,
-            stop: Some(tx),
-            thread: Some(thread),
+            url: server.url.clone(),
+            _server: server,
         }
     }
 
@@ -79,17 +66,6 @@ impl TestServer {
         })
         .await
         .unwrap()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -1,16 +1,14 @@
 //! A real server on 127.0.0.1:0 with a temporary store, run in-process, stopped on drop.
 
 use meterstream_server::config::Config;
-use meterstream_storage::{Engine, Store};
+use meterstream_server::Background;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
-use std::sync::Arc;
 
 pub struct TestServer {
     pub url: String,
     pub client: Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -34,23 +32,12 @@ impl TestServer {
             ..Config::default()
         };
         tweak(&mut cfg);
-        cfg.validate().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let store: Arc<dyn Store> = Arc::new(Engine::open(cfg.store_config()).unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new()
-                .block_on(meterstream_server::run(listener, store, cfg, async {
-                    let _ = rx.await;
-                }))
-                .unwrap();
-        });
+        let server = Background::start(listener, cfg).unwrap();
         TestServer {
-            url,
+            url: server.url.clone(),
             client: Client::new(),
-            stop: Some(tx),
-            thread: Some(thread),
+            _server: server,
             _tmp: None,
         }
     }
@@ -113,17 +100,6 @@ impl TestServer {
                 Some(c) => cursor = Some(c.to_string()),
                 None => return out,
             }
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
