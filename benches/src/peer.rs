@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Line-protocol batches of the workload, in the same order and sizes as [`crate::batch::build`]:
 /// one line per meter and second, `meter,gw=<gateway>,dev=<meter> voltage_l1=231.02,... <unix s>`.
@@ -89,21 +89,6 @@ pub fn check_installed() -> Result<()> {
     }
 }
 
-/// Sends SIGTERM, waits up to 30 s, then kills.
-fn stop_child(child: &mut Child) -> Result<()> {
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill()?;
-    child.wait()?;
-    Ok(())
-}
-
 /// A peer's process on 127.0.0.1 and its base URL; killed when dropped if still running.
 pub struct Peer {
     /// The process.
@@ -146,7 +131,7 @@ impl Peer {
 
     /// Stops it with SIGTERM and waits.
     pub fn stop(mut self) -> Result<()> {
-        stop_child(&mut self.child)
+        crate::server::stop_child(&mut self.child, Duration::from_secs(30))
     }
 
     /// Runs an InfluxQL query against database `bench` (InfluxDB); the answer as JSON.
