@@ -120,6 +120,21 @@ pub fn open_port(p: &PortConfig) -> std::io::Result<tokio_serial::SerialStream> 
     Ok(s)
 }
 
+/// A Modbus RTU client over an open port, with the count of bytes read through it.
+fn attach(s: tokio_serial::SerialStream) -> (Modbus, Arc<AtomicU64>) {
+    let read = Arc::new(AtomicU64::new(0));
+    let t = Counted {
+        inner: s,
+        read: read.clone(),
+    };
+    (tokio_modbus::client::rtu::attach(t), read)
+}
+
+/// Opens the port and attaches a client, or `None` (the next tick retries with backoff).
+fn open_modbus(p: &PortConfig) -> Option<(Modbus, Arc<AtomicU64>)> {
+    open_port(p).map(attach).ok()
+}
+
 /// What one request came to.
 enum Outcome {
     Words(Vec<u16>),
@@ -180,13 +195,7 @@ pub async fn run(
         if ctx.is_none() && tokio::time::Instant::now() >= reopen_at {
             match open_port(&port) {
                 Ok(s) => {
-                    let read = Arc::new(AtomicU64::new(0));
-                    let t = Counted {
-                        inner: s,
-                        read: read.clone(),
-                    };
-                    ctx = Some((tokio_modbus::client::rtu::attach(t), read));
-                    backoff = Duration::from_secs(1);
+                    ctx = Some(attach(s));
                     tracing::info!(port = %port.path.display(), "serial port open");
                 }
                 Err(e) => {
@@ -207,7 +216,9 @@ pub async fn run(
                 };
                 match outcome {
                     Outcome::Words(words) => {
+                        // The line works: the next trouble starts its backoff afresh.
                         failures_in_a_row = 0;
+                        backoff = Duration::from_secs(1);
                         match m.profile.decode(req, &words) {
                             Ok(values) => {
                                 readings.extend(values.into_iter().map(|(i, v)| Reading {
@@ -240,9 +251,11 @@ pub async fn run(
                         } else {
                             Status::Error
                         };
-                        if ctx.is_some() {
-                            failures_in_a_row += 1;
+                        // Not open: the top of the tick reopens it, with its backoff.
+                        if ctx.is_none() {
+                            break;
                         }
+                        failures_in_a_row += 1;
                         // The line's state is unknown after a timeout or garbage: reopen it
                         // before the next request, at once unless failures keep coming.
                         ctx = None;
@@ -251,15 +264,8 @@ pub async fn run(
                             tracing::warn!(port = %port.path.display(), failures = failures_in_a_row, retry_in_s = backoff.as_secs(), "requests keep failing; reopening the port after a pause");
                             backoff = (backoff * 2).min(Duration::from_secs(60));
                             failures_in_a_row = 0;
-                        } else if let Ok(s) = open_port(&port) {
-                            let read = Arc::new(AtomicU64::new(0));
-                            ctx = Some((
-                                tokio_modbus::client::rtu::attach(Counted {
-                                    inner: s,
-                                    read: read.clone(),
-                                }),
-                                read,
-                            ));
+                        } else {
+                            ctx = open_modbus(&port);
                         }
                         break;
                     }

@@ -105,3 +105,31 @@ async fn failing_meters_show_in_status_and_the_others_go_on() {
     }
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_cannot_be_opened_does_not_stop_the_other_bus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config("http://127.0.0.1:9", tmp.path(), &[("here", "sdm630", 1)]);
+    let mut other = cfg.ports[0].clone();
+    other.meters[0].name = "gone".into();
+    cfg.ports.push(other);
+    cfg.metrics_interval = 0.5;
+    let _sims = sim::attach(&mut cfg, Some(Duration::from_millis(200))).unwrap();
+    cfg.ports[1].path = "/nonexistent/ttyUSB9".into();
+    let agent = Running::start(cfg).await;
+    let mut sub = agent.handles.channels.subscribe(None, 256, true);
+    let got = collect(&mut sub.rx, Duration::from_secs(10), |m| {
+        m.get("here/voltage_l1").is_some_and(|v| v.len() >= 5) && m.contains_key("gone/status")
+    })
+    .await;
+    assert!(got.get("here/voltage_l1").is_some_and(|v| v.len() >= 5));
+    let status = &got["gone/status"];
+    assert!(
+        status
+            .iter()
+            .all(|r| r.value == Sample::Text("error".into())),
+        "{status:?}"
+    );
+    assert!(!got.contains_key("gone/voltage_l1"));
+    agent.stop().await;
+}

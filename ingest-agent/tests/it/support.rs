@@ -35,6 +35,20 @@ impl TestServer {
         self.url.trim_start_matches("http://")
     }
 
+    /// The inventory entry of stream `id` (`null` if there is none).
+    pub async fn stream(&self, id: &str) -> serde_json::Value {
+        let url = format!("{}/ws/v1/streams/inventory/{id}", self.url);
+        tokio::task::spawn_blocking(move || {
+            let r = reqwest::blocking::get(url).unwrap();
+            if r.status() == 404 {
+                return serde_json::Value::Null;
+            }
+            r.json().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
     /// Every point of `stream` as (timestamp ms, value), oldest first, following cursors.
     pub async fn history(&self, stream: &str) -> Vec<(i64, serde_json::Value)> {
         let (url, stream) = (self.url.clone(), stream.to_string());
@@ -163,4 +177,20 @@ pub fn number(r: &Reading) -> f64 {
         Sample::Number(v) => *v,
         Sample::Text(t) => panic!("{t} is not a number"),
     }
+}
+
+/// Waits until `f` holds, checking every 50 ms, for at most `limit`.
+pub async fn eventually_async<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f().await
 }

@@ -53,6 +53,21 @@ async fn every_sampled_reading_arrives_with_its_value() {
     }
     let status = server.history(&format!("{DEVICE}/a/status")).await;
     assert_eq!(status[0].1, "active");
+    // Types and units come from the profiles.
+    for (id, ty, units) in [
+        ("a/voltage_l1", "DOUBLE", "V"),
+        ("a/active_energy", "DOUBLE", "kWh"),
+        ("b/current_l3", "DOUBLE", "A"),
+        ("b/reactive_power", "DOUBLE", "var"),
+        ("a/status", "STRING", ""),
+    ] {
+        let s = server.stream(&format!("{DEVICE}/{id}")).await;
+        assert_eq!(
+            (s["type"].as_str(), s["units"].as_str()),
+            (Some(ty), Some(units)),
+            "{id}: {s}"
+        );
+    }
     // Static streams at start, and the agent's health metrics.
     assert_eq!(
         server.history(&format!("{DEVICE}/a/latitude")).await[0].1,
@@ -129,4 +144,74 @@ async fn readings_taken_while_the_server_is_down_arrive_once_in_order() {
         }
         assert_arrived(&server, channel, readings).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_readings_do_not_wait_for_a_long_backlog() {
+    use meterstream_agent::channel::Sample;
+    use meterstream_storage::StreamType;
+    let tmp = tempfile::tempdir().unwrap();
+    let spool_dir = tmp.path().join("spool");
+    // A backlog from an earlier outage: 2,000 rounds of 100 readings, two days ago.
+    let start = meterstream_agent::now_ms() - 2 * 86_400_000;
+    {
+        let (mut sp, _) =
+            meterstream_agent::spool::Spool::open(&spool_dir, 1 << 30, false).unwrap();
+        for s in 0..2_000i64 {
+            let round: Vec<Reading> = (0..100)
+                .map(|c| Reading {
+                    channel: format!("old/c{c}").into(),
+                    timestamp: start + s * 1000,
+                    value: Sample::Number(s as f64),
+                    stream_type: StreamType::Double,
+                    unit: "".into(),
+                })
+                .collect();
+            sp.append(100, &meterstream_agent::upload::encode_round(&round))
+                .unwrap();
+        }
+    }
+    let server = TestServer::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let mut cfg = config(&server.url, &spool_dir, &[("a", "sdm630", 1)]);
+    // Small batches: the backlog takes a thousand uploads.
+    cfg.upload.batch_points = 200;
+    cfg.upload.live_max_delay = 0.5;
+    let _sims = sim::attach(&mut cfg, Some(Duration::from_millis(200))).unwrap();
+    let agent = Running::start(cfg).await;
+    let started = meterstream_agent::now_ms();
+    // The first live reading on the server, and how much backlog was still pending then.
+    let mut backlog_left = None;
+    for _ in 0..100 {
+        if !server
+            .history(&format!("{DEVICE}/a/voltage_l1"))
+            .await
+            .is_empty()
+        {
+            backlog_left = Some(agent.pending());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = meterstream_agent::now_ms() - started;
+    let left = backlog_left.expect("no live reading reached the server within 5 s");
+    assert!(
+        left > 10_000,
+        "live readings went only after the backlog ({left} points left)"
+    );
+    assert!(waited < 4_000, "live readings waited {waited} ms");
+    // The backlog still arrives whole, in time order per stream.
+    assert!(
+        crate::support::eventually_async(Duration::from_secs(60), || async {
+            agent.pending() < 1_000
+        })
+        .await,
+        "the backlog did not drain"
+    );
+    agent.stop().await;
+    let old = server.history(&format!("{DEVICE}/old/c7")).await;
+    assert_eq!(old.len(), 2_000);
+    assert!(old
+        .iter()
+        .enumerate()
+        .all(|(i, (t, v))| *t == start + i as i64 * 1000 && v.as_f64() == Some(i as f64)));
 }
