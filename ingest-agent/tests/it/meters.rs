@@ -133,3 +133,32 @@ async fn a_port_that_cannot_be_opened_does_not_stop_the_other_bus() {
     assert!(!got.contains_key("gone/voltage_l1"));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_that_keeps_failing_is_reopened_with_backoff_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config("http://127.0.0.1:9", tmp.path(), &[("dead", "sdm630", 1)]);
+    cfg.ports[0].reconnect_after = 2;
+    cfg.metrics_interval = 0.5;
+    let sims = sim::attach(&mut cfg, Some(Duration::from_millis(200))).unwrap();
+    let dead = sims.meter("dead").unwrap().clone();
+    dead.set_fault(Fault::Silent);
+    let agent = Running::start(cfg).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every 0.2 s for 4 s would be 20 requests; two failures then pauses of 1 s and 2 s leave
+    // about 5.
+    let asked = dead.requests();
+    assert!((2..=8).contains(&asked), "{asked} requests in 4 s");
+    // Healed, it is read again once the pause is over (at most 4 s more).
+    dead.set_fault(Fault::None);
+    let mut sub = agent.handles.channels.subscribe(Some("dead/*"), 256, true);
+    let got = collect(&mut sub.rx, Duration::from_secs(10), |m| {
+        m.contains_key("dead/voltage_l1")
+    })
+    .await;
+    assert!(
+        got.contains_key("dead/voltage_l1"),
+        "not read again after healing"
+    );
+    agent.stop().await;
+}
