@@ -215,3 +215,79 @@ async fn live_readings_do_not_wait_for_a_long_backlog() {
         .enumerate()
         .all(|(i, (t, v))| *t == start + i as i64 * 1000 && v.as_f64() == Some(i as f64)));
 }
+
+/// A real HTTP receiver on 127.0.0.1 that answers every request `201 {"count":1}` and keeps the
+/// `authorization` header of each.
+fn recording_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let (mut len, mut auth) = (0usize, String::new());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap();
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        let (k, v) = l.split_once(':').unwrap_or((l, ""));
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => len = v.trim().parse().unwrap(),
+                            "authorization" => auth = v.trim().to_string(),
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body).unwrap();
+                    seen.lock().unwrap().push(auth);
+                    let answer = "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"count\":1}";
+                    conn.write_all(answer.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    (url, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_carry_the_configured_credentials() {
+    for (key, user, want) in [
+        (Some("dk_8079_secret"), None, "Bearer dk_8079_secret"),
+        // base64("gateway-8079:pw") = Z2F0ZXdheS04MDc5OnB3
+        (
+            None,
+            Some(("gateway-8079", "pw")),
+            "Basic Z2F0ZXdheS04MDc5OnB3",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (url, seen) = recording_receiver();
+        let mut cfg = config(&url, &tmp.path().join("spool"), &[("a", "sdm630", 1)]);
+        cfg.server.api_key = key.map(str::to_string);
+        if let Some((u, p)) = user {
+            cfg.server.username = Some(u.into());
+            cfg.server.password = Some(p.into());
+        }
+        cfg.validate().unwrap();
+        let _sims = sim::attach(&mut cfg, Some(Duration::from_millis(200))).unwrap();
+        let agent = Running::start(cfg).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        agent.stop().await;
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen.is_empty(), "nothing was uploaded");
+        assert!(seen.iter().all(|a| a == want), "{seen:?}");
+    }
+}
