@@ -13,6 +13,8 @@
 //! - [`head`]: the open head of a stream, compressed in memory; `snapshot` saves them all.
 //! - `chunk_file`: the append-only files that hold sealed chunks.
 //! - [`query`]: history queries, stream filters, pages and cursors.
+//! - [`registry`]: devices, their connection history and their commands (the `Registry` trait
+//!   and its sled implementation).
 //! - [`rollup`]: intervals, methods, mergeable summaries, time-zone boundaries, rolling up.
 //! - [`buckets`]: summaries on the stored 1- and 15-minute UTC grids and their encoding.
 //! - [`stream`], [`point`], [`value`]: the data model.
@@ -63,6 +65,7 @@ pub mod metrics;
 pub mod path;
 pub mod point;
 pub mod query;
+pub mod registry;
 pub mod rollup;
 pub mod series;
 mod snapshot;

@@ -1,0 +1,582 @@
+//! Devices, their connection history and their commands: the [`Registry`] trait (the narrow
+//! interface the server uses) and its sled implementation. Design: `docs/devices.md`.
+//!
+//! # Layout (a sled database of its own, `<data_dir>/registry`)
+//! ```text
+//! devices   device id                          → Device (JSON)
+//! events    device id ++ 0x00 ++ u64 BE seq    → DeviceEvent (JSON)
+//! commands  device id ++ 0x00 ++ u64 BE id     → Command (JSON)
+//! meta      "next_command_id"                  → u64 BE
+//! ```
+//! Every key starts with the device id, so the registry partitions by device like the points.
+//! Every change is flushed before it returns.
+
+use crate::error::{Result, StorageError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A meter as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeterInfo {
+    /// Name (the second path segment of its streams).
+    pub name: String,
+    /// Model profile.
+    pub model: String,
+    /// Modbus slave id.
+    #[serde(default)]
+    pub slave: Option<u8>,
+}
+
+/// A gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Device id (the first path segment of its streams).
+    pub id: String,
+    /// Gateway model, as reported.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Agent version, as reported.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// Its meters, as reported.
+    #[serde(default)]
+    pub meters: Vec<MeterInfo>,
+    /// Latitude, longitude.
+    #[serde(default)]
+    pub location: Option<(f64, f64)>,
+    /// Free tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Group (access can be limited to groups).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// When it was first seen, Unix ms.
+    pub registered: i64,
+    /// Whether it is connected.
+    #[serde(default)]
+    pub connected: bool,
+    /// Last connect, Unix ms.
+    #[serde(default)]
+    pub last_connect: Option<i64>,
+    /// Last disconnect, Unix ms.
+    #[serde(default)]
+    pub last_disconnect: Option<i64>,
+    /// Last time seen (as last written; the server keeps fresher times in memory), Unix ms.
+    #[serde(default)]
+    pub last_seen: Option<i64>,
+    /// Last known address.
+    #[serde(default)]
+    pub last_address: Option<String>,
+}
+
+impl Device {
+    /// A device first seen at `now`.
+    pub fn new(id: &str, now: i64) -> Device {
+        Device {
+            id: id.into(),
+            model: None,
+            agent_version: None,
+            meters: Vec::new(),
+            location: None,
+            tags: Vec::new(),
+            group: None,
+            registered: now,
+            connected: false,
+            last_connect: None,
+            last_disconnect: None,
+            last_seen: None,
+            last_address: None,
+        }
+    }
+}
+
+/// A change of a device's connection status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    /// Sequence number within the device, from 1.
+    pub seq: u64,
+    /// When, Unix ms.
+    pub time: i64,
+    /// `connected` or `disconnected`.
+    pub status: String,
+    /// Address it was seen from (for `connected`).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// The life of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    /// Waiting for the device.
+    Queued,
+    /// Delivered to the device, no result yet.
+    Sent,
+    /// The device ran it.
+    Succeeded,
+    /// The device could not run it.
+    Failed,
+    /// Not delivered within its lifetime.
+    Expired,
+    /// Cancelled before delivery.
+    Cancelled,
+}
+
+impl CommandStatus {
+    /// Whether the command is finished (no further change).
+    pub fn is_final(self) -> bool {
+        !matches!(self, CommandStatus::Queued | CommandStatus::Sent)
+    }
+
+    /// Parses a status name.
+    pub fn parse(s: &str) -> Option<CommandStatus> {
+        serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase())).ok()
+    }
+}
+
+/// A command to a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Id, unique, increasing in creation order.
+    pub id: u64,
+    /// The device.
+    pub device_id: String,
+    /// What to do.
+    pub command: String,
+    /// Its parameters.
+    #[serde(default)]
+    pub parameters: serde_json::Value,
+    /// Seconds it may wait for delivery.
+    pub lifetime: u64,
+    /// Status.
+    pub status: CommandStatus,
+    /// The device's result.
+    #[serde(default)]
+    pub result: serde_json::Value,
+    /// Created, Unix ms.
+    pub created: i64,
+    /// Last change, Unix ms.
+    pub updated: i64,
+    /// When a queued command expires, Unix ms.
+    pub expires: i64,
+}
+
+/// The registry of devices and commands. Blocking; every successful change is durable.
+pub trait Registry: Send + Sync {
+    /// The device `id`.
+    fn device(&self, id: &str) -> Result<Option<Device>>;
+    /// Creates or replaces a device.
+    fn put_device(&self, d: &Device) -> Result<()>;
+    /// Devices in id order after `after`, at most `limit`.
+    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>>;
+    /// Appends a connection event to a device's history; returns it with its seq.
+    fn add_event(&self, device: &str, event: DeviceEvent) -> Result<DeviceEvent>;
+    /// A device's events after seq `after`, oldest first, at most `limit`.
+    fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>>;
+    /// Queues a command.
+    fn create_command(
+        &self,
+        device: &str,
+        command: &str,
+        parameters: serde_json::Value,
+        lifetime: u64,
+        now: i64,
+    ) -> Result<Command>;
+    /// One command.
+    fn command(&self, device: &str, id: u64) -> Result<Option<Command>>;
+    /// A device's commands after id `after`, oldest first, at most `limit`.
+    fn commands(&self, device: &str, after: u64, limit: usize) -> Result<Vec<Command>>;
+    /// Delivery: the device's unfinished (queued or sent) commands after id `after`, oldest
+    /// first; queued ones become sent. Queued commands past their expiry become expired and are
+    /// not delivered.
+    fn deliver(&self, device: &str, after: u64, now: i64) -> Result<Vec<Command>>;
+    /// Changes a command with `f` (which may refuse with an error message); returns it after.
+    /// `None` if there is no such command.
+    fn update_command(
+        &self,
+        device: &str,
+        id: u64,
+        now: i64,
+        f: &mut dyn FnMut(&mut Command) -> std::result::Result<(), String>,
+    ) -> Result<Option<std::result::Result<Command, String>>>;
+    /// Turns every queued command past its expiry into expired; returns those.
+    fn expire(&self, now: i64) -> Result<Vec<Command>>;
+}
+
+/// The sled registry.
+pub struct SledRegistry {
+    db: sled::Db,
+    devices: sled::Tree,
+    events: sled::Tree,
+    commands: sled::Tree,
+    meta: sled::Tree,
+    /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
+    lock: Mutex<()>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::corrupt("registry", e.to_string())
+}
+
+fn key(device: &str, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(device.len() + 9);
+    k.extend_from_slice(device.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn prefix(device: &str) -> Vec<u8> {
+    let mut k = device.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(db_err)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(db_err)
+}
+
+impl SledRegistry {
+    /// Opens (or creates) the registry in directory `path`.
+    pub fn open(path: &Path) -> Result<SledRegistry> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(8 << 20)
+            .open()
+            .map_err(db_err)?;
+        let t = |n: &str| db.open_tree(n).map_err(db_err);
+        Ok(SledRegistry {
+            devices: t("devices")?,
+            events: t("events")?,
+            commands: t("commands")?,
+            meta: t("meta")?,
+            db,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    fn put_command(&self, c: &Command) -> Result<()> {
+        self.commands
+            .insert(key(&c.device_id, c.id), encode(c)?)
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn scan_commands(&self, device: &str, after: u64) -> impl Iterator<Item = Result<Command>> {
+        self.commands
+            .range(key(device, after.saturating_add(1))..=key(device, u64::MAX))
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode::<Command>(&v)))
+    }
+}
+
+impl Registry for SledRegistry {
+    fn device(&self, id: &str) -> Result<Option<Device>> {
+        self.devices
+            .get(id.as_bytes())
+            .map_err(db_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn put_device(&self, d: &Device) -> Result<()> {
+        self.devices
+            .insert(d.id.as_bytes(), encode(d)?)
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>> {
+        let iter = match after {
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                self.devices.range(k..)
+            }
+            None => self.devices.range::<&[u8], _>(..),
+        };
+        iter.take(limit)
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn add_event(&self, device: &str, mut event: DeviceEvent) -> Result<DeviceEvent> {
+        let _g = self.lock.lock();
+        let p = prefix(device);
+        let last = self
+            .events
+            .scan_prefix(&p)
+            .next_back()
+            .transpose()
+            .map_err(db_err)?
+            .map(|(_, v)| decode::<DeviceEvent>(&v))
+            .transpose()?;
+        event.seq = last.map_or(1, |e| e.seq + 1);
+        self.events
+            .insert(key(device, event.seq), encode(&event)?)
+            .map_err(db_err)?;
+        self.flush()?;
+        Ok(event)
+    }
+
+    fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>> {
+        self.events
+            .range(key(device, after.saturating_add(1))..=key(device, u64::MAX))
+            .take(limit)
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn create_command(
+        &self,
+        device: &str,
+        command: &str,
+        parameters: serde_json::Value,
+        lifetime: u64,
+        now: i64,
+    ) -> Result<Command> {
+        let _g = self.lock.lock();
+        let id = match self.meta.get(b"next_command_id").map_err(db_err)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(db_err)?),
+            None => 1,
+        };
+        self.meta
+            .insert(b"next_command_id", &(id + 1).to_be_bytes())
+            .map_err(db_err)?;
+        let c = Command {
+            id,
+            device_id: device.into(),
+            command: command.into(),
+            parameters,
+            lifetime,
+            status: CommandStatus::Queued,
+            result: serde_json::Value::Null,
+            created: now,
+            updated: now,
+            expires: now.saturating_add((lifetime as i64).saturating_mul(1000)),
+        };
+        self.put_command(&c)?;
+        self.flush()?;
+        Ok(c)
+    }
+
+    fn command(&self, device: &str, id: u64) -> Result<Option<Command>> {
+        self.commands
+            .get(key(device, id))
+            .map_err(db_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn commands(&self, device: &str, after: u64, limit: usize) -> Result<Vec<Command>> {
+        self.scan_commands(device, after).take(limit).collect()
+    }
+
+    fn deliver(&self, device: &str, after: u64, now: i64) -> Result<Vec<Command>> {
+        let _g = self.lock.lock();
+        let mut out = Vec::new();
+        let mut changed = false;
+        let all: Vec<Command> = self.scan_commands(device, after).collect::<Result<_>>()?;
+        for mut c in all {
+            match c.status {
+                CommandStatus::Queued if now >= c.expires => {
+                    c.status = CommandStatus::Expired;
+                    c.updated = now;
+                    self.put_command(&c)?;
+                    changed = true;
+                }
+                CommandStatus::Queued => {
+                    c.status = CommandStatus::Sent;
+                    c.updated = now;
+                    self.put_command(&c)?;
+                    changed = true;
+                    out.push(c);
+                }
+                CommandStatus::Sent => out.push(c),
+                _ => {}
+            }
+        }
+        if changed {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    fn update_command(
+        &self,
+        device: &str,
+        id: u64,
+        now: i64,
+        f: &mut dyn FnMut(&mut Command) -> std::result::Result<(), String>,
+    ) -> Result<Option<std::result::Result<Command, String>>> {
+        let _g = self.lock.lock();
+        let Some(mut c) = self.command(device, id)? else {
+            return Ok(None);
+        };
+        if let Err(e) = f(&mut c) {
+            return Ok(Some(Err(e)));
+        }
+        c.updated = now;
+        self.put_command(&c)?;
+        self.flush()?;
+        Ok(Some(Ok(c)))
+    }
+
+    fn expire(&self, now: i64) -> Result<Vec<Command>> {
+        let _g = self.lock.lock();
+        let mut out = Vec::new();
+        for kv in self.commands.iter() {
+            let (_, v) = kv.map_err(db_err)?;
+            let mut c: Command = decode(&v)?;
+            if c.status == CommandStatus::Queued && now >= c.expires {
+                c.status = CommandStatus::Expired;
+                c.updated = now;
+                self.put_command(&c)?;
+                out.push(c);
+            }
+        }
+        if !out.is_empty() {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn commands_are_delivered_by_id_once_queued_and_again_while_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let a = r
+            .create_command("gw1", "read_now", json!({}), 60, 1_000)
+            .unwrap();
+        let b = r
+            .create_command("gw1", "set_interval", json!({"seconds": 5}), 60, 1_000)
+            .unwrap();
+        let other = r
+            .create_command("gw2", "read_now", json!({}), 60, 1_000)
+            .unwrap();
+        assert!(a.id < b.id && b.id < other.id);
+        let got = r.deliver("gw1", 0, 2_000).unwrap();
+        assert_eq!(
+            got.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![a.id, b.id]
+        );
+        assert!(got.iter().all(|c| c.status == CommandStatus::Sent));
+        // The answer was lost: asking again with the same cursor gives them again.
+        assert_eq!(r.deliver("gw1", 0, 2_100).unwrap().len(), 2);
+        // After the first, only the second.
+        assert_eq!(r.deliver("gw1", a.id, 2_100).unwrap()[0].id, b.id);
+        // Finished commands are not delivered.
+        r.update_command("gw1", a.id, 2_200, &mut |c| {
+            c.status = CommandStatus::Succeeded;
+            Ok(())
+        })
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.deliver("gw1", 0, 2_300).unwrap().len(), 1);
+        assert_eq!(r.deliver("gw2", 0, 2_300).unwrap()[0].id, other.id);
+    }
+
+    #[test]
+    fn queued_commands_expire_and_everything_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let r = SledRegistry::open(dir.path()).unwrap();
+            r.create_command("gw1", "x", json!(null), 5, 10_000)
+                .unwrap();
+            let keep = r
+                .create_command("gw1", "y", json!(null), 100, 10_000)
+                .unwrap();
+            let expired = r.expire(15_000).unwrap();
+            assert_eq!(expired.len(), 1);
+            assert_eq!(expired[0].status, CommandStatus::Expired);
+            r.put_device(&Device::new("gw1", 1)).unwrap();
+            r.add_event(
+                "gw1",
+                DeviceEvent {
+                    seq: 0,
+                    time: 5,
+                    status: "connected".into(),
+                    address: None,
+                },
+            )
+            .unwrap();
+            keep.id
+        };
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let all = r.commands("gw1", 0, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].status, CommandStatus::Expired);
+        assert_eq!(
+            r.command("gw1", id).unwrap().unwrap().status,
+            CommandStatus::Queued
+        );
+        // Ids keep growing after a reopen.
+        assert!(
+            r.create_command("gw1", "z", json!(null), 5, 20_000)
+                .unwrap()
+                .id
+                > id
+        );
+        // A poll never delivers an expired command, even before the sweep.
+        let late = r
+            .create_command("gw1", "late", json!(null), 1, 20_000)
+            .unwrap();
+        assert!(r
+            .deliver("gw1", id, 21_500)
+            .unwrap()
+            .iter()
+            .all(|c| c.id != late.id));
+        assert_eq!(
+            r.command("gw1", late.id).unwrap().unwrap().status,
+            CommandStatus::Expired
+        );
+        assert_eq!(r.device("gw1").unwrap().unwrap().registered, 1);
+        let ev = r
+            .add_event(
+                "gw1",
+                DeviceEvent {
+                    seq: 0,
+                    time: 9,
+                    status: "disconnected".into(),
+                    address: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(ev.seq, 2);
+        assert_eq!(r.events("gw1", 0, 10).unwrap().len(), 2);
+        assert_eq!(r.events("gw1", 1, 10).unwrap()[0].status, "disconnected");
+    }
+
+    #[test]
+    fn devices_page_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        for id in ["gw-3", "gw-1", "gw-2", "gw-10"] {
+            r.put_device(&Device::new(id, 0)).unwrap();
+        }
+        let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        assert_eq!(ids(r.devices(None, 2).unwrap()), vec!["gw-1", "gw-10"]);
+        assert_eq!(
+            ids(r.devices(Some("gw-10"), 10).unwrap()),
+            vec!["gw-2", "gw-3"]
+        );
+    }
+}
