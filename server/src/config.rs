@@ -33,6 +33,9 @@ pub struct Config {
     /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
     /// Default `info`.
     pub log: String,
+    /// Seconds without an upload or a poll after which a device counts as disconnected.
+    /// Default 120.
+    pub device_inactivity_timeout: u64,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             cache_mb: 64,
             workers: 0,
             log: "info".into(),
+            device_inactivity_timeout: 120,
         }
     }
 }
@@ -89,6 +93,9 @@ pub struct Args {
     /// Log filter.
     #[arg(long, env = "METERSTREAM_LOG")]
     pub log: Option<String>,
+    /// Seconds without uploads or polls after which a device is disconnected.
+    #[arg(long, env = "METERSTREAM_DEVICE_INACTIVITY_TIMEOUT")]
+    pub device_inactivity_timeout: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -121,6 +128,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where the device and command registry lives: `<data_dir>/registry`.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.data_dir.join("registry")
+    }
+
     /// Parses a TOML document.
     pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -166,6 +178,9 @@ impl Config {
         if let Some(v) = args.workers {
             c.workers = v;
         }
+        if let Some(v) = args.device_inactivity_timeout {
+            c.device_inactivity_timeout = v;
+        }
         if let Some(v) = &args.log {
             c.log = v.clone();
         }
@@ -192,6 +207,9 @@ impl Config {
         }
         if self.checkpoint_interval == 0 {
             return bad("checkpoint_interval", "must be at least 1 second");
+        }
+        if self.device_inactivity_timeout == 0 {
+            return bad("device_inactivity_timeout", "must be at least 1 second");
         }
         self.store_config()
             .validate()

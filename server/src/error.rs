@@ -31,6 +31,10 @@ pub enum ApiError {
     /// The method is not allowed on this route.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// The request conflicts with the state of what it names (e.g. cancelling a finished
+    /// command).
+    #[error("{0}")]
+    Conflict(String),
     /// A blocking task failed (panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,6 +83,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

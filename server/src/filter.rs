@@ -93,16 +93,17 @@ fn cmp_op(op: &str) -> CmpOp {
     }
 }
 
-/// Parses a query into a filter; `now` resolves relative times.
-pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
+/// The conditions of a query as (field lowercased, operator lowercased, value), in order; the
+/// grammar above with any field names (callers check them).
+pub fn triples(query: &str) -> Result<Vec<(String, String, String)>, ApiError> {
     let toks = tokenize(query)?;
-    let mut conditions = Vec::new();
+    let mut out = Vec::new();
     let mut it = toks.into_iter().peekable();
     loop {
         let field = match it.next() {
             Some(Tok::Word(w)) => w.to_ascii_lowercase(),
             Some(t) => return Err(bad(format!("expected a field name, found {t:?}"))),
-            None if conditions.is_empty() => return Err(bad("it is empty")),
+            None if out.is_empty() => return Err(bad("it is empty")),
             None => return Err(bad("it ends after 'and'")),
         };
         let op = match it.next() {
@@ -124,7 +125,35 @@ pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
             }
             None => return Err(bad(format!("expected a value after {field} {op}"))),
         };
-        let is_cmp = ["=", "<>", "<", "<=", ">", ">="].contains(&op.as_str());
+        out.push((field, op, value));
+        match it.next() {
+            None => break,
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("and") => continue,
+            Some(t) => {
+                return Err(bad(format!(
+                    "expected 'and' between conditions, found {t:?}"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `op` is one of the comparison operators.
+pub fn is_comparison(op: &str) -> bool {
+    ["=", "<>", "<", "<=", ">", ">="].contains(&op)
+}
+
+/// A 400 about the `query` parameter.
+pub fn query_error(msg: impl std::fmt::Display) -> ApiError {
+    bad(msg)
+}
+
+/// Parses a query into a filter; `now` resolves relative times.
+pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
+    let mut conditions = Vec::new();
+    for (field, op, value) in triples(query)? {
+        let is_cmp = is_comparison(&op);
         let cond = match (field.as_str(), op.as_str()) {
             ("id", "startswith") => Condition::IdStartsWith(value),
             ("id", "contains") => Condition::IdContains(value),
@@ -149,15 +178,6 @@ pub fn parse(query: &str, now: i64) -> Result<StreamFilter, ApiError> {
             }
         };
         conditions.push(cond);
-        match it.next() {
-            None => break,
-            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("and") => continue,
-            Some(t) => {
-                return Err(bad(format!(
-                    "expected 'and' between conditions, found {t:?}"
-                )))
-            }
-        }
     }
     Ok(StreamFilter { conditions })
 }

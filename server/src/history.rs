@@ -22,10 +22,19 @@ pub async fn post(
         .map(|v| v.to_str().unwrap_or("?").to_string());
     let format = Format::from_content_type(ct.as_deref())
         .ok_or_else(|| ApiError::UnsupportedMediaType(ct.clone().unwrap_or_default()))?;
-    Params::parse(req.query_string())?.finish(&[])?;
+    let mut params = Params::parse(req.query_string())?;
+    // Our extension for gateways: the commands after this id ride back in the answer.
+    let commands_after = match params.take("commands_after")? {
+        None => None,
+        Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
+            ApiError::param("commands_after", format!("{s:?} is not a whole number"))
+        })?),
+    };
+    params.finish(&["commands_after"])?;
     let body = crate::read_body(&req, payload, st.body_limit).await?;
     let st2 = st.clone();
-    let (mut faults, stored, single) = web::block(move || -> Result<_, ApiError> {
+    let address = req.peer_addr().map(|a| a.ip().to_string());
+    let (mut faults, stored, single, commands) = web::block(move || -> Result<_, ApiError> {
         let now = now_ms();
         let parsed = match format {
             Format::Json => parse_json(&body)?,
@@ -33,28 +42,68 @@ pub async fn post(
         };
         drop(body);
         let mut faults = parsed.faults;
+        let mut devices: Vec<String> = Vec::new();
+        for g in &parsed.groups {
+            let d = meterstream_storage::path::device_id(&g.stream);
+            if !d.is_empty()
+                && devices.last().is_none_or(|l| l != d)
+                && !devices.iter().any(|x| x == d)
+            {
+                devices.push(d.to_string());
+            }
+        }
         let outcome = st2.store.write(parsed.groups, now)?;
         faults.extend(outcome.errors.into_iter().map(|e| ItemFault {
             index: e.index,
             status: storage_status(&e.error).as_u16(),
             message: e.error.to_string(),
         }));
-        Ok((faults, outcome.stored, parsed.single))
+        // Contact from the devices whose points were stored; the points are durable already,
+        // so a registry failure is logged, not answered.
+        let mut commands = None;
+        if outcome.stored > 0 {
+            for d in &devices {
+                if meterstream_storage::path::validate_path(d).is_ok() {
+                    if let Err(e) = st2.devices.seen(d, address.as_deref(), now) {
+                        tracing::error!(device = %d, "recording contact: {e}");
+                    }
+                }
+            }
+            if let (Some(after), [d]) = (commands_after, devices.as_slice()) {
+                match st2.devices.registry.deliver(d, after, now) {
+                    Ok(c) => commands = Some(c),
+                    Err(e) => tracing::error!(device = %d, "delivering commands: {e}"),
+                }
+            }
+        }
+        Ok((faults, outcome.stored, parsed.single, commands))
     })
     .await??;
     faults.sort_by_key(|f| f.index);
     st.metrics.points_ingested.inc_by(stored as u64);
     st.metrics.points_rejected.inc_by(faults.len() as u64);
+    let commands = commands.map(|c| {
+        c.iter()
+            .map(crate::devices::command_json)
+            .collect::<Vec<_>>()
+    });
     if faults.is_empty() {
-        return Ok(HttpResponse::Created().json(json!({ "count": stored })));
+        let mut body = json!({ "count": stored });
+        if let Some(c) = commands {
+            body["commands"] = c.into();
+        }
+        return Ok(HttpResponse::Created().json(body));
     }
     let errors: Vec<_> = faults
         .iter()
         .map(|f| json!({"index": f.index, "error_status": f.status, "error_message": f.message}))
         .collect();
     if stored > 0 {
-        return Ok(HttpResponse::build(StatusCode::MULTI_STATUS)
-            .json(json!({ "count": stored, "errors": errors })));
+        let mut body = json!({ "count": stored, "errors": errors });
+        if let Some(c) = commands {
+            body["commands"] = c.into();
+        }
+        return Ok(HttpResponse::build(StatusCode::MULTI_STATUS).json(body));
     }
     let first = &faults[0];
     let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::BAD_REQUEST);

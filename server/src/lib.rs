@@ -14,11 +14,13 @@
 //!   [`params`]: query parameters.
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
+//! - [`devices`]: devices, connection status, health and commands (`/ws/v1/devices/...`).
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
 
 pub mod config;
 pub mod csv_export;
+pub mod devices;
 pub mod error;
 pub mod filter;
 pub mod history;
@@ -34,6 +36,7 @@ use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use error::ApiError;
 use futures_util::StreamExt;
+use meterstream_storage::registry::{Registry, SledRegistry};
 use meterstream_storage::Store;
 use metrics::Metrics;
 use std::future::Future;
@@ -50,7 +53,8 @@ pub struct Background {
 }
 
 impl Background {
-    /// Opens the store `cfg` describes and serves it on `listener` until dropped.
+    /// Opens the store and the registry `cfg` describes and serves them on `listener` until
+    /// dropped.
     pub fn start(
         listener: std::net::TcpListener,
         cfg: config::Config,
@@ -59,14 +63,20 @@ impl Background {
         let url = format!("http://{}", listener.local_addr()?);
         let store: Arc<dyn Store> =
             Arc::new(meterstream_storage::Engine::open(cfg.store_config())?);
+        let registry: Arc<dyn Registry> = Arc::new(SledRegistry::open(&cfg.registry_dir())?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("meterstream-server".into())
             .spawn(move || {
-                let served =
-                    actix_web::rt::System::new().block_on(run(listener, store, cfg, async {
+                let served = actix_web::rt::System::new().block_on(run(
+                    listener,
+                    store,
+                    registry,
+                    cfg,
+                    async {
                         let _ = rx.await;
-                    }));
+                    },
+                ));
                 if let Err(e) = served {
                     tracing::error!("the background server failed: {e}");
                 }
@@ -98,6 +108,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Largest body accepted, bytes.
     pub body_limit: usize,
+    /// Devices and commands.
+    pub devices: Arc<devices::Devices>,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -197,6 +209,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/ws/v1/streams/folders/{prefix:.*}").route(web::get().to(inventory::folders)),
         )
+        .service(resource("/ws/v1/devices/inventory").route(web::get().to(devices::list)))
+        .service(
+            resource("/ws/v1/devices/inventory/{id}")
+                .route(web::get().to(devices::get))
+                .route(web::put().to(devices::put)),
+        )
+        .service(resource("/ws/v1/devices/history/{id}").route(web::get().to(devices::history)))
+        .service(
+            resource("/ws/v1/devices/{id}/commands")
+                .route(web::post().to(devices::create_command))
+                .route(web::get().to(devices::list_commands)),
+        )
+        .service(resource("/ws/v1/devices/{id}/commands/poll").route(web::get().to(devices::poll)))
+        .service(
+            resource("/ws/v1/devices/{id}/commands/{cid}")
+                .route(web::get().to(devices::get_command))
+                .route(web::put().to(devices::report)),
+        )
+        .service(
+            resource("/ws/v1/devices/{id}/commands/{cid}/cancel")
+                .route(web::post().to(devices::cancel)),
+        )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
         .service(resource("/health").route(web::get().to(health)));
 }
@@ -206,13 +240,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn run(
     listener: std::net::TcpListener,
     store: Arc<dyn Store>,
+    registry: Arc<dyn Registry>,
     cfg: config::Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let devices = {
+        let timeout = cfg.device_inactivity_timeout;
+        tokio::task::spawn_blocking(move || {
+            devices::Devices::new(registry, timeout, meterstream_storage::time::now_ms())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?
+    };
+    let devices = Arc::new(devices);
+    let sweep = tokio::spawn(devices::sweep_task(devices.clone()));
     let state = web::Data::new(AppState {
         metrics: Metrics::new(&*store),
         store: store.clone(),
         body_limit: cfg.body_limit,
+        devices,
     });
     let retention = tokio::spawn(retention::run(
         store.clone(),
@@ -271,6 +318,7 @@ pub async fn run(
     };
     let (r, ()) = tokio::join!(server, stop);
     retention.abort();
+    sweep.abort();
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
     r

@@ -45,7 +45,21 @@ async fn main() -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), "meterstream-server ready");
-    meterstream_server::run(listener, Arc::new(store), cfg, shutdown_signal()).await?;
+    let registry = meterstream_storage::registry::SledRegistry::open(&cfg.registry_dir())
+        .with_context(|| {
+            format!(
+                "opening the device registry in {}",
+                cfg.registry_dir().display()
+            )
+        })?;
+    meterstream_server::run(
+        listener,
+        Arc::new(store),
+        Arc::new(registry),
+        cfg,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 mod crash;
 mod csv;
+mod devices;
 mod history;
 mod ingest;
 mod inventory;
