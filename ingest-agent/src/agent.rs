@@ -82,6 +82,8 @@ pub async fn run(
         stats.clone(),
         writer_stop,
     ));
+    let command_cursor = Arc::new(crate::command::load_cursor(&cfg));
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let uploader = tokio::spawn(
         Uploader {
             spool: spool.clone(),
@@ -90,23 +92,46 @@ pub async fn run(
             server: cfg.server.clone(),
             upload: cfg.upload.clone(),
             stats: stats.clone(),
+            command_cursor: command_cursor.clone(),
+            commands: commands_tx,
         }
         .run(),
     );
     channels
         .publish(static_readings(&cfg, crate::now_ms()))
         .await;
-    let every = cfg.sample_every();
+    let (interval_tx, interval_rx) = tokio::sync::watch::channel(cfg.sample_every());
     let status_every = Duration::from_secs_f64(cfg.metrics_interval);
     let mut sampling = Vec::new();
+    let mut buses = Vec::new();
     for p in &cfg.ports {
+        let control = crate::bus::BusControl {
+            interval: interval_rx.clone(),
+            sample_now: Arc::new(Notify::new()),
+            reconnect: Arc::new(Notify::new()),
+            statuses: Default::default(),
+        };
+        buses.push(control.clone());
         sampling.push(tokio::spawn(crate::bus::run(
             p.clone(),
             channels.clone(),
-            every,
+            control,
             status_every,
         )));
     }
+    sampling.push(tokio::spawn(crate::command::register(cfg.clone())));
+    sampling.push(tokio::spawn(
+        crate::command::Commander {
+            cfg: cfg.clone(),
+            cursor: command_cursor,
+            from_uploads: commands_rx,
+            buses,
+            interval: interval_tx,
+            spool: spool.clone(),
+            started: t0,
+        }
+        .run(),
+    ));
     {
         let (channels, spool, stats) = (channels.clone(), spool.clone(), stats.clone());
         let interval = Duration::from_secs_f64(cfg.metrics_interval);

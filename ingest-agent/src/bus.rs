@@ -43,6 +43,19 @@ impl Status {
     }
 }
 
+/// How the rest of the agent steers a bus (commands use it).
+#[derive(Clone)]
+pub struct BusControl {
+    /// The sampling interval; a change takes effect at once.
+    pub interval: tokio::sync::watch::Receiver<Duration>,
+    /// Read every meter now, outside the schedule.
+    pub sample_now: Arc<tokio::sync::Notify>,
+    /// Close and reopen the port now.
+    pub reconnect: Arc<tokio::sync::Notify>,
+    /// Each meter's last status, by name.
+    pub statuses: Arc<std::sync::Mutex<std::collections::HashMap<String, Status>>>,
+}
+
 /// A meter on the bus with its plan of requests.
 struct Meter {
     cfg: MeterConfig,
@@ -150,7 +163,7 @@ enum Outcome {
 pub async fn run(
     port: PortConfig,
     device_channels: Channels,
-    every: Duration,
+    mut control: BusControl,
     status_every: Duration,
 ) {
     let mut meters: Vec<Meter> = Vec::new();
@@ -184,6 +197,7 @@ pub async fn run(
         }
     }
     let response_timeout = Duration::from_secs_f64(port.response_timeout);
+    let every = *control.interval.borrow_and_update();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ctx: Option<(Modbus, Arc<AtomicU64>)> = None;
@@ -191,7 +205,26 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     let mut reopen_at = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = control.sample_now.notified() => {}
+            () = control.reconnect.notified() => {
+                // Asked to reopen the line (a command): now, without waiting for a backoff.
+                ctx = None;
+                reopen_at = tokio::time::Instant::now();
+                failures_in_a_row = 0;
+                tracing::info!(port = %port.path.display(), "reopening the port on request");
+            }
+            changed = control.interval.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let every = *control.interval.borrow_and_update();
+                tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                continue;
+            }
+        }
         if ctx.is_none() && tokio::time::Instant::now() >= reopen_at {
             match open_port(&port) {
                 Ok(s) => {
@@ -279,6 +312,11 @@ pub async fn run(
                 }
                 m.status = Some(status);
                 m.status_published_ms = started;
+                control
+                    .statuses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(m.cfg.name.clone(), status);
                 readings.push(Reading {
                     channel: m.status_channel.clone(),
                     timestamp: started,

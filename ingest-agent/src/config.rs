@@ -17,6 +17,9 @@ pub struct Config {
     /// The gateway's device id, the first segment of every stream path it writes
     /// (e.g. `00000000-00000000-00409DFF-FF418079`).
     pub device_id: String,
+    /// The gateway's model, as reported to the server. Default `meterstream-agent`.
+    #[serde(default = "default_model")]
+    pub model: String,
     /// The server to upload to.
     pub server: ServerConfig,
     /// Seconds between two readings of every meter. Default 1.
@@ -156,6 +159,9 @@ pub struct MeterConfig {
     pub longitude: Option<f64>,
 }
 
+fn default_model() -> String {
+    "meterstream-agent".into()
+}
 fn default_sample_interval() -> f64 {
     1.0
 }
@@ -272,6 +278,7 @@ impl Config {
     pub fn minimal(device_id: &str, url: &str) -> Config {
         Config {
             device_id: device_id.into(),
+            model: default_model(),
             server: ServerConfig {
                 url: url.into(),
                 username: None,

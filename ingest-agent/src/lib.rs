@@ -10,6 +10,8 @@
 //! - [`profile`]: meter models as register tables, request planning, register decoding.
 //! - [`bus`]: one task per serial port reading its meters on time, with timeouts and reconnects.
 //! - [`channel`]: the publish/subscribe channel layer between meters and consumers.
+//! - [`command`]: registration with the server, and commands from it (long-poll and upload
+//!   answers), run and reported.
 //! - [`spool`]: the on-disk spool of readings not yet acknowledged by the server.
 //! - [`upload`]: the spool writer and the batching uploader.
 //! - [`metrics`]: counters and the health metrics published as streams.
@@ -19,6 +21,7 @@
 pub mod agent;
 pub mod bus;
 pub mod channel;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod metrics;

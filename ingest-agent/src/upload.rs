@@ -145,6 +145,10 @@ pub struct Uploader {
     pub upload: UploadConfig,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// The last finished command id: uploads ask for the commands after it.
+    pub command_cursor: Arc<crate::command::Cursor>,
+    /// Where commands found in upload answers go.
+    pub commands: tokio::sync::mpsc::UnboundedSender<Vec<crate::command::Incoming>>,
 }
 
 impl Uploader {
@@ -303,12 +307,28 @@ impl Uploader {
         } else if let Some(user) = &self.server.username {
             req = req.basic_auth(user, self.server.password.as_ref());
         }
-        let r = match req.send().await {
+        let r = match req
+            .query(&[("commands_after", self.command_cursor.get())])
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Answer::Retry(e.to_string()),
         };
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            let commands = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    serde_json::from_value::<Vec<crate::command::Incoming>>(v["commands"].clone())
+                        .ok()
+                })
+                .unwrap_or_default();
+            if !commands.is_empty() {
+                let _ = self.commands.send(commands);
+            }
+        }
         classify(status, &text)
     }
 }

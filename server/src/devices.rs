@@ -49,6 +49,9 @@ pub struct Devices {
     timeout_ms: i64,
     live: Mutex<HashMap<String, Live>>,
     notify: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Set when the server stops: waits end at once.
+    closing: std::sync::atomic::AtomicBool,
+    closed: Notify,
 }
 
 impl Devices {
@@ -83,6 +86,8 @@ impl Devices {
             timeout_ms: (timeout_s as i64).saturating_mul(1000),
             live: Mutex::new(live),
             notify: Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            closed: Notify::new(),
         })
     }
 
@@ -92,6 +97,13 @@ impl Devices {
             .entry(id.to_string())
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone()
+    }
+
+    /// Ends every long-poll and wait now (the server is stopping), and any later one at once.
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closed.notify_waiters();
     }
 
     /// Wakes everyone waiting on device `id` (new or changed commands).
@@ -207,12 +219,19 @@ impl Devices {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
             let (me, r) = (self.clone(), ready.clone());
             if let Some(v) = web::block(move || r(&me)).await?? {
                 return Ok(Some(v));
             }
+            if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
             tokio::select! {
                 () = &mut notified => {}
+                () = &mut closed => return Ok(None),
                 () = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }

@@ -265,6 +265,7 @@ pub async fn run(
         store.clone(),
         Duration::from_secs(cfg.retention_sweep_interval),
     ));
+    let devices = state.devices.clone();
     let mut server = HttpServer::new(move || {
         let m = state.metrics.clone();
         App::new()
@@ -314,6 +315,8 @@ pub async fn run(
     let stop = async move {
         shutdown.await;
         tracing::info!("shutting down");
+        // Long-polls answer now instead of holding the shutdown for their whole wait.
+        devices.close();
         handle.stop(true).await;
     };
     let (r, ()) = tokio::join!(server, stop);

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod commands;
 mod crash;
 mod meters;
 mod support;

@@ -298,3 +298,24 @@ fn an_upload_with_commands_after_carries_the_devices_commands() {
     assert_eq!(v["commands"][0]["id"], c["id"]);
     assert_eq!(v["commands"][0]["status"], "sent");
 }
+
+#[test]
+fn stopping_the_server_ends_long_polls_at_once() {
+    let s = TestServer::start();
+    let url = s.url.clone();
+    let poller = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .get(format!("{url}/ws/v1/devices/gw-1/commands/poll?wait=60"))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    drop(s);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(poller.join().unwrap().unwrap(), 200);
+}
