@@ -11,7 +11,9 @@
 //!    time until the server has ingested as many points as the spool held, and the points per
 //!    second that makes.
 
-use crate::server::{cpu_seconds_of, rss_bytes_of, stop_child, ServerProcess};
+use crate::server::{
+    authorized, cpu_seconds_of, rss_bytes_of, stop_child, ServerProcess, BENCH_KEY,
+};
 use anyhow::{ensure, Context, Result};
 use meterstream_agent::channel::{Reading, Sample};
 use meterstream_agent::profile::Profile;
@@ -158,7 +160,7 @@ fn fill_spool(dir: &Path, meters: usize, seconds: u64) -> Result<u64> {
 /// Runs both parts and returns the figures.
 pub fn run(a: &AgentArgs) -> Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
-    let client = reqwest::blocking::Client::new();
+    let client = authorized().build()?;
 
     // 1. Steady state.
     let (srv, _) = ServerProcess::start(&a.server_bin, &tmp.path().join("data1"), &[])?;
@@ -175,6 +177,8 @@ pub fn run(a: &AgentArgs) -> Result<serde_json::Value> {
             &srv.url,
             "--spool-dir",
             &spool1.to_string_lossy(),
+            "--api-key",
+            BENCH_KEY,
         ],
     )?;
     let pid = agent.0.id();
@@ -214,7 +218,7 @@ pub fn run(a: &AgentArgs) -> Result<serde_json::Value> {
     // The same gateway, its meters still read every second while it catches up.
     let conf = tmp.path().join("replay.toml");
     let mut text = format!(
-        "device_id = \"{DEVICE}\"\nmetrics_interval = 3600\n[server]\nurl = \"{}\"\n[spool]\ndir = \"{}\"\nmax_bytes = {}\n[[port]]\npath = \"/dev/null\"\n",
+        "device_id = \"{DEVICE}\"\nmetrics_interval = 3600\n[server]\nurl = \"{}\"\napi_key = \"{BENCH_KEY}\"\n[spool]\ndir = \"{}\"\nmax_bytes = {}\n[[port]]\npath = \"/dev/null\"\n",
         srv.url,
         spool2.display(),
         4u64 << 30

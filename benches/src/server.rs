@@ -16,6 +16,20 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
 }
 
+/// The admin key the benchmarks start meterstream-server with (`METERSTREAM_ADMIN_KEY`) and
+/// send with every request.
+pub const BENCH_KEY: &str = "msk_bench_0123456789abcdefghijklmnopqrstuv";
+
+/// A client builder whose requests carry `Authorization: Bearer` [`BENCH_KEY`] (the peers
+/// ignore it).
+pub fn authorized() -> reqwest::blocking::ClientBuilder {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Ok(v) = format!("Bearer {BENCH_KEY}").parse() {
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::blocking::Client::builder().default_headers(h)
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -37,6 +51,7 @@ impl ServerProcess {
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env("METERSTREAM_ADMIN_KEY", BENCH_KEY)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

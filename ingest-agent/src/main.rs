@@ -39,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
             if let Some(v) = &args.spool_dir {
                 c.spool.dir = v.clone();
             }
+            if let Some(v) = &args.api_key {
+                c.server.api_key = Some(v.clone());
+            }
             if let Some(v) = args.sample_interval {
                 c.sample_interval = v;
             }

@@ -36,6 +36,10 @@ pub struct Config {
     /// Seconds without an upload or a poll after which a device counts as disconnected.
     /// Default 120.
     pub device_inactivity_timeout: u64,
+    /// An admin API key (`msk_<id>_<secret>`) the server accepts as a bearer token, for
+    /// automation; usually from `METERSTREAM_ADMIN_KEY`. Without it, the first start makes an
+    /// admin key and prints it once.
+    pub admin_key: Option<String>,
 }
 
 impl Default for Config {
@@ -51,6 +55,7 @@ impl Default for Config {
             workers: 0,
             log: "info".into(),
             device_inactivity_timeout: 120,
+            admin_key: None,
         }
     }
 }
@@ -96,6 +101,9 @@ pub struct Args {
     /// Seconds without uploads or polls after which a device is disconnected.
     #[arg(long, env = "METERSTREAM_DEVICE_INACTIVITY_TIMEOUT")]
     pub device_inactivity_timeout: Option<u64>,
+    /// An admin API key accepted as a bearer token (instead of a generated first one).
+    #[arg(long, env = "METERSTREAM_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
 }
 
 /// A configuration that cannot be used.
@@ -177,6 +185,9 @@ impl Config {
         }
         if let Some(v) = args.workers {
             c.workers = v;
+        }
+        if let Some(v) = &args.admin_key {
+            c.admin_key = Some(v.clone());
         }
         if let Some(v) = args.device_inactivity_timeout {
             c.device_inactivity_timeout = v;

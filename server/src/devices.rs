@@ -13,6 +13,7 @@
 //! Uploads count as contact: `POST /ws/v1/streams/history` marks the devices of its points seen,
 //! and with `commands_after=N` an upload from one device also carries that device's commands.
 
+use crate::auth::{principal, Scope};
 use crate::error::ApiError;
 use crate::params::Params;
 use crate::AppState;
@@ -414,6 +415,8 @@ fn matches(f: &DeviceFilter, v: &Value) -> bool {
 
 /// `GET /ws/v1/devices/inventory`.
 pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Read)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
     let after = p.take("cursor")?.map(|c| decode_cursor(&c)).transpose()?;
@@ -433,6 +436,9 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             for d in page {
+                if !who.covers_device(&d.id) {
+                    continue;
+                }
                 let v = device_json(&d, dv.live(&d.id), health(&*st2.store, &d.id));
                 if filter.as_ref().is_none_or(|f| matches(f, &v)) {
                     if out.len() == size {
@@ -458,7 +464,10 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
 
 /// `GET /ws/v1/devices/inventory/{id}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Read)?;
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();
     let v = web::block(move || -> Result<_, ApiError> {
@@ -507,7 +516,12 @@ pub async fn put(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    if !who.has(Scope::Device) {
+        who.require(Scope::Write)?;
+    }
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let u: DeviceUpdate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid device body: {e}")))?;
@@ -555,7 +569,10 @@ pub async fn put(
 
 /// `GET /ws/v1/devices/history/{id}`.
 pub async fn history(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Read)?;
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
     let after = match p.take("cursor")? {
@@ -610,7 +627,10 @@ pub async fn create_command(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let c: NewCommand = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid command body: {e}")))?;
@@ -643,7 +663,12 @@ pub async fn list_commands(
     req: HttpRequest,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    if !who.has(Scope::Device) {
+        who.require(Scope::Read)?;
+    }
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
     let after = match p.take("cursor")? {
@@ -667,7 +692,10 @@ pub async fn list_commands(
 /// `GET /ws/v1/devices/{id}/commands/poll`: the device's commands after id `after`, waiting up
 /// to `wait` seconds for one.
 pub async fn poll(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Device)?;
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     let mut p = Params::parse(req.query_string())?;
     let after = u64_param(&mut p, "after")?;
     let wait = wait_param(&mut p)?;
@@ -706,7 +734,12 @@ pub async fn get_command(
     req: HttpRequest,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    if !who.has(Scope::Device) {
+        who.require(Scope::Read)?;
+    }
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     let cid = command_id(&req)?;
     let mut p = Params::parse(req.query_string())?;
     let wait = wait_param(&mut p)?;
@@ -751,7 +784,10 @@ pub async fn report(
     body: web::Bytes,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Device)?;
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     let cid = command_id(&req)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let r: Report = serde_json::from_slice(&body)
@@ -800,7 +836,10 @@ pub async fn report(
 
 /// `POST /ws/v1/devices/{id}/commands/{cid}/cancel`: cancels a queued command.
 pub async fn cancel(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
     let id = device_id(&req)?;
+    who.require_device(&id)?;
     let cid = command_id(&req)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();

@@ -31,6 +31,15 @@ pub enum ApiError {
     /// The method is not allowed on this route.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credentials do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed attempts from this address; retry after this many seconds.
+    #[error("too many failed attempts from this address; retry in {0} s")]
+    TooManyAttempts(i64),
     /// The request conflicts with the state of what it names (e.g. cancelling a finished
     /// command).
     #[error("{0}")]
@@ -84,6 +93,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +111,16 @@ impl ResponseError for ApiError {
         } else {
             self.to_string()
         };
-        HttpResponse::build(status).json(error_body(status, &message))
+        let mut r = HttpResponse::build(status);
+        match self {
+            ApiError::Unauthorized(_) => {
+                r.insert_header(("www-authenticate", "Basic realm=\"meterstream\", Bearer"));
+            }
+            ApiError::TooManyAttempts(secs) => {
+                r.insert_header(("retry-after", secs.to_string()));
+            }
+            _ => {}
+        }
+        r.json(error_body(status, &message))
     }
 }

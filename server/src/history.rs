@@ -22,6 +22,10 @@ pub async fn post(
         .map(|v| v.to_str().unwrap_or("?").to_string());
     let format = Format::from_content_type(ct.as_deref())
         .ok_or_else(|| ApiError::UnsupportedMediaType(ct.clone().unwrap_or_default()))?;
+    let who = crate::auth::principal(&req)?;
+    if !who.has(crate::auth::Scope::Write) && !who.has(crate::auth::Scope::Device) {
+        who.require(crate::auth::Scope::Write)?;
+    }
     let mut params = Params::parse(req.query_string())?;
     // Our extension for gateways: the commands after this id ride back in the answer.
     let commands_after = match params.take("commands_after")? {
@@ -42,8 +46,22 @@ pub async fn post(
         };
         drop(body);
         let mut faults = parsed.faults;
+        let mut parsed_groups = parsed.groups;
+        // Points outside the caller's scope (a device key writing into another device's
+        // subtree) are refused item by item; the others are stored.
+        parsed_groups.retain(|g| {
+            if who.covers_path(&g.stream) {
+                return true;
+            }
+            faults.extend((0..g.points.len()).map(|i| ItemFault {
+                index: g.first_index + i,
+                status: 403,
+                message: format!("{:?} is outside this credential's scope", g.stream),
+            }));
+            false
+        });
         let mut devices: Vec<String> = Vec::new();
-        for g in &parsed.groups {
+        for g in &parsed_groups {
             let d = meterstream_storage::path::device_id(&g.stream);
             if !d.is_empty()
                 && devices.last().is_none_or(|l| l != d)
@@ -52,7 +70,7 @@ pub async fn post(
                 devices.push(d.to_string());
             }
         }
-        let outcome = st2.store.write(parsed.groups, now)?;
+        let outcome = st2.store.write(parsed_groups, now)?;
         faults.extend(outcome.errors.into_iter().map(|e| ItemFault {
             index: e.index,
             status: storage_status(&e.error).as_u16(),
@@ -177,7 +195,10 @@ fn csv_rows(
 
 /// `GET /ws/v1/streams/history/{stream_id}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Read)?;
     let path = stream_id(&req)?;
+    who.require_path(&path)?;
     let now = now_ms();
     let mut p = Params::parse(req.query_string())?;
     let from = p.time("start_time", now)?.unwrap_or(MIN_TIMESTAMP);
@@ -252,7 +273,10 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
 /// `DELETE /ws/v1/streams/history/{stream_id}`: deletes the points in
 /// `[start_time, end_time)` (default: all of them).
 pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Write)?;
     let path = stream_id(&req)?;
+    who.require_path(&path)?;
     let now = now_ms();
     let mut p = Params::parse(req.query_string())?;
     let from = p.time("start_time", now)?.unwrap_or(MIN_TIMESTAMP);

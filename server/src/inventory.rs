@@ -18,6 +18,8 @@ use serde_json::json;
 
 /// `GET /ws/v1/streams/inventory`.
 pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Read)?;
     let mut p = Params::parse(req.query_string())?;
     let limit = p.size()?;
     let order = p.order()?;
@@ -27,6 +29,12 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
         None => StreamFilter::default(),
     };
     p.finish(&["size", "cursor", "order", "query"])?;
+    let mut filter = filter;
+    if let Some(ps) = who.path_prefixes() {
+        filter
+            .conditions
+            .push(meterstream_storage::Condition::Within(ps));
+    }
     let st2 = st.clone();
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
         let page = st2
@@ -42,7 +50,10 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
 
 /// `GET /ws/v1/streams/inventory/{stream_id}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Read)?;
     let path = stream_id(&req)?;
+    who.require_path(&path)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();
     let info = web::block(move || st2.store.stream(&path)).await??;
@@ -81,7 +92,10 @@ pub async fn put(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Write)?;
     let path = stream_id(&req)?;
+    who.require_path(&path)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let body = crate::read_body(&req, payload, st.body_limit).await?;
     let b: PutBody = serde_json::from_slice(&body)
@@ -127,6 +141,9 @@ pub async fn put(
 
 /// `DELETE /ws/v1/streams/inventory/{stream_id}`: the stream and all its points.
 pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Write)?;
+    who.require_path(&stream_id(&req)?)?;
     let path = stream_id(&req)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();
@@ -136,6 +153,9 @@ pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
 
 /// `GET /ws/v1/streams/folders[/{prefix}]`.
 pub async fn folders(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Read)?;
+    let scope = who.path_prefixes();
     let prefix = crate::path_tail(&req)?;
     let mut p = Params::parse(req.query_string())?;
     let limit = p.size()?;
@@ -144,15 +164,31 @@ pub async fn folders(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
     let st2 = st.clone();
     let body = web::block(move || -> Result<serde_json::Value, ApiError> {
         let page = st2.store.children(&prefix, limit, cursor.as_ref())?;
+        // A limited credential sees the folders on the way to its prefixes (without their
+        // stream counts, which would count streams outside its scope) and what lies inside.
+        let visible = |path: &str, folder: bool| match &scope {
+            None => (true, true),
+            Some(ps) => {
+                let p = if folder { format!("{path}/") } else { path.to_string() };
+                let inside = ps.iter().any(|x| p.starts_with(x.as_str()));
+                let above = folder && ps.iter().any(|x| x.starts_with(p.as_str()));
+                (inside || above, inside)
+            }
+        };
         let list: Vec<_> = page
             .items
             .iter()
+            .filter(|c| match c {
+                Child::Folder { path, .. } => visible(path, true).0,
+                Child::Stream(info) => visible(&info.path, false).0,
+            })
             .map(|c| match c {
                 Child::Folder {
                     name,
                     path,
                     streams,
-                } => json!({"kind": "folder", "name": name, "path": path, "stream_count": streams}),
+                } => json!({"kind": "folder", "name": name, "path": path,
+                    "stream_count": if visible(path, true).1 { json!(streams) } else { json!(null) }}),
                 Child::Stream(info) => {
                     let mut s = wire::stream(info);
                     s["kind"] = json!("stream");

@@ -5,6 +5,7 @@
 //! 127.0.0.1:0 and stop it at will.
 //!
 //! # Layout
+//! - [`auth`]: credentials, scopes, authentication (every route but `/health` needs it).
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
 //! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
@@ -18,6 +19,7 @@
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
 
+pub mod auth;
 pub mod config;
 pub mod csv_export;
 pub mod devices;
@@ -110,6 +112,8 @@ pub struct AppState {
     pub body_limit: usize,
     /// Devices and commands.
     pub devices: Arc<devices::Devices>,
+    /// Credentials.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -162,11 +166,57 @@ pub async fn read_body(
     Ok(buf.freeze())
 }
 
+/// Who is calling: every route but `/health` needs valid credentials (401 with a JSON body
+/// otherwise, 429 after too many failures from one address). The caller is put in the request's
+/// extensions for the handlers' scope checks.
+async fn authenticate(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    if req.path() == "/health" {
+        return next.call(req).await.map(|r| r.map_into_left_body());
+    }
+    let Some(st) = req.app_data::<web::Data<AppState>>().cloned() else {
+        let e = ApiError::Internal("no application state".into());
+        return Ok(req.error_response(e).map_into_right_body());
+    };
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let ip = req.peer_addr().map(|a| a.ip());
+    let auth = st.auth.clone();
+    let who = web::block(move || {
+        auth.authenticate(header.as_deref(), ip, meterstream_storage::time::now_ms())
+    })
+    .await;
+    match who {
+        Ok(Ok(p)) => {
+            req.extensions_mut().insert(p);
+            next.call(req).await.map(|r| r.map_into_left_body())
+        }
+        Ok(Err(e)) => Ok(req.error_response(e).map_into_right_body()),
+        Err(e) => Ok(req
+            .error_response(ApiError::Internal(e.to_string()))
+            .map_into_right_body()),
+    }
+}
+
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn metrics_text(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn metrics_text(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = auth::principal(&req)?;
+    p.require(auth::Scope::Read)?;
+    if p.path_prefixes().is_some() {
+        return Err(ApiError::Forbidden(
+            "the metrics cover every stream; a credential limited to prefixes cannot read them"
+                .into(),
+        ));
+    }
     let st2 = st.clone();
     let text = web::block(move || st2.metrics.render(&*st2.store)).await?;
     Ok(HttpResponse::Ok()
@@ -231,6 +281,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/ws/v1/devices/{id}/commands/{cid}/cancel")
                 .route(web::post().to(devices::cancel)),
         )
+        .service(
+            resource("/ws/v1/credentials")
+                .route(web::get().to(auth::list_credentials))
+                .route(web::post().to(auth::create_credential)),
+        )
+        .service(
+            resource("/ws/v1/credentials/{id}").route(web::delete().to(auth::revoke_credential)),
+        )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
         .service(resource("/health").route(web::get().to(health)));
 }
@@ -254,12 +312,33 @@ pub async fn run(
         .map_err(std::io::Error::other)?
     };
     let devices = Arc::new(devices);
+    let (auth, first_key) = {
+        let (registry, key) = (devices.registry.clone(), cfg.admin_key.clone());
+        tokio::task::spawn_blocking(move || {
+            auth::Auth::new(
+                registry,
+                key.as_deref(),
+                meterstream_storage::time::now_ms(),
+            )
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    if let Some(key) = first_key {
+        // Shown once, on the first start of a store; only its hash is kept.
+        println!("meterstream: first admin key (shown only now; keep it): {key}");
+        tracing::warn!(
+            "a first admin key was made and printed on standard output; only its hash is kept"
+        );
+    }
     let sweep = tokio::spawn(devices::sweep_task(devices.clone()));
     let state = web::Data::new(AppState {
         metrics: Metrics::new(&*store),
         store: store.clone(),
         body_limit: cfg.body_limit,
         devices,
+        auth: Arc::new(auth),
     });
     let retention = tokio::spawn(retention::run(
         store.clone(),
@@ -270,6 +349,7 @@ pub async fn run(
         let m = state.metrics.clone();
         App::new()
             .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(authenticate))
             .wrap_fn(move |req, srv| {
                 let started = Instant::now();
                 let method = req.method().to_string();

@@ -470,7 +470,24 @@ fn csv_rows(rows: &[(String, RollupValue)]) -> Result<bytes::Bytes, ApiError> {
 
 /// `GET /ws/v1/streams/rollups/{stream or pattern}`.
 pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Read)?;
     let r = parse(&req)?;
+    if r.pattern {
+        // A limited credential's patterns must stay inside its prefixes.
+        if let Some(ps) = who.path_prefixes() {
+            let literal = meterstream_storage::path::pattern_prefix(&r.target);
+            if !ps.iter().any(|p| literal.starts_with(p.as_str())) {
+                return Err(ApiError::Forbidden(format!(
+                    "the pattern {:?} reaches outside this credential's scope ({})",
+                    r.target,
+                    ps.join(", ")
+                )));
+            }
+        }
+    } else {
+        who.require_path(&r.target)?;
+    }
     if r.csv {
         let (st2, r2) = (st.clone(), r.clone());
         let (first, next) = web::block(move || -> Result<_, ApiError> {

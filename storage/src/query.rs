@@ -204,6 +204,8 @@ impl CmpOp {
 pub enum Condition {
     /// The path starts with this prefix.
     IdStartsWith(String),
+    /// The path starts with one of these prefixes (a credential's scope).
+    Within(Vec<String>),
     /// The path contains this text.
     IdContains(String),
     /// Compares the path.
@@ -231,6 +233,7 @@ impl StreamFilter {
     pub fn matches(&self, s: &StreamInfo) -> bool {
         self.conditions.iter().all(|c| match c {
             Condition::IdStartsWith(p) => s.path.starts_with(p.as_str()),
+            Condition::Within(ps) => ps.iter().any(|p| s.path.starts_with(p.as_str())),
             Condition::IdContains(p) => s.path.contains(p.as_str()),
             Condition::Id(op, v) => op.test(&s.path.as_str(), &v.as_str()),
             Condition::Type(op, t) => match op {

@@ -7,6 +7,7 @@
 //! events    device id ++ 0x00 ++ u64 BE seq    → DeviceEvent (JSON)
 //! commands  device id ++ 0x00 ++ u64 BE id     → Command (JSON)
 //! meta      "next_command_id"                  → u64 BE
+//! credentials  credential id                   → Credential (JSON; secrets only as hashes)
 //! ```
 //! Every key starts with the device id, so the registry partitions by device like the points.
 //! Every change is flushed before it returns.
@@ -162,6 +163,37 @@ pub struct Command {
     pub expires: i64,
 }
 
+/// A credential: a person (user name and password), an integration (API key) or a gateway
+/// (device key). Only a hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Id (part of the key it belongs to; the user name for people).
+    pub id: String,
+    /// `user`, `api_key` or `device`.
+    pub kind: String,
+    /// Free label.
+    #[serde(default)]
+    pub label: String,
+    /// PHC string of the secret's argon2id hash.
+    pub secret_hash: String,
+    /// `admin`, `read`, `write`, `device`.
+    pub scopes: Vec<String>,
+    /// Path prefixes it is limited to (empty: everything).
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Device groups it is limited to (empty: no group limit).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// For a device key: its device.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Created, Unix ms.
+    pub created: i64,
+    /// Revoked, Unix ms.
+    #[serde(default)]
+    pub revoked: Option<i64>,
+}
+
 /// The registry of devices and commands. Blocking; every successful change is durable.
 pub trait Registry: Send + Sync {
     /// The device `id`.
@@ -202,6 +234,12 @@ pub trait Registry: Send + Sync {
     ) -> Result<Option<std::result::Result<Command, String>>>;
     /// Turns every queued command past its expiry into expired; returns those.
     fn expire(&self, now: i64) -> Result<Vec<Command>>;
+    /// Creates or replaces a credential.
+    fn put_credential(&self, c: &Credential) -> Result<()>;
+    /// A credential by id.
+    fn credential(&self, id: &str) -> Result<Option<Credential>>;
+    /// Every credential, by id.
+    fn credentials(&self) -> Result<Vec<Credential>>;
 }
 
 /// The sled registry.
@@ -211,6 +249,7 @@ pub struct SledRegistry {
     events: sled::Tree,
     commands: sled::Tree,
     meta: sled::Tree,
+    creds: sled::Tree,
     /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
     lock: Mutex<()>,
 }
@@ -256,6 +295,7 @@ impl SledRegistry {
             events: t("events")?,
             commands: t("commands")?,
             meta: t("meta")?,
+            creds: t("credentials")?,
             db,
             lock: Mutex::new(()),
         })
@@ -430,6 +470,28 @@ impl Registry for SledRegistry {
         self.put_command(&c)?;
         self.flush()?;
         Ok(Some(Ok(c)))
+    }
+
+    fn put_credential(&self, c: &Credential) -> Result<()> {
+        self.creds
+            .insert(c.id.as_bytes(), encode(c)?)
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    fn credential(&self, id: &str) -> Result<Option<Credential>> {
+        self.creds
+            .get(id.as_bytes())
+            .map_err(db_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn credentials(&self) -> Result<Vec<Credential>> {
+        self.creds
+            .iter()
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
     }
 
     fn expire(&self, now: i64) -> Result<Vec<Command>> {

@@ -282,11 +282,22 @@ struct SimulateArgs {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     seconds: Option<u64>,
+    /// API key with the write scope, sent as a bearer token.
+    #[arg(long, env = "METERSTREAM_KEY", hide_env_values = true)]
+    key: Option<String>,
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {
     let mut fleet = Fleet::new(a.meters, a.meters_per_gateway, 1);
+    let mut auth = reqwest::header::HeaderMap::new();
+    if let Some(key) = &a.key {
+        auth.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse()?,
+        );
+    }
     let client = reqwest::blocking::Client::builder()
+        .default_headers(auth)
         .timeout(Duration::from_secs(10))
         .build()?;
     let started = Instant::now();
@@ -393,7 +404,7 @@ fn send_all(
             content_type.to_string(),
         );
         handles.push(std::thread::spawn(move || -> Result<()> {
-            let client = reqwest::blocking::Client::builder()
+            let client = meterstream_bench::server::authorized()
                 .timeout(Duration::from_secs(120))
                 .build()?;
             loop {
@@ -524,7 +535,7 @@ fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
         "application/msgpack",
     )?;
     // Acknowledged means applied: the last point of a stream is queryable now.
-    let client = reqwest::blocking::Client::new();
+    let client = meterstream_bench::server::authorized().build()?;
     let probe = fleet.stream_path(a.meters - 1, 11);
     let v = newest_point(&client, &srv.url, &probe)?;
     let elapsed = started.elapsed().as_secs_f64();

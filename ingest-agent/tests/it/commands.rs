@@ -8,10 +8,7 @@ use std::time::Duration;
 async fn call(method: &str, url: String, body: Option<Value>) -> (u16, Value) {
     let method = method.to_string();
     tokio::task::spawn_blocking(move || {
-        let c = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .unwrap();
+        let c = crate::support::client();
         let req = match method.as_str() {
             "POST" => c.post(url),
             _ => c.get(url),

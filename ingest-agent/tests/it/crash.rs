@@ -51,6 +51,7 @@ sample_interval = 0.05
 metrics_interval = 3600
 [server]
 url = "{url}"
+api_key = "{key}"
 [upload]
 flush_interval = 0.05
 batch_points = 200
@@ -69,6 +70,7 @@ profile = "pst04"
 slave = 2
 "#,
             url = server.url,
+            key = KEY,
             spool = spool.display()
         ),
     )

@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 
 pub const DEVICE: &str = "00000000-00000000-00409DFF-FF418079";
 
+/// The admin key of the test servers; the agents use it too.
+pub const KEY: &str = "msk_agenttest_0123456789abcdefghijklmnop";
+
+/// A blocking client that sends the test key.
+pub fn client() -> reqwest::blocking::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {KEY}").parse().unwrap(),
+    );
+    reqwest::blocking::Client::builder()
+        .default_headers(h)
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap()
+}
+
 pub struct TestServer {
     pub url: String,
     _server: meterstream_server::Background,
@@ -21,6 +38,7 @@ impl TestServer {
         let cfg = meterstream_server::config::Config {
             data_dir: data_dir.to_path_buf(),
             workers: 1,
+            admin_key: Some(KEY.into()),
             ..Default::default()
         };
         let listener = std::net::TcpListener::bind(addr).unwrap();
@@ -39,7 +57,7 @@ impl TestServer {
     pub async fn stream(&self, id: &str) -> serde_json::Value {
         let url = format!("{}/ws/v1/streams/inventory/{id}", self.url);
         tokio::task::spawn_blocking(move || {
-            let r = reqwest::blocking::get(url).unwrap();
+            let r = client().get(url).send().unwrap();
             if r.status() == 404 {
                 return serde_json::Value::Null;
             }
@@ -53,7 +71,7 @@ impl TestServer {
     pub async fn history(&self, stream: &str) -> Vec<(i64, serde_json::Value)> {
         let (url, stream) = (self.url.clone(), stream.to_string());
         tokio::task::spawn_blocking(move || {
-            let c = reqwest::blocking::Client::new();
+            let c = client();
             let mut out = Vec::new();
             let mut cursor = String::new();
             loop {
@@ -86,6 +104,7 @@ impl TestServer {
 /// A configuration with one bus of `meters` (name, profile, slave), fast sampling and uploads.
 pub fn config(url: &str, spool: &Path, meters: &[(&str, &str, u8)]) -> Config {
     let mut c = Config::minimal(DEVICE, url);
+    c.server.api_key = Some(KEY.into());
     c.sample_interval = 0.2;
     c.metrics_interval = 3600.0;
     c.upload.flush_interval = 0.2;

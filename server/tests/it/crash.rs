@@ -44,6 +44,7 @@ fn start(dir: &std::path::Path) -> Server {
         .arg("--chunk-points")
         .arg("64")
         .env("RUST_LOG", "info")
+        .env("METERSTREAM_ADMIN_KEY", crate::support::ADMIN_KEY)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -76,8 +77,16 @@ fn writer(
     acked: Acked,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", crate::support::ADMIN_KEY)
+            .parse()
+            .unwrap(),
+    );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(auth)
         .build()
         .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64((id * 1000 + round) as u64);
@@ -123,7 +132,7 @@ fn writer(
 }
 
 fn verify(url: &str, acked: &BTreeMap<(String, i64), Vec<u64>>) {
-    let client = reqwest::blocking::Client::new();
+    let client = crate::support::client_with_key(crate::support::ADMIN_KEY);
     let mut by_stream: BTreeMap<&str, BTreeMap<i64, &Vec<u64>>> = BTreeMap::new();
     for ((s, t), v) in acked {
         by_stream.entry(s).or_default().insert(*t, v);

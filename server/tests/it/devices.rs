@@ -113,7 +113,7 @@ fn a_command_goes_queued_sent_succeeded_and_a_waiting_client_sees_the_result() {
     let (url, dev) = (s.url.clone(), "gw-1");
     let waiter = std::thread::spawn(move || {
         let t = Instant::now();
-        let v: Value = reqwest::blocking::Client::new()
+        let v: Value = crate::support::client_with_key(crate::support::ADMIN_KEY)
             .get(format!("{url}/ws/v1/devices/{dev}/commands/{id}?wait=20"))
             .send()
             .unwrap()
@@ -152,7 +152,7 @@ fn a_long_poll_wakes_when_a_command_arrives_and_delivery_is_by_id() {
     let url = s.url.clone();
     let poller = std::thread::spawn(move || {
         let t = Instant::now();
-        let v: Value = reqwest::blocking::Client::new()
+        let v: Value = crate::support::client_with_key(crate::support::ADMIN_KEY)
             .get(format!(
                 "{url}/ws/v1/devices/gw-9/commands/poll?after=0&wait=30"
             ))
@@ -302,9 +302,11 @@ fn an_upload_with_commands_after_carries_the_devices_commands() {
 #[test]
 fn stopping_the_server_ends_long_polls_at_once() {
     let s = TestServer::start();
+    // The key is verified once (argon2), then remembered: the poll below starts at once.
+    assert_eq!(s.get_json("/ws/v1/devices/inventory").0, 200);
     let url = s.url.clone();
     let poller = std::thread::spawn(move || {
-        reqwest::blocking::Client::new()
+        crate::support::client_with_key(crate::support::ADMIN_KEY)
             .get(format!("{url}/ws/v1/devices/gw-1/commands/poll?wait=60"))
             .send()
             .map(|r| r.status().as_u16())

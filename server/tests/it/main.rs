@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure should fail the test loudly
 
+mod access;
 mod crash;
 mod csv;
 mod devices;

@@ -74,6 +74,7 @@ fn the_api_tour_works_as_written() {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&run)
+            .env("METERSTREAM_KEY", crate::support::ADMIN_KEY)
             .output()
             .unwrap();
         assert!(

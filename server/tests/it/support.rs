@@ -5,6 +5,19 @@ use meterstream_server::Background;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
 
+/// The admin key every test server accepts (`METERSTREAM_ADMIN_KEY`).
+pub const ADMIN_KEY: &str = "msk_test_0123456789abcdefghijklmnopqrstuv";
+
+/// A client that sends `Authorization: Bearer <key>` with every request.
+pub fn client_with_key(key: &str) -> Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    Client::builder().default_headers(h).build().unwrap()
+}
+
 pub struct TestServer {
     pub url: String,
     pub client: Client,
@@ -29,6 +42,7 @@ impl TestServer {
         let mut cfg = Config {
             data_dir: data_dir.to_path_buf(),
             workers: 2,
+            admin_key: Some(ADMIN_KEY.into()),
             ..Config::default()
         };
         tweak(&mut cfg);
@@ -36,7 +50,7 @@ impl TestServer {
         let server = Background::start(listener, cfg).unwrap();
         TestServer {
             url: server.url.clone(),
-            client: Client::new(),
+            client: client_with_key(ADMIN_KEY),
             _server: server,
             _tmp: None,
         }
