@@ -175,7 +175,7 @@ pub const FAIL_WINDOW_MS: i64 = 60_000;
 /// Authentication state: the registry, verified secrets, failures per address.
 pub struct Auth {
     registry: Arc<dyn Registry>,
-    verified: Mutex<HashMap<[u8; 32], String>>,
+    verified: Mutex<HashMap<[u8; 32], Principal>>,
     failures: Mutex<HashMap<IpAddr, (u32, i64)>>,
 }
 
@@ -391,7 +391,7 @@ impl Auth {
         };
         c.revoked.get_or_insert(now);
         self.registry.put_credential(&c)?;
-        self.verified.lock().retain(|_, v| v != id);
+        self.verified.lock().retain(|_, v| v.id != id);
         Ok(true)
     }
 
@@ -406,6 +406,30 @@ impl Auth {
             scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
             prefixes: c.prefixes.clone(),
             device_id: c.device_id.clone(),
+        }
+    }
+
+    /// The caller if `authorization` carries a secret verified before (no argon2, no registry
+    /// read: cheap enough for every request on an async thread).
+    pub fn remembered(&self, authorization: Option<&str>) -> Option<Principal> {
+        let (id, secret) = Self::parse_header(authorization?)?;
+        self.verified
+            .lock()
+            .get(&sha(&format!("{id}\u{0}{secret}")))
+            .cloned()
+    }
+
+    /// (credential id, secret) of an `Authorization` header value.
+    fn parse_header(h: &str) -> Option<(String, String)> {
+        if let Some(key) = h.strip_prefix("Bearer ").map(str::trim) {
+            let (id, _) = split_key(key)?;
+            Some((id.to_string(), key.to_string()))
+        } else {
+            let b = h.strip_prefix("Basic ")?.trim();
+            let decoded = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+            let s = String::from_utf8(decoded).ok()?;
+            let (user, pw) = s.split_once(':')?;
+            Some((user.to_string(), pw.to_string()))
         }
     }
 
@@ -431,43 +455,30 @@ impl Auth {
                 "credentials are required: HTTP Basic, or Authorization: Bearer <key>".into(),
             ));
         };
-        let (id, secret) = if let Some(key) = h.strip_prefix("Bearer ").map(str::trim) {
-            match split_key(key) {
-                Some((id, _)) => (id.to_string(), key.to_string()),
-                None => return Err(self.fail(ip, now)),
-            }
-        } else if let Some(b) = h.strip_prefix("Basic ").map(str::trim) {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .ok()
-                .and_then(|v| String::from_utf8(v).ok());
-            match decoded.as_deref().and_then(|s| s.split_once(':')) {
-                Some((user, pw)) => (user.to_string(), pw.to_string()),
-                None => return Err(self.fail(ip, now)),
-            }
-        } else {
+        let Some((id, secret)) = Self::parse_header(h) else {
             return Err(self.fail(ip, now));
         };
         let fingerprint = sha(&format!("{id}\u{0}{secret}"));
-        let cached = self.verified.lock().get(&fingerprint).cloned();
+        if let Some(p) = self.verified.lock().get(&fingerprint) {
+            return Ok(p.clone());
+        }
         let c = match self.registry.credential(&id)? {
             Some(c) if c.revoked.is_none() => c,
             _ => return Err(self.fail(ip, now)),
         };
-        if cached.as_deref() != Some(c.id.as_str()) {
-            let ok = PasswordHash::new(&c.secret_hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(secret.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false);
-            if !ok {
-                return Err(self.fail(ip, now));
-            }
-            self.verified.lock().insert(fingerprint, c.id.clone());
+        let ok = PasswordHash::new(&c.secret_hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if !ok {
+            return Err(self.fail(ip, now));
         }
-        Ok(Self::principal(&c))
+        let p = Self::principal(&c);
+        self.verified.lock().insert(fingerprint, p.clone());
+        Ok(p)
     }
 
     fn fail(&self, ip: Option<IpAddr>, now: i64) -> ApiError {

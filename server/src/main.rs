@@ -12,9 +12,21 @@ use std::sync::Arc;
 /// answers leave freed pages behind. Once a second this hands free pages back to the OS.
 /// Measured on the standard workload (benches/RESULTS.md): resident memory after ingest 283 MB
 /// with mimalloc, 183 MB with glibc, and after the queries 326 / 322 MB without trimming.
-/// The one `unsafe` of the workspace (whose lints deny it elsewhere): a call into libc.
+///
+/// The mmap threshold is also fixed, at 2 MiB: glibc raises it dynamically to the size of the
+/// largest mmapped block freed, and one argon2 hash (19 MiB, at the first use of a credential)
+/// took it so high that multi-megabyte ingest buffers stayed resident in the arenas: +30 to 45 MB
+/// after the standard ingest. Measured (benches/RESULTS.md): 128 KiB costs ingest speed
+/// (3.23–3.37 M points/s, 141 MB), 2 MiB keeps both (3.47–3.58 M, 146–148 MB).
+/// The one `unsafe` of the workspace (whose lints deny it elsewhere): calls into libc.
 #[allow(unsafe_code)]
 fn return_free_memory_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; it is called before other threads
+    // allocate much, and glibc locks its state itself.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     std::thread::Builder::new()
         .name("malloc-trim".into())

@@ -286,7 +286,7 @@ impl SledRegistry {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
-            .cache_capacity(8 << 20)
+            .cache_capacity(1 << 20)
             .open()
             .map_err(db_err)?;
         let t = |n: &str| db.open_tree(n).map_err(db_err);
