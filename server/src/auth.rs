@@ -57,8 +57,12 @@ pub struct Principal {
     pub id: String,
     /// Scopes.
     pub scopes: Vec<Scope>,
-    /// Path prefixes it is limited to (empty: none).
+    /// Path prefixes it is limited to (with `groups` empty too: unlimited).
     pub prefixes: Vec<String>,
+    /// Device groups it is limited to.
+    pub groups: Vec<String>,
+    /// The subtrees (`<device id>/`) of the devices now in `groups`, filled in per request.
+    pub group_prefixes: Vec<String>,
     /// For a device key: its device.
     pub device_id: Option<String>,
 }
@@ -91,8 +95,17 @@ impl Principal {
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         });
         device_ok
-            && (self.prefixes.is_empty()
-                || self.prefixes.iter().any(|p| path.starts_with(p.as_str())))
+            && (!self.limited()
+                || self
+                    .prefixes
+                    .iter()
+                    .chain(&self.group_prefixes)
+                    .any(|p| path.starts_with(p.as_str())))
+    }
+
+    /// Whether it is limited to prefixes or groups.
+    pub fn limited(&self) -> bool {
+        !self.prefixes.is_empty() || !self.groups.is_empty()
     }
 
     /// Whether it may see or act on device `id`.
@@ -103,11 +116,13 @@ impl Principal {
         if let Some(d) = &self.device_id {
             return d == id;
         }
-        self.prefixes.is_empty()
-            || self.prefixes.iter().any(|p| {
-                let with = format!("{id}/");
-                with.starts_with(p.as_str()) || p.starts_with(with.as_str())
-            })
+        let with = format!("{id}/");
+        !self.limited()
+            || self
+                .prefixes
+                .iter()
+                .chain(&self.group_prefixes)
+                .any(|p| with.starts_with(p.as_str()) || p.starts_with(with.as_str()))
     }
 }
 
@@ -129,8 +144,14 @@ impl Principal {
                     .collect();
                 Some(if inside.is_empty() { vec![own] } else { inside })
             }
-            None if self.prefixes.is_empty() => None,
-            None => Some(self.prefixes.clone()),
+            None if !self.limited() => None,
+            None => Some(
+                self.prefixes
+                    .iter()
+                    .chain(&self.group_prefixes)
+                    .cloned()
+                    .collect(),
+            ),
         }
     }
 
@@ -156,6 +177,28 @@ impl Principal {
             )))
         }
     }
+}
+
+/// Fills in the subtrees of the devices now in the principal's groups (a scan of the device
+/// registry; only for credentials limited to groups). Blocking.
+pub fn expand_groups(p: &mut Principal, registry: &dyn Registry) -> Result<(), StorageError> {
+    if p.groups.is_empty() {
+        return Ok(());
+    }
+    let mut after: Option<String> = None;
+    let mut out = Vec::new();
+    loop {
+        let page = registry.devices(after.as_deref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for d in page {
+            if d.group.as_ref().is_some_and(|g| p.groups.contains(g)) {
+                out.push(format!("{}/", d.id));
+            }
+        }
+    }
+    p.group_prefixes = out;
+    Ok(())
 }
 
 /// The caller of a request (the authentication middleware put it there).
@@ -302,6 +345,15 @@ impl Auth {
         Ok((auth, shown))
     }
 
+    /// Authentication over `registry` without making a first admin key (the command line).
+    pub fn without_bootstrap(registry: Arc<dyn Registry>) -> Auth {
+        Auth {
+            registry,
+            verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Creates a credential; returns it and the secret to hand out (the key, or for a user
     /// the password given). Blocking.
     pub fn create(&self, n: NewCredential, now: i64) -> Result<(Credential, String), ApiError> {
@@ -405,6 +457,8 @@ impl Auth {
             id: c.id.clone(),
             scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
             prefixes: c.prefixes.clone(),
+            groups: c.groups.clone(),
+            group_prefixes: Vec::new(),
             device_id: c.device_id.clone(),
         }
     }
@@ -494,7 +548,8 @@ impl Auth {
     }
 }
 
-fn credential_json(c: &Credential) -> serde_json::Value {
+/// A credential as the API and the command line show it (no secret).
+pub fn credential_json(c: &Credential) -> serde_json::Value {
     serde_json::json!({
         "id": c.id,
         "kind": c.kind,

@@ -104,6 +104,59 @@ pub struct Args {
     /// An admin API key accepted as a bearer token (instead of a generated first one).
     #[arg(long, env = "METERSTREAM_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Instead of serving: manage credentials in the data directory.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create, list or revoke credentials in the data directory. The server must be stopped
+    /// (its registry is locked while it runs); a running server manages them through
+    /// `/ws/v1/credentials`.
+    #[command(subcommand)]
+    Credentials(CredentialCommand),
+}
+
+/// Credential management from the command line.
+#[derive(Debug, clap::Subcommand)]
+pub enum CredentialCommand {
+    /// Create one and print it with its secret (shown only now).
+    Create {
+        /// `user`, `api_key` or `device`.
+        #[arg(long)]
+        kind: String,
+        /// A user's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A user's password (or from METERSTREAM_NEW_PASSWORD, which keeps it out of the
+        /// shell history).
+        #[arg(long, env = "METERSTREAM_NEW_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Scopes, comma-separated: admin, read, write, device.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// A path prefix it is limited to (repeatable).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// A device group it is limited to (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A device key's device id.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// A label.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List them (never their secrets).
+    List,
+    /// Revoke one by id.
+    Revoke {
+        /// The credential id.
+        id: String,
+    },
 }
 
 /// A configuration that cannot be used.

@@ -186,15 +186,22 @@ async fn authenticate(
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    // A secret verified before: no blocking work at all.
+    // A secret verified before: no blocking work at all (unless it is limited to groups, whose
+    // devices are looked up per request).
     if let Some(p) = st.auth.remembered(header.as_deref()) {
-        req.extensions_mut().insert(p);
-        return next.call(req).await.map(|r| r.map_into_left_body());
+        if p.groups.is_empty() {
+            req.extensions_mut().insert(p);
+            return next.call(req).await.map(|r| r.map_into_left_body());
+        }
     }
     let ip = req.peer_addr().map(|a| a.ip());
     let auth = st.auth.clone();
+    let registry = st.devices.registry.clone();
     let who = web::block(move || {
-        auth.authenticate(header.as_deref(), ip, meterstream_storage::time::now_ms())
+        let mut p =
+            auth.authenticate(header.as_deref(), ip, meterstream_storage::time::now_ms())?;
+        auth::expand_groups(&mut p, &*registry)?;
+        Ok::<_, ApiError>(p)
     })
     .await;
     match who {

@@ -43,7 +43,11 @@ fn return_free_memory_periodically() {
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg = Config::load(&Args::parse())?;
+    let args = Args::parse();
+    let cfg = Config::load(&args)?;
+    if let Some(meterstream_server::config::Command::Credentials(c)) = args.command {
+        return credentials(&cfg, c);
+    }
     return_free_memory_periodically();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -72,6 +76,71 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    Ok(())
+}
+
+/// `meterstream-server credentials ...`: on the registry in the data directory.
+fn credentials(
+    cfg: &Config,
+    c: meterstream_server::config::CredentialCommand,
+) -> anyhow::Result<()> {
+    use meterstream_server::auth::{credential_json, Auth, NewCredential};
+    use meterstream_server::config::CredentialCommand;
+    let registry = meterstream_storage::registry::SledRegistry::open(&cfg.registry_dir())
+        .with_context(|| {
+            format!(
+                "opening the registry in {} (is the server running? then use /ws/v1/credentials)",
+                cfg.registry_dir().display()
+            )
+        })?;
+    let auth = Auth::without_bootstrap(Arc::new(registry));
+    let now = meterstream_storage::time::now_ms();
+    match c {
+        CredentialCommand::Create {
+            kind,
+            name,
+            password,
+            scopes,
+            prefixes,
+            groups,
+            device_id,
+            label,
+        } => {
+            let (cred, secret) = auth
+                .create(
+                    NewCredential {
+                        kind,
+                        name,
+                        password,
+                        scopes,
+                        prefixes,
+                        groups,
+                        device_id,
+                        label,
+                    },
+                    now,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut v = credential_json(&cred);
+            v[if cred.kind == "user" {
+                "password"
+            } else {
+                "key"
+            }] = secret.into();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        CredentialCommand::List => {
+            for cred in auth.list()? {
+                println!("{}", credential_json(&cred));
+            }
+        }
+        CredentialCommand::Revoke { id } => {
+            if !auth.revoke(&id, now)? {
+                anyhow::bail!("no credential {id:?}");
+            }
+            println!("revoked {id}");
+        }
+    }
     Ok(())
 }
 

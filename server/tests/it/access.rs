@@ -575,3 +575,155 @@ fn revocation_takes_effect_at_once() {
         "secrets are never listed"
     );
 }
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meterstream-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("credentials")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn credentials_are_managed_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let out = cli(
+        &dir,
+        &[
+            "create", "--kind", "api_key", "--scopes", "read", "--prefix", "gw-17/", "--label",
+            "ops",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    assert_eq!(made["prefixes"][0], "gw-17/");
+    let id = made["id"].as_str().unwrap().to_string();
+    {
+        let s = TestServer::start_at(&dir, |_| {});
+        let c = client_with_key(&key);
+        assert_eq!(
+            status(
+                &c,
+                "GET",
+                format!("{}/ws/v1/streams/inventory", s.url),
+                None
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            status(
+                &c,
+                "POST",
+                format!("{}/ws/v1/streams/history", s.url),
+                Some(json!({"stream_id": "gw-17/a", "value": 1}))
+            )
+            .0,
+            403
+        );
+        // While the server runs, the command line points to the API.
+        let busy = cli(&dir, &["list"]);
+        assert!(!busy.status.success());
+        assert!(String::from_utf8_lossy(&busy.stderr).contains("/ws/v1/credentials"));
+    }
+    let list = cli(&dir, &["list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains(&id) && text.contains("ops") && !text.contains(&key),
+        "{text}"
+    );
+    assert!(cli(&dir, &["revoke", &id]).status.success());
+    assert!(!cli(&dir, &["revoke", "nope"]).status.success());
+    let s = TestServer::start_at(&dir, |_| {});
+    assert_eq!(
+        status(
+            &client_with_key(&key),
+            "GET",
+            format!("{}/ws/v1/streams/inventory", s.url),
+            None
+        )
+        .0,
+        401
+    );
+}
+
+#[test]
+fn a_key_limited_to_a_group_sees_the_devices_in_it_as_they_change() {
+    let s = TestServer::start();
+    seed(&s);
+    let group = |dev: &str, g: &str| {
+        let r = s.put_json(
+            &format!("/ws/v1/devices/inventory/{dev}"),
+            &json!({"group": g}),
+        );
+        assert_eq!(r.status(), 200);
+    };
+    group("gw-1", "north");
+    group("gw-17", "south");
+    let north = client_with_key(&create(&s, json!({"kind": "api_key", "groups": ["north"]})));
+    let empty = client_with_key(&create(&s, json!({"kind": "api_key", "groups": ["west"]})));
+    let ids = |c: &Client, path: &str| -> Vec<String> {
+        let (st, v) = status(c, "GET", format!("{}{path}", s.url), None);
+        assert_eq!(st, 200, "{v}");
+        v["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&north, "/ws/v1/devices/inventory"), vec!["gw-1"]);
+    assert_eq!(
+        ids(&north, "/ws/v1/streams/inventory"),
+        vec!["gw-1/m/i", "gw-1/m/p", "gw-1/m/v"]
+    );
+    assert_eq!(
+        status(
+            &north,
+            "GET",
+            format!("{}/ws/v1/streams/history/gw-17/m/v", s.url),
+            None
+        )
+        .0,
+        403
+    );
+    assert!(
+        ids(&empty, "/ws/v1/streams/inventory").is_empty(),
+        "a group without devices shows nothing"
+    );
+    // Group membership is read per request.
+    group("gw-17", "north");
+    assert_eq!(
+        ids(&north, "/ws/v1/devices/inventory"),
+        vec!["gw-1", "gw-17"]
+    );
+    assert_eq!(
+        status(
+            &north,
+            "GET",
+            format!("{}/ws/v1/streams/history/gw-17/m/v", s.url),
+            None
+        )
+        .0,
+        200
+    );
+    group("gw-1", "south");
+    assert_eq!(
+        status(
+            &north,
+            "GET",
+            format!("{}/ws/v1/streams/history/gw-1/m/v", s.url),
+            None
+        )
+        .0,
+        403
+    );
+}
