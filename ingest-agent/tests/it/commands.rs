@@ -61,6 +61,15 @@ async fn commands_run_on_the_agent_and_their_results_come_back() {
     );
     cfg.ports[0].meters[0].latitude = Some(42.6564);
     cfg.ports[0].meters[0].longitude = Some(23.355);
+    // The gateway uses a device key of its own, not the admin key.
+    let (st, made) = call(
+        "POST",
+        format!("{}/ws/v1/credentials", server.url),
+        Some(json!({"kind": "device", "device_id": DEVICE})),
+    )
+    .await;
+    assert_eq!(st, 201, "{made}");
+    cfg.server.api_key = Some(made["key"].as_str().unwrap().to_string());
     let _sims = sim::attach(&mut cfg, Some(Duration::from_millis(200))).unwrap();
     let agent = Running::start(cfg).await;
     // The gateway registered itself.
