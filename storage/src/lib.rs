@@ -16,6 +16,8 @@
 //! - [`registry`]: devices, their connection history and their commands (the `Registry` trait
 //!   and its sled implementation).
 //! - [`rollup`]: intervals, methods, mergeable summaries, time-zone boundaries, rolling up.
+//! - [`alarm`]: alert conditions evaluated in data time, as pure state machines (hysteresis,
+//!   durations, clock rules); the engine will feed them (docs/alarms.md).
 //! - [`buckets`]: summaries on the stored 1- and 15-minute UTC grids and their encoding.
 //! - [`stream`], [`point`], [`value`]: the data model.
 //! - [`path`]: stream path rules. [`time`]: timestamp range, parsing, formatting.
@@ -55,6 +57,7 @@
 //!   chunks, so a replayed point is either sealed already (and merged as a late point, which
 //!   recomputes) or sealed and added once.
 
+pub mod alarm;
 pub mod buckets;
 mod chunk_file;
 pub mod codec;
