@@ -5,6 +5,7 @@
 //! 127.0.0.1:0 and stop it at will.
 //!
 //! # Layout
+//! - [`alerts`]: alert rules (`/ws/v1/alerts/inventory`).
 //! - [`auth`]: credentials, scopes, authentication (every route but `/health` needs it).
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
@@ -19,6 +20,7 @@
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
 
+pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod csv_export;
@@ -292,6 +294,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/ws/v1/devices/{id}/commands/{cid}/cancel")
                 .route(web::post().to(devices::cancel)),
+        )
+        .service(
+            resource("/ws/v1/alerts/inventory")
+                .route(web::get().to(alerts::list))
+                .route(web::post().to(alerts::create)),
+        )
+        .service(
+            resource("/ws/v1/alerts/inventory/{id}")
+                .route(web::get().to(alerts::get))
+                .route(web::put().to(alerts::put))
+                .route(web::delete().to(alerts::delete)),
         )
         .service(
             resource("/ws/v1/credentials")

@@ -235,6 +235,140 @@ pub fn excessive(disconnects: &[i64], count: usize, window_ms: i64, now: i64) ->
     t.windows(count).any(|w| w[count - 1] - w[0] <= window_ms)
 }
 
+/// What an alert watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum AlertScope {
+    /// Streams matching a pattern (`*` = one segment), e.g. `*/pst04/voltage_l1`.
+    Resource(String),
+    /// One device (its connection, or all its streams for data rules).
+    Device(String),
+    /// The devices of a group.
+    Group(String),
+}
+
+/// The kind of rule, with its fire and reset parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum AlertRule {
+    /// A value condition held for a duration, with its own reset condition (hysteresis).
+    #[serde(rename = "DataPoint condition")]
+    Condition {
+        /// When it fires.
+        fire: Held,
+        /// When it resets.
+        reset: Held,
+    },
+    /// Fires when a value differs from the previous one; resets at the next unchanged value.
+    #[serde(rename = "DataPoint on change")]
+    OnChange,
+    /// Fires when no point has arrived for a duration; resets when data comes.
+    #[serde(rename = "Missing DataPoint")]
+    Missing {
+        /// ms without a point.
+        duration_ms: i64,
+    },
+    /// Fires when a device has been disconnected for the reconnect window.
+    #[serde(rename = "Device Offline")]
+    Offline {
+        /// ms it may stay disconnected.
+        reconnect_window_ms: i64,
+    },
+    /// Fires at N disconnects within a window.
+    #[serde(rename = "Device Excessive Disconnects")]
+    ExcessiveDisconnects {
+        /// How many.
+        count: usize,
+        /// Within how many ms.
+        window_ms: i64,
+    },
+}
+
+/// An alert: a rule over a scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Whether it is evaluated.
+    pub enabled: bool,
+    /// Severity.
+    pub severity: Severity,
+    /// What it watches.
+    pub scope: AlertScope,
+    /// The rule.
+    pub rule: AlertRule,
+    /// Created, Unix ms.
+    pub created: i64,
+    /// Last changed, Unix ms.
+    pub updated: i64,
+}
+
+impl Alert {
+    /// Checks the alert; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return Err("name: 1 to 200 characters".into());
+        }
+        match &self.scope {
+            AlertScope::Resource(p) => {
+                crate::path::validate_pattern(p).map_err(|e| format!("scope: {e}"))?
+            }
+            AlertScope::Device(d) | AlertScope::Group(d) => {
+                if d.is_empty() || d.contains('/') {
+                    return Err(format!("scope: {d:?} is not a device id or group name"));
+                }
+            }
+        }
+        let non_negative = |field: &str, v: i64| {
+            if v < 0 {
+                Err(format!("{field}: a duration cannot be negative"))
+            } else {
+                Ok(())
+            }
+        };
+        match &self.rule {
+            AlertRule::Condition { fire, reset } => {
+                non_negative("fire.duration", fire.duration_ms)?;
+                non_negative("reset.duration", reset.duration_ms)?;
+                for (f, h) in [("fire", fire), ("reset", reset)] {
+                    if let Threshold::Number(v) = h.threshold {
+                        if !v.is_finite() {
+                            return Err(format!("{f}.threshold: must be a finite number"));
+                        }
+                    }
+                }
+            }
+            AlertRule::OnChange => {}
+            AlertRule::Missing { duration_ms } => {
+                if *duration_ms <= 0 {
+                    return Err("duration: must be positive".into());
+                }
+            }
+            AlertRule::Offline {
+                reconnect_window_ms,
+            } => non_negative("reconnect_window", *reconnect_window_ms)?,
+            AlertRule::ExcessiveDisconnects { count, window_ms } => {
+                if *count == 0 || *window_ms <= 0 {
+                    return Err("count and window: must be positive".into());
+                }
+            }
+        }
+        if matches!(
+            self.rule,
+            AlertRule::Offline { .. } | AlertRule::ExcessiveDisconnects { .. }
+        ) && matches!(self.scope, AlertScope::Resource(_))
+        {
+            return Err("scope: device rules apply to a device or a group, not to streams".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

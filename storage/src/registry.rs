@@ -8,6 +8,7 @@
 //! commands  device id ++ 0x00 ++ u64 BE id     → Command (JSON)
 //! meta      "next_command_id"                  → u64 BE
 //! credentials  credential id                   → Credential (JSON; secrets only as hashes)
+//! alerts    alert id                           → Alert (JSON)
 //! ```
 //! Every key starts with the device id, so the registry partitions by device like the points.
 //! Every change is flushed before it returns.
@@ -240,6 +241,14 @@ pub trait Registry: Send + Sync {
     fn credential(&self, id: &str) -> Result<Option<Credential>>;
     /// Every credential, by id.
     fn credentials(&self) -> Result<Vec<Credential>>;
+    /// Creates or replaces an alert.
+    fn put_alert(&self, a: &crate::alarm::Alert) -> Result<()>;
+    /// An alert by id.
+    fn alert(&self, id: &str) -> Result<Option<crate::alarm::Alert>>;
+    /// Alerts in id order after `after`, at most `limit`.
+    fn alerts(&self, after: Option<&str>, limit: usize) -> Result<Vec<crate::alarm::Alert>>;
+    /// Deletes an alert; whether it existed.
+    fn delete_alert(&self, id: &str) -> Result<bool>;
 }
 
 /// The sled registry.
@@ -250,6 +259,7 @@ pub struct SledRegistry {
     commands: sled::Tree,
     meta: sled::Tree,
     creds: sled::Tree,
+    alerts: sled::Tree,
     /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
     lock: Mutex<()>,
 }
@@ -296,6 +306,7 @@ impl SledRegistry {
             commands: t("commands")?,
             meta: t("meta")?,
             creds: t("credentials")?,
+            alerts: t("alerts")?,
             db,
             lock: Mutex::new(()),
         })
@@ -492,6 +503,41 @@ impl Registry for SledRegistry {
             .iter()
             .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
             .collect()
+    }
+
+    fn put_alert(&self, a: &crate::alarm::Alert) -> Result<()> {
+        self.alerts
+            .insert(a.id.as_bytes(), encode(a)?)
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    fn alert(&self, id: &str) -> Result<Option<crate::alarm::Alert>> {
+        self.alerts
+            .get(id.as_bytes())
+            .map_err(db_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn alerts(&self, after: Option<&str>, limit: usize) -> Result<Vec<crate::alarm::Alert>> {
+        let iter = match after {
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                self.alerts.range(k..)
+            }
+            None => self.alerts.range::<&[u8], _>(..),
+        };
+        iter.take(limit)
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn delete_alert(&self, id: &str) -> Result<bool> {
+        let had = self.alerts.remove(id.as_bytes()).map_err(db_err)?.is_some();
+        self.flush()?;
+        Ok(had)
     }
 
     fn expire(&self, now: i64) -> Result<Vec<Command>> {

@@ -1,0 +1,253 @@
+//! Alert rules over real HTTP: create, read, list, update, delete; validation naming the field;
+//! no limit on their number; credentials limited to prefixes see and change only their own.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+fn undervoltage(pattern: &str) -> Value {
+    json!({
+        "name": "Undervoltage",
+        "severity": "major",
+        "scope": {"type": "Resource", "value": pattern},
+        "rule": {"type": "DataPoint condition",
+                 "fire": {"op": "<", "threshold": 207.0, "duration_ms": 60000},
+                 "reset": {"op": ">", "threshold": 210.0, "duration_ms": 300000}}
+    })
+}
+
+fn send(
+    s: &TestServer,
+    c: &reqwest::blocking::Client,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", s.url);
+    let req = match method {
+        "POST" => c.post(url),
+        "PUT" => c.put(url),
+        "DELETE" => c.delete(url),
+        _ => c.get(url),
+    };
+    let req = match body {
+        Some(b) => req.json(b),
+        None => req,
+    };
+    let r = req.send().unwrap();
+    let st = r.status().as_u16();
+    (st, json_of(r))
+}
+
+#[test]
+fn alerts_are_created_read_listed_updated_and_deleted() {
+    let s = TestServer::start();
+    let c = &s.client;
+    let (st, a) = send(
+        &s,
+        c,
+        "POST",
+        "/ws/v1/alerts/inventory",
+        Some(&undervoltage("*/*/voltage_l1")),
+    );
+    assert_eq!(st, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    assert_eq!(a["enabled"], true);
+    assert_eq!(a["rule"]["fire"]["threshold"], 207.0);
+    let (_, got) = send(&s, c, "GET", &format!("/ws/v1/alerts/inventory/{id}"), None);
+    assert_eq!(got["scope"]["value"], "*/*/voltage_l1");
+    assert_eq!(got["rule"]["type"], "DataPoint condition");
+    let mut changed = undervoltage("*/*/voltage_l2");
+    changed["enabled"] = json!(false);
+    changed["severity"] = json!("critical");
+    let (st, u) = send(
+        &s,
+        c,
+        "PUT",
+        &format!("/ws/v1/alerts/inventory/{id}"),
+        Some(&changed),
+    );
+    assert_eq!(st, 200, "{u}");
+    assert_eq!(
+        (u["enabled"].as_bool(), u["severity"].as_str()),
+        (Some(false), Some("critical"))
+    );
+    assert_eq!(u["created"], a["created"]);
+    let offline = json!({"name": "Gateway offline", "severity": "warning",
+        "scope": {"type": "Group", "value": "north"},
+        "rule": {"type": "Device Offline", "reconnect_window_ms": 600000}});
+    assert_eq!(
+        send(&s, c, "POST", "/ws/v1/alerts/inventory", Some(&offline)).0,
+        201
+    );
+    // No 16-alarm limit.
+    for k in 0..40 {
+        let (st, _) = send(
+            &s,
+            c,
+            "POST",
+            "/ws/v1/alerts/inventory",
+            Some(&undervoltage(&format!("gw-{k}/*/voltage_l1"))),
+        );
+        assert_eq!(st, 201);
+    }
+    let mut n = 0;
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = send(
+            &s,
+            c,
+            "GET",
+            &format!("/ws/v1/alerts/inventory?size=7{cursor}"),
+            None,
+        );
+        n += page["list"].as_array().unwrap().len();
+        match page["cursor"].as_str() {
+            Some(x) => cursor = format!("&cursor={x}"),
+            None => break,
+        }
+    }
+    assert_eq!(n, 42);
+    assert_eq!(
+        send(
+            &s,
+            c,
+            "DELETE",
+            &format!("/ws/v1/alerts/inventory/{id}"),
+            None
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        send(&s, c, "GET", &format!("/ws/v1/alerts/inventory/{id}"), None).0,
+        404
+    );
+    assert_eq!(
+        send(
+            &s,
+            c,
+            "DELETE",
+            &format!("/ws/v1/alerts/inventory/{id}"),
+            None
+        )
+        .0,
+        404
+    );
+}
+
+#[test]
+fn bad_alerts_are_refused_naming_the_field() {
+    let s = TestServer::start();
+    let mut no_name = undervoltage("*/x");
+    no_name["name"] = json!(" ");
+    let mut bad_pattern = undervoltage("a//b");
+    bad_pattern["name"] = json!("x");
+    let mut negative = undervoltage("*/x");
+    negative["rule"]["reset"]["duration_ms"] = json!(-5);
+    let device_rule_on_streams = json!({"name": "x", "severity": "minor",
+        "scope": {"type": "Resource", "value": "*/x"},
+        "rule": {"type": "Device Offline", "reconnect_window_ms": 1}});
+    let unknown_type = json!({"name": "x", "severity": "minor", "scope": {"type": "Resource", "value": "*/x"},
+        "rule": {"type": "Vibes"}});
+    for (body, want) in [
+        (no_name, "name"),
+        (bad_pattern, "scope"),
+        (negative, "reset.duration"),
+        (device_rule_on_streams, "scope"),
+        (unknown_type, "Vibes"),
+    ] {
+        let (st, e) = send(
+            &s,
+            &s.client,
+            "POST",
+            "/ws/v1/alerts/inventory",
+            Some(&body),
+        );
+        assert_eq!(st, 400, "{body}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(want),
+            "{e} should name {want}"
+        );
+    }
+}
+
+#[test]
+fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
+    let s = TestServer::start();
+    let r = s
+        .client
+        .post(format!("{}/ws/v1/credentials", s.url))
+        .json(&json!({"kind": "api_key", "scopes": ["read", "write"], "prefixes": ["gw-17/"]}))
+        .send()
+        .unwrap();
+    let limited = client_with_key(json_of(r)["key"].as_str().unwrap());
+    let (_, outside) = send(
+        &s,
+        &s.client,
+        "POST",
+        "/ws/v1/alerts/inventory",
+        Some(&undervoltage("*/*/voltage_l1")),
+    );
+    let (st, inside) = send(
+        &s,
+        &limited,
+        "POST",
+        "/ws/v1/alerts/inventory",
+        Some(&undervoltage("gw-17/*/voltage_l1")),
+    );
+    assert_eq!(st, 201, "{inside}");
+    assert_eq!(
+        send(
+            &s,
+            &limited,
+            "POST",
+            "/ws/v1/alerts/inventory",
+            Some(&undervoltage("*/*/voltage_l1"))
+        )
+        .0,
+        403
+    );
+    let (_, list) = send(&s, &limited, "GET", "/ws/v1/alerts/inventory", None);
+    let ids: Vec<&str> = list["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![inside["id"].as_str().unwrap()]);
+    let other = outside["id"].as_str().unwrap();
+    assert_eq!(
+        send(
+            &s,
+            &limited,
+            "GET",
+            &format!("/ws/v1/alerts/inventory/{other}"),
+            None
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        send(
+            &s,
+            &limited,
+            "DELETE",
+            &format!("/ws/v1/alerts/inventory/{other}"),
+            None
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        send(
+            &s,
+            &s.client,
+            "GET",
+            &format!("/ws/v1/alerts/inventory/{other}"),
+            None
+        )
+        .0,
+        200,
+        "still there"
+    );
+}
