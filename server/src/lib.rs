@@ -16,6 +16,7 @@
 //!   [`params`]: query parameters.
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
+//! - [`webhook`]: Standard Webhooks signatures for monitors.
 //! - [`devices`]: devices, connection status, health and commands (`/ws/v1/devices/...`).
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod params;
 pub mod retention;
 pub mod rollups;
+pub mod webhook;
 pub mod wire;
 
 use actix_web::dev::Service as _;
