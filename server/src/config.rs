@@ -40,6 +40,9 @@ pub struct Config {
     /// automation; usually from `METERSTREAM_ADMIN_KEY`. Without it, the first start makes an
     /// admin key and prints it once.
     pub admin_key: Option<String>,
+    /// Whether monitors may push to loopback, private and link-local addresses (refused by
+    /// default, so that a monitor cannot reach into the server's own network). Default false.
+    pub allow_private_webhook_targets: bool,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             log: "info".into(),
             device_inactivity_timeout: 120,
             admin_key: None,
+            allow_private_webhook_targets: false,
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct Args {
     /// An admin API key accepted as a bearer token (instead of a generated first one).
     #[arg(long, env = "METERSTREAM_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Allow monitors to push to loopback, private and link-local addresses.
+    #[arg(long, env = "METERSTREAM_ALLOW_PRIVATE_WEBHOOK_TARGETS")]
+    pub allow_private_webhook_targets: Option<bool>,
     /// Instead of serving: manage credentials in the data directory.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -238,6 +245,9 @@ impl Config {
         }
         if let Some(v) = args.workers {
             c.workers = v;
+        }
+        if let Some(v) = args.allow_private_webhook_targets {
+            c.allow_private_webhook_targets = v;
         }
         if let Some(v) = &args.admin_key {
             c.admin_key = Some(v.clone());

@@ -17,6 +17,7 @@
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
 //! - [`webhook`]: Standard Webhooks signatures for monitors.
+//! - [`monitors`]: monitors (`/ws/v1/monitors/inventory`): where events are pushed.
 //! - [`devices`]: devices, connection status, health and commands (`/ws/v1/devices/...`).
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
@@ -32,6 +33,7 @@ pub mod history;
 pub mod ingest;
 pub mod inventory;
 pub mod metrics;
+pub mod monitors;
 pub mod params;
 pub mod retention;
 pub mod rollups;
@@ -118,6 +120,8 @@ pub struct AppState {
     pub devices: Arc<devices::Devices>,
     /// Credentials.
     pub auth: Arc<auth::Auth>,
+    /// Whether monitors may target private addresses.
+    pub allow_private_webhook_targets: bool,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -309,6 +313,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(alerts::delete)),
         )
         .service(
+            resource("/ws/v1/monitors/inventory")
+                .route(web::get().to(monitors::list))
+                .route(web::post().to(monitors::create)),
+        )
+        .service(
+            resource("/ws/v1/monitors/inventory/{id}")
+                .route(web::get().to(monitors::get))
+                .route(web::put().to(monitors::put))
+                .route(web::delete().to(monitors::delete)),
+        )
+        .service(
+            resource("/ws/v1/monitors/inventory/{id}/rotate_secret")
+                .route(web::post().to(monitors::rotate)),
+        )
+        .service(
             resource("/ws/v1/credentials")
                 .route(web::get().to(auth::list_credentials))
                 .route(web::post().to(auth::create_credential)),
@@ -364,6 +383,7 @@ pub async fn run(
         metrics: Metrics::new(&*store),
         store: store.clone(),
         body_limit: cfg.body_limit,
+        allow_private_webhook_targets: cfg.allow_private_webhook_targets,
         devices,
         auth: Arc::new(auth),
     });

@@ -9,6 +9,7 @@
 //! meta      "next_command_id"                  → u64 BE
 //! credentials  credential id                   → Credential (JSON; secrets only as hashes)
 //! alerts    alert id                           → Alert (JSON)
+//! monitors  monitor id                         → Monitor (JSON, with its signing secrets)
 //! ```
 //! Every key starts with the device id, so the registry partitions by device like the points.
 //! Every change is flushed before it returns.
@@ -195,6 +196,53 @@ pub struct Credential {
     pub revoked: Option<i64>,
 }
 
+/// A monitor: where and how to push events (issue 7). Its secret is kept so that requests can
+/// be signed; it is shown once, at creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Monitor {
+    /// Id.
+    pub id: String,
+    /// Topics: `DataPoint/<pattern>`, `AlarmStatus`, `devices`.
+    pub topics: Vec<String>,
+    /// Receiver URL.
+    pub url: String,
+    /// `POST` or `PUT`.
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Basic credentials `user:password` for the receiver.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// `json`.
+    pub format: String,
+    /// Most events per request.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch, ms.
+    pub batch_duration_ms: u64,
+    /// `none` or `gzip`.
+    pub compression: String,
+    /// Whether events are kept while the receiver fails and replayed on reset.
+    pub persistent: bool,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Signing secrets, newest first (two during a rotation).
+    pub secrets: Vec<String>,
+    /// Until when (Unix ms) the previous secret still signs.
+    #[serde(default)]
+    pub rotation_until: Option<i64>,
+    /// `active`, `suspended` or `disabled`.
+    pub status: String,
+    /// Created, Unix ms.
+    pub created: i64,
+    /// The credential that created it (its scope bounds the monitor's topics).
+    pub owner: String,
+    /// That credential's prefixes, copied (empty: unlimited).
+    #[serde(default)]
+    pub owner_prefixes: Vec<String>,
+}
+
 /// The registry of devices and commands. Blocking; every successful change is durable.
 pub trait Registry: Send + Sync {
     /// The device `id`.
@@ -249,6 +297,14 @@ pub trait Registry: Send + Sync {
     fn alerts(&self, after: Option<&str>, limit: usize) -> Result<Vec<crate::alarm::Alert>>;
     /// Deletes an alert; whether it existed.
     fn delete_alert(&self, id: &str) -> Result<bool>;
+    /// Creates or replaces a monitor.
+    fn put_monitor(&self, m: &Monitor) -> Result<()>;
+    /// A monitor by id.
+    fn monitor(&self, id: &str) -> Result<Option<Monitor>>;
+    /// Every monitor, by id.
+    fn monitors(&self) -> Result<Vec<Monitor>>;
+    /// Deletes a monitor; whether it existed.
+    fn delete_monitor(&self, id: &str) -> Result<bool>;
 }
 
 /// The sled registry.
@@ -260,6 +316,7 @@ pub struct SledRegistry {
     meta: sled::Tree,
     creds: sled::Tree,
     alerts: sled::Tree,
+    monitors: sled::Tree,
     /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
     lock: Mutex<()>,
 }
@@ -307,6 +364,7 @@ impl SledRegistry {
             meta: t("meta")?,
             creds: t("credentials")?,
             alerts: t("alerts")?,
+            monitors: t("monitors")?,
             db,
             lock: Mutex::new(()),
         })
@@ -536,6 +594,38 @@ impl Registry for SledRegistry {
 
     fn delete_alert(&self, id: &str) -> Result<bool> {
         let had = self.alerts.remove(id.as_bytes()).map_err(db_err)?.is_some();
+        self.flush()?;
+        Ok(had)
+    }
+
+    fn put_monitor(&self, m: &Monitor) -> Result<()> {
+        self.monitors
+            .insert(m.id.as_bytes(), encode(m)?)
+            .map_err(db_err)?;
+        self.flush()
+    }
+
+    fn monitor(&self, id: &str) -> Result<Option<Monitor>> {
+        self.monitors
+            .get(id.as_bytes())
+            .map_err(db_err)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn monitors(&self) -> Result<Vec<Monitor>> {
+        self.monitors
+            .iter()
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn delete_monitor(&self, id: &str) -> Result<bool> {
+        let had = self
+            .monitors
+            .remove(id.as_bytes())
+            .map_err(db_err)?
+            .is_some();
         self.flush()?;
         Ok(had)
     }

@@ -11,6 +11,7 @@ mod devices;
 mod history;
 mod ingest;
 mod inventory;
+mod monitors;
 mod readme;
 mod rollups;
 mod service;

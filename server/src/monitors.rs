@@ -1,0 +1,425 @@
+//! Monitors over HTTP (issue 7; design `docs/alarms.md`): `/ws/v1/monitors/inventory` lists,
+//! creates, reads, updates and deletes them; `.../{id}/rotate_secret` makes a new signing
+//! secret while the old one keeps signing for an overlap. Delivery is not built yet.
+//!
+//! A monitor: `topics` (`DataPoint/<pattern>`, `AlarmStatus`, `devices`), `url`, `method`
+//! (`POST` or `PUT`), `headers` (an object), `auth_token` (`user:password` for Basic),
+//! `format` (`json`), `batch_size` (1–10,000, default 100), `batch_duration` (seconds, default
+//! 10), `compression` (`none` or `gzip`), `persistent`, `description`. The `whsec_` secret is in
+//! the answer to the create (and to a rotation), and never again.
+//!
+//! Targets on loopback, private or link-local addresses (or names resolving to them) are
+//! refused unless `allow_private_webhook_targets` is set.
+
+use crate::auth::{principal, Principal, Scope};
+use crate::error::ApiError;
+use crate::params::Params;
+use crate::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine as _;
+use meterstream_storage::registry::Monitor;
+use meterstream_storage::time::{format_iso, now_ms};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, ToSocketAddrs};
+
+/// The body of a create or an update.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorBody {
+    /// Topics.
+    pub topics: Vec<String>,
+    /// Receiver URL.
+    pub url: String,
+    /// `POST` (default) or `PUT`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `user:password` for the receiver.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// `json` (default).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Events per request (default 100).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Seconds to fill a batch (default 10).
+    #[serde(default)]
+    pub batch_duration: Option<f64>,
+    /// `none` (default) or `gzip`.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Keep events while the receiver fails (default false).
+    #[serde(default)]
+    pub persistent: Option<bool>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Whether `ip` is loopback, private, link-local, unspecified or otherwise not public.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64 // 100.64/10, shared
+        }
+        IpAddr::V6(v) => {
+            v.is_loopback()
+                || v.is_unspecified()
+                || (v.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v.to_ipv4_mapped().is_some_and(|m| is_private(IpAddr::V4(m)))
+        }
+    }
+}
+
+/// Checks a receiver URL: http or https, a host, and (unless allowed) no private address.
+/// Blocking (it may resolve the name).
+pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("url: {url:?} must start with http:// or https://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("url: {url:?} has no host"));
+    }
+    if allow_private {
+        return Ok(());
+    }
+    let with_port = if authority.starts_with('[') {
+        if authority.contains("]:") {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        }
+    } else if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addrs: Vec<IpAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("url: cannot resolve {authority:?}: {e}"))?
+        .map(|a| a.ip())
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("url: {authority:?} resolves to nothing"));
+    }
+    if let Some(ip) = addrs.iter().find(|ip| is_private(**ip)) {
+        return Err(format!(
+            "url: {authority:?} is a loopback, private or link-local address ({ip}); set allow_private_webhook_targets to allow it"
+        ));
+    }
+    Ok(())
+}
+
+fn check_topics(who: &Principal, topics: &[String]) -> Result<(), ApiError> {
+    if topics.is_empty() {
+        return Err(ApiError::BadRequest("topics: at least one".into()));
+    }
+    for t in topics {
+        if let Some(pattern) = t.strip_prefix("DataPoint/") {
+            meterstream_storage::path::validate_pattern(pattern)
+                .map_err(|e| ApiError::BadRequest(format!("topics: {t:?}: {e}")))?;
+            if let Some(ps) = who.path_prefixes() {
+                let literal = meterstream_storage::path::pattern_prefix(pattern);
+                if !ps.iter().any(|p| literal.starts_with(p.as_str())) {
+                    return Err(ApiError::Forbidden(format!(
+                        "topics: {t:?} reaches outside this credential's scope"
+                    )));
+                }
+            }
+        } else if t != "AlarmStatus" && t != "devices" {
+            return Err(ApiError::BadRequest(format!(
+                "topics: {t:?} is not DataPoint/<pattern>, AlarmStatus or devices"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn monitor_json(m: &Monitor) -> Value {
+    json!({
+        "id": m.id,
+        "topics": m.topics,
+        "url": m.url,
+        "method": m.method,
+        "headers": m.headers.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "auth_token": m.auth_token.as_ref().map(|_| "********"),
+        "format": m.format,
+        "batch_size": m.batch_size,
+        "batch_duration": m.batch_duration_ms as f64 / 1000.0,
+        "compression": m.compression,
+        "persistent": m.persistent,
+        "description": m.description,
+        "status": m.status,
+        "created": format_iso(m.created),
+        "secret_rotation_until": m.rotation_until.map(format_iso),
+    })
+}
+
+/// Applies a body to a monitor, checking every field.
+fn apply(m: &mut Monitor, b: MonitorBody) -> Result<(), ApiError> {
+    let bad = |s: String| Err(ApiError::BadRequest(s));
+    let method = b
+        .method
+        .unwrap_or_else(|| "POST".into())
+        .to_ascii_uppercase();
+    if method != "POST" && method != "PUT" {
+        return bad(format!("method: {method:?} is not POST or PUT"));
+    }
+    let format = b.format.unwrap_or_else(|| "json".into());
+    if format != "json" {
+        return bad(format!("format: {format:?} is not json"));
+    }
+    let batch_size = b.batch_size.unwrap_or(100);
+    if !(1..=10_000).contains(&batch_size) {
+        return bad(format!("batch_size: {batch_size} is not in 1..=10000"));
+    }
+    let dur = b.batch_duration.unwrap_or(10.0);
+    if !dur.is_finite() || !(0.0..=3600.0).contains(&dur) {
+        return bad(format!("batch_duration: {dur} is not 0 to 3600 seconds"));
+    }
+    let compression = b.compression.unwrap_or_else(|| "none".into());
+    if compression != "none" && compression != "gzip" {
+        return bad(format!("compression: {compression:?} is not none or gzip"));
+    }
+    if let Some(t) = &b.auth_token {
+        if !t.contains(':') {
+            return bad("auth_token: must be user:password".into());
+        }
+    }
+    for k in b.headers.keys() {
+        let lower = k.to_ascii_lowercase();
+        if lower.starts_with("webhook-") || lower == "content-type" || lower == "content-length" {
+            return bad(format!("headers: {k:?} is set by the server"));
+        }
+    }
+    m.topics = b.topics;
+    m.url = b.url;
+    m.method = method;
+    m.headers = b.headers.into_iter().collect();
+    m.auth_token = b.auth_token;
+    m.format = format;
+    m.batch_size = batch_size;
+    m.batch_duration_ms = (dur * 1000.0) as u64;
+    m.compression = compression;
+    m.persistent = b.persistent.unwrap_or(m.persistent);
+    m.description = b.description;
+    Ok(())
+}
+
+fn visible(who: &Principal, m: &Monitor) -> bool {
+    who.has(Scope::Admin) || m.owner == who.id
+}
+
+fn parse_body(body: &[u8]) -> Result<MonitorBody, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid monitor: {e}")))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no monitor {id:?}"))
+}
+
+/// `GET /ws/v1/monitors/inventory`: the caller's monitors (every monitor for an admin).
+pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Read)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let st2 = st.clone();
+    let all = web::block(move || st2.devices.registry.monitors()).await??;
+    let list: Vec<Value> = all
+        .iter()
+        .filter(|m| visible(&who, m))
+        .map(monitor_json)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"count": list.len(), "list": list})))
+}
+
+/// `POST /ws/v1/monitors/inventory`: the answer carries the signing secret, once.
+pub async fn create(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let b = parse_body(&body)?;
+    check_topics(&who, &b.topics)?;
+    let mut id = [0u8; 9];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let secret = crate::webhook::new_secret();
+    let mut m = Monitor {
+        id: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id),
+        topics: Vec::new(),
+        url: String::new(),
+        method: String::new(),
+        headers: Vec::new(),
+        auth_token: None,
+        format: String::new(),
+        batch_size: 100,
+        batch_duration_ms: 10_000,
+        compression: String::new(),
+        persistent: false,
+        description: String::new(),
+        secrets: vec![secret.clone()],
+        rotation_until: None,
+        status: "active".into(),
+        created: now_ms(),
+        owner: who.id.clone(),
+        owner_prefixes: who.path_prefixes().unwrap_or_default(),
+    };
+    apply(&mut m, b)?;
+    let (url, allow) = (m.url.clone(), st.allow_private_webhook_targets);
+    web::block(move || check_target(&url, allow))
+        .await?
+        .map_err(ApiError::BadRequest)?;
+    let st2 = st.clone();
+    let m2 = m.clone();
+    web::block(move || st2.devices.registry.put_monitor(&m2)).await??;
+    let mut v = monitor_json(&m);
+    v["secret"] = secret.into();
+    Ok(HttpResponse::Created().json(v))
+}
+
+async fn load(st: &web::Data<AppState>, who: &Principal, id: &str) -> Result<Monitor, ApiError> {
+    let st2 = st.clone();
+    let id2 = id.to_string();
+    web::block(move || st2.devices.registry.monitor(&id2))
+        .await??
+        .filter(|m| visible(who, m))
+        .ok_or_else(|| not_found(id))
+}
+
+fn monitor_id(req: &HttpRequest) -> String {
+    req.match_info().get("id").unwrap_or_default().to_string()
+}
+
+/// `GET /ws/v1/monitors/inventory/{id}`.
+pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Read)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let m = load(&st, &who, &monitor_id(&req)).await?;
+    Ok(HttpResponse::Ok().json(monitor_json(&m)))
+}
+
+/// `PUT /ws/v1/monitors/inventory/{id}`: replaces its settings (the secret stays).
+pub async fn put(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let mut m = load(&st, &who, &monitor_id(&req)).await?;
+    let b = parse_body(&body)?;
+    check_topics(&who, &b.topics)?;
+    apply(&mut m, b)?;
+    let (url, allow) = (m.url.clone(), st.allow_private_webhook_targets);
+    web::block(move || check_target(&url, allow))
+        .await?
+        .map_err(ApiError::BadRequest)?;
+    let st2 = st.clone();
+    let m2 = m.clone();
+    web::block(move || st2.devices.registry.put_monitor(&m2)).await??;
+    Ok(HttpResponse::Ok().json(monitor_json(&m)))
+}
+
+/// `DELETE /ws/v1/monitors/inventory/{id}`.
+pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let m = load(&st, &who, &monitor_id(&req)).await?;
+    let st2 = st.clone();
+    web::block(move || st2.devices.registry.delete_monitor(&m.id)).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The body of a rotation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// Seconds the previous secret keeps signing (default 86,400).
+    #[serde(default)]
+    pub overlap: Option<u64>,
+}
+
+/// `POST /ws/v1/monitors/inventory/{id}/rotate_secret`: a new secret (in the answer, once); the
+/// previous one keeps signing, beside it, for `overlap` seconds.
+pub async fn rotate(
+    req: HttpRequest,
+    body: web::Bytes,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let r: Rotation = if body.is_empty() {
+        Rotation::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid rotation: {e}")))?
+    };
+    let overlap = r.overlap.unwrap_or(86_400);
+    if overlap > 30 * 86_400 {
+        return Err(ApiError::BadRequest("overlap: at most 30 days".into()));
+    }
+    let mut m = load(&st, &who, &monitor_id(&req)).await?;
+    let secret = crate::webhook::new_secret();
+    let previous = m.secrets.first().cloned();
+    m.secrets = std::iter::once(secret.clone()).chain(previous).collect();
+    m.rotation_until = Some(now_ms() + overlap as i64 * 1000);
+    let st2 = st.clone();
+    let m2 = m.clone();
+    web::block(move || st2.devices.registry.put_monitor(&m2)).await??;
+    let mut v = monitor_json(&m);
+    v["secret"] = secret.into();
+    Ok(HttpResponse::Ok().json(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_targets_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:9000/hook",
+            "http://localhost/hook",
+            "https://10.1.2.3/x",
+            "http://192.168.0.5",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]:8080/",
+            "http://user@172.16.0.1/",
+        ] {
+            let e = check_target(url, false).unwrap_err();
+            assert!(e.contains("private") || e.contains("resolve"), "{url}: {e}");
+            assert!(check_target(url, true).is_ok(), "{url}");
+        }
+        assert!(check_target("ftp://example.com", true).is_err());
+        assert!(check_target("http:///x", true).is_err());
+        assert!(is_private("100.64.1.1".parse().unwrap()));
+        assert!(!is_private("93.184.216.34".parse().unwrap()));
+        assert!(!is_private("2606:4700::1111".parse().unwrap()));
+        assert!(
+            is_private("fd00::1".parse().unwrap())
+                && is_private("::ffff:10.0.0.1".parse().unwrap())
+        );
+    }
+}
