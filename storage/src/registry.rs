@@ -10,6 +10,8 @@
 //! credentials  credential id                   → Credential (JSON; secrets only as hashes)
 //! alerts    alert id                           → Alert (JSON)
 //! monitors  monitor id                         → Monitor (JSON, with its signing secrets)
+//! alarm_status   alert id ++ 0x00 ++ source                       → AlarmStatus (JSON)
+//! alarm_history  alert id ++ 0x00 ++ source ++ 0x00 ++ u64 BE n   → AlarmStatus after the nth transition
 //! ```
 //! Every key starts with the device id, so the registry partitions by device like the points.
 //! Every change is flushed before it returns.
@@ -17,6 +19,7 @@
 use crate::error::{Result, StorageError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 use std::path::Path;
 
 /// A meter as the agent reports it.
@@ -243,6 +246,31 @@ pub struct Monitor {
     pub owner_prefixes: Vec<String>,
 }
 
+/// The status of one (alert, source): one record per pair, so two active statuses for the same
+/// pair cannot exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmStatus {
+    /// The alert.
+    pub alert_id: String,
+    /// The source: a stream path or a device id.
+    pub source: String,
+    /// Its state.
+    pub state: crate::alarm::State,
+    /// When it changed (data time for data rules, server time otherwise), Unix ms.
+    pub changed: i64,
+    /// The value that changed it.
+    #[serde(default)]
+    pub value: Option<crate::alarm::Observed>,
+    /// Who acknowledged it, and the note.
+    #[serde(default)]
+    pub acknowledged_by: Option<String>,
+    /// The acknowledgement's note.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// How many transitions it has had (the next history entry's sequence number).
+    pub transitions: u64,
+}
+
 /// The registry of devices and commands. Blocking; every successful change is durable.
 pub trait Registry: Send + Sync {
     /// The device `id`.
@@ -305,6 +333,25 @@ pub trait Registry: Send + Sync {
     fn monitors(&self) -> Result<Vec<Monitor>>;
     /// Deletes a monitor; whether it existed.
     fn delete_monitor(&self, id: &str) -> Result<bool>;
+    /// Changes the status of (alert, source) with `f`, atomically with respect to every other
+    /// change of that pair, and appends the result to the pair's history when `f` changed it.
+    /// `f` gets the current status (`None` before the first transition) and returns the new
+    /// one, or `None` for no change. Returns the status after.
+    fn transition(
+        &self,
+        alert_id: &str,
+        source: &str,
+        f: &mut dyn FnMut(Option<&AlarmStatus>) -> Option<AlarmStatus>,
+    ) -> Result<Option<AlarmStatus>>;
+    /// The statuses of every pair, in (alert, source) order.
+    fn statuses(&self) -> Result<Vec<AlarmStatus>>;
+    /// The transitions of one alert after history key `after` (as returned), oldest first.
+    fn alarm_history(
+        &self,
+        alert_id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, AlarmStatus)>>;
 }
 
 /// The sled registry.
@@ -317,6 +364,8 @@ pub struct SledRegistry {
     creds: sled::Tree,
     alerts: sled::Tree,
     monitors: sled::Tree,
+    statuses: sled::Tree,
+    alarm_history: sled::Tree,
     /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
     lock: Mutex<()>,
 }
@@ -365,6 +414,8 @@ impl SledRegistry {
             creds: t("credentials")?,
             alerts: t("alerts")?,
             monitors: t("monitors")?,
+            statuses: t("alarm_status")?,
+            alarm_history: t("alarm_history")?,
             db,
             lock: Mutex::new(()),
         })
@@ -630,6 +681,81 @@ impl Registry for SledRegistry {
         Ok(had)
     }
 
+    fn transition(
+        &self,
+        alert_id: &str,
+        source: &str,
+        f: &mut dyn FnMut(Option<&AlarmStatus>) -> Option<AlarmStatus>,
+    ) -> Result<Option<AlarmStatus>> {
+        let mut k = alert_id.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(source.as_bytes());
+        // Serialized with every other registry change that reads before it writes.
+        let _g = self.lock.lock();
+        let current: Option<AlarmStatus> = self
+            .statuses
+            .get(&k)
+            .map_err(db_err)?
+            .map(|v| decode(&v))
+            .transpose()?;
+        let Some(mut next) = f(current.as_ref()) else {
+            return Ok(current);
+        };
+        next.alert_id = alert_id.into();
+        next.source = source.into();
+        next.transitions = current.as_ref().map_or(0, |c| c.transitions) + 1;
+        let mut h = alert_id.as_bytes().to_vec();
+        h.push(0);
+        h.extend_from_slice(source.as_bytes());
+        h.push(0);
+        h.extend_from_slice(&next.transitions.to_be_bytes());
+        // The status and its history entry in one batch each way: sled applies a transaction
+        // across both trees atomically.
+        let (sv, hv) = (encode(&next)?, encode(&next)?);
+        (&self.statuses, &self.alarm_history)
+            .transaction(|(st, hi)| {
+                st.insert(k.as_slice(), sv.as_slice())?;
+                hi.insert(h.as_slice(), hv.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| db_err(format!("{e:?}")))?;
+        self.flush()?;
+        Ok(Some(next))
+    }
+
+    fn statuses(&self) -> Result<Vec<AlarmStatus>> {
+        self.statuses
+            .iter()
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn alarm_history(
+        &self,
+        alert_id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, AlarmStatus)>> {
+        let p = prefix(alert_id);
+        let start = match after {
+            Some(a) => {
+                let mut k = a.to_vec();
+                k.push(0);
+                k
+            }
+            None => p.clone(),
+        };
+        self.alarm_history
+            .range(start..)
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&p)))
+            .take(limit)
+            .map(|kv| {
+                kv.map_err(db_err)
+                    .and_then(|(k, v)| Ok((k.to_vec(), decode::<AlarmStatus>(&v)?)))
+            })
+            .collect()
+    }
+
     fn expire(&self, now: i64) -> Result<Vec<Command>> {
         let _g = self.lock.lock();
         let mut out = Vec::new();
@@ -776,5 +902,139 @@ mod tests {
             ids(r.devices(Some("gw-10"), 10).unwrap()),
             vec!["gw-2", "gw-3"]
         );
+    }
+
+    fn status(state: crate::alarm::State, at: i64) -> AlarmStatus {
+        AlarmStatus {
+            alert_id: String::new(),
+            source: String::new(),
+            state,
+            changed: at,
+            value: Some(crate::alarm::Observed::Number(205.0)),
+            acknowledged_by: None,
+            note: None,
+            transitions: 0,
+        }
+    }
+
+    #[test]
+    fn concurrent_triggers_of_one_pair_make_one_active_status() {
+        use crate::alarm::State;
+        let dir = tempfile::tempdir().unwrap();
+        let r = std::sync::Arc::new(SledRegistry::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    r.transition("a1", "gw-1/m/v", &mut |cur| {
+                        if cur.is_some_and(|c| c.state.active()) {
+                            None
+                        } else {
+                            Some(status(State::Triggered, i))
+                        }
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = r.statuses().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].state, all[0].transitions), (State::Triggered, 1));
+        assert_eq!(r.alarm_history("a1", None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_changes_of_one_pair_are_serialized() {
+        use crate::alarm::State;
+        let dir = tempfile::tempdir().unwrap();
+        let r = std::sync::Arc::new(SledRegistry::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        r.transition("a1", "s", &mut |cur| {
+                            let flip = if cur.is_some_and(|c| c.state.active()) {
+                                State::Reset
+                            } else {
+                                State::Triggered
+                            };
+                            Some(status(flip, 0))
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Every change saw the one before it: 100 transitions, strictly alternating.
+        let h = r.alarm_history("a1", None, 1000).unwrap();
+        assert_eq!(h.len(), 100);
+        assert!(h.windows(2).all(|w| w[0].1.state != w[1].1.state));
+        assert_eq!(r.statuses().unwrap()[0].transitions, 100);
+    }
+
+    #[test]
+    fn transitions_are_kept_in_order_per_alert_and_survive_reopen() {
+        use crate::alarm::State;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let r = SledRegistry::open(dir.path()).unwrap();
+            for (i, st) in [
+                State::Triggered,
+                State::Acknowledged,
+                State::Reset,
+                State::Triggered,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let got = r
+                    .transition("a1", "gw-1/m/v", &mut |_| Some(status(st, i as i64)))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got.transitions, i as u64 + 1);
+            }
+            r.transition("a1", "gw-2/m/v", &mut |_| Some(status(State::Triggered, 9)))
+                .unwrap();
+            r.transition("a10", "gw-1/m/v", &mut |_| {
+                Some(status(State::Triggered, 9))
+            })
+            .unwrap();
+            // No change: nothing written.
+            let same = r
+                .transition("a1", "gw-2/m/v", &mut |_| None)
+                .unwrap()
+                .unwrap();
+            assert_eq!(same.transitions, 1);
+        }
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let h = r.alarm_history("a1", None, 100).unwrap();
+        let states: Vec<(&str, State)> = h
+            .iter()
+            .map(|(_, s)| (s.source.as_str(), s.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("gw-1/m/v", State::Triggered),
+                ("gw-1/m/v", State::Acknowledged),
+                ("gw-1/m/v", State::Reset),
+                ("gw-1/m/v", State::Triggered),
+                ("gw-2/m/v", State::Triggered),
+            ]
+        );
+        // Paging with the returned key; another alert's history (a10) is not mixed in.
+        let page = r.alarm_history("a1", Some(&h[1].0), 2).unwrap();
+        assert_eq!(
+            page.iter().map(|(_, s)| s.state).collect::<Vec<_>>(),
+            vec![State::Reset, State::Triggered]
+        );
+        assert_eq!(r.statuses().unwrap().len(), 3);
     }
 }
