@@ -13,10 +13,8 @@ use crate::error::ApiError;
 use crate::params::Params;
 use crate::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine as _;
 use meterstream_storage::alarm::{Alert, AlertRule, AlertScope, Severity};
 use meterstream_storage::time::{format_iso, now_ms};
-use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -75,9 +73,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 fn new_id() -> String {
-    let mut b = [0u8; 9];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    crate::auth::random_token(9)
 }
 
 /// `GET /ws/v1/alerts/inventory` (`size`, `cursor`).
@@ -86,16 +82,7 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     who.require(Scope::Read)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
-    let after = match p.take("cursor")? {
-        Some(c) => Some(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::param("cursor", "it is not a cursor this server gave"))?,
-        ),
-        None => None,
-    };
+    let after = p.text_cursor()?;
     p.finish(&["size", "cursor"])?;
     let st2 = st.clone();
     let (list, next) = web::block(move || -> Result<_, ApiError> {
@@ -123,9 +110,7 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     let items: Vec<Value> = list.iter().map(alert_json).collect();
     let mut body = json!({"count": items.len(), "size": size, "list": items});
     if let Some(c) = next {
-        body["cursor"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(c)
-            .into();
+        body["cursor"] = crate::params::opaque_cursor(&c).into();
     }
     Ok(HttpResponse::Ok().json(body))
 }

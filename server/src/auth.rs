@@ -259,7 +259,8 @@ fn hash(secret: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(format!("hashing a secret: {e}")))
 }
 
-fn random_token(bytes: usize) -> String {
+/// `bytes` random bytes (from the OS) as URL-safe base64: ids and secrets.
+pub fn random_token(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut b);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)

@@ -15,10 +15,9 @@
 
 use crate::auth::{principal, Scope};
 use crate::error::ApiError;
-use crate::params::Params;
+use crate::params::{opaque_cursor, Params};
 use crate::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine as _;
 use meterstream_storage::registry::{
     Command, CommandStatus, Device, DeviceEvent, MeterInfo, Registry,
 };
@@ -360,18 +359,6 @@ fn u64_param(p: &mut Params, name: &str) -> Result<u64, ApiError> {
     }
 }
 
-fn encode_cursor(s: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-}
-
-fn decode_cursor(c: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::param("cursor", "it is not a cursor this server gave"))
-}
-
 /// A device query: `field op value` conditions joined by `and` over `id` (startsWith, contains,
 /// =, <>), `connection_status`, `health`, `group`, `model` (=, <>) and `tags` (contains).
 type DeviceFilter = Vec<(String, String, String)>;
@@ -419,7 +406,7 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     who.require(Scope::Read)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
-    let after = p.take("cursor")?.map(|c| decode_cursor(&c)).transpose()?;
+    let after = p.text_cursor()?;
     let filter = p
         .take("query")?
         .map(|q| parse_device_query(&q))
@@ -445,7 +432,7 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
                         next = out
                             .last()
                             .and_then(|x: &Value| x["id"].as_str())
-                            .map(encode_cursor);
+                            .map(opaque_cursor);
                         break 'pages;
                     }
                     out.push(v);
@@ -575,12 +562,7 @@ pub async fn history(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
     who.require_device(&id)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
-    let after = match p.take("cursor")? {
-        Some(c) => decode_cursor(&c)?
-            .parse::<u64>()
-            .map_err(|_| ApiError::param("cursor", "it is not a cursor this server gave"))?,
-        None => 0,
-    };
+    let after = p.number_cursor()?;
     p.finish(&["size", "cursor"])?;
     let st2 = st.clone();
     let events = web::block(move || -> Result<_, ApiError> {
@@ -599,7 +581,7 @@ pub async fn history(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
         .collect();
     let mut body = json!({"count": list.len(), "size": size, "list": list});
     if more {
-        body["cursor"] = encode_cursor(&events[size - 1].seq.to_string()).into();
+        body["cursor"] = opaque_cursor(&events[size - 1].seq.to_string()).into();
     }
     Ok(HttpResponse::Ok().json(body))
 }
@@ -671,12 +653,7 @@ pub async fn list_commands(
     who.require_device(&id)?;
     let mut p = Params::parse(req.query_string())?;
     let size = p.size()?;
-    let after = match p.take("cursor")? {
-        Some(c) => decode_cursor(&c)?
-            .parse::<u64>()
-            .map_err(|_| ApiError::param("cursor", "it is not a cursor this server gave"))?,
-        None => 0,
-    };
+    let after = p.number_cursor()?;
     p.finish(&["size", "cursor"])?;
     let st2 = st.clone();
     let cmds = web::block(move || st2.devices.registry.commands(&id, after, size + 1)).await??;
@@ -684,7 +661,7 @@ pub async fn list_commands(
     let list: Vec<Value> = cmds.iter().take(size).map(command_json).collect();
     let mut body = json!({"count": list.len(), "size": size, "list": list});
     if more {
-        body["cursor"] = encode_cursor(&cmds[size - 1].id.to_string()).into();
+        body["cursor"] = opaque_cursor(&cmds[size - 1].id.to_string()).into();
     }
     Ok(HttpResponse::Ok().json(body))
 }

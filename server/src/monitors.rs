@@ -16,10 +16,8 @@ use crate::error::ApiError;
 use crate::params::Params;
 use crate::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine as _;
 use meterstream_storage::registry::Monitor;
 use meterstream_storage::time::{format_iso, now_ms};
-use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -259,11 +257,9 @@ pub async fn create(
     Params::parse(req.query_string())?.finish(&[])?;
     let b = parse_body(&body)?;
     check_topics(&who, &b.topics)?;
-    let mut id = [0u8; 9];
-    rand::rngs::OsRng.fill_bytes(&mut id);
     let secret = crate::webhook::new_secret();
     let mut m = Monitor {
-        id: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id),
+        id: crate::auth::random_token(9),
         topics: Vec::new(),
         url: String::new(),
         method: String::new(),

@@ -18,7 +18,37 @@ pub const DEFAULT_SIZE: usize = 1000;
 /// answer's memory in check (about 20 MB of JSON at Digi's full point shape).
 pub const MAX_SIZE: usize = 100_000;
 
+/// An opaque `cursor` for a position given as text (a device or alert id, a sequence number).
+pub fn opaque_cursor(position: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+}
+
 impl Params {
+    /// `cursor` as the text position [`opaque_cursor`] made.
+    pub fn text_cursor(&mut self) -> Result<Option<String>, ApiError> {
+        use base64::Engine as _;
+        self.take("cursor")?
+            .map(|c| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::param("cursor", "it is not a cursor this server gave"))
+            })
+            .transpose()
+    }
+
+    /// `cursor` as a number position (0 without a cursor).
+    pub fn number_cursor(&mut self) -> Result<u64, ApiError> {
+        match self.text_cursor()? {
+            None => Ok(0),
+            Some(t) => t
+                .parse()
+                .map_err(|_| ApiError::param("cursor", "it is not a cursor this server gave")),
+        }
+    }
+
     /// Parses a query string.
     pub fn parse(query: &str) -> Result<Params, ApiError> {
         serde_urlencoded::from_str::<Vec<(String, String)>>(query)

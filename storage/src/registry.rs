@@ -396,6 +396,54 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(db_err)
 }
 
+/// A value stored as JSON under `key`, flushed (every registry change is durable).
+fn put_json<T: Serialize>(db: &sled::Db, tree: &sled::Tree, key: &[u8], v: &T) -> Result<()> {
+    tree.insert(key, encode(v)?).map_err(db_err)?;
+    db.flush().map_err(db_err)?;
+    Ok(())
+}
+
+/// The JSON value under `key`.
+fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>> {
+    tree.get(key)
+        .map_err(db_err)?
+        .map(|v| decode(&v))
+        .transpose()
+}
+
+/// Every JSON value of a tree, in key order.
+fn all_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
+    tree.iter()
+        .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+        .collect()
+}
+
+/// Up to `limit` JSON values of a tree keyed by id, after id `after`.
+fn page_json<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let iter = match after {
+        Some(a) => {
+            let mut k = a.as_bytes().to_vec();
+            k.push(0);
+            tree.range(k..)
+        }
+        None => tree.range::<&[u8], _>(..),
+    };
+    iter.take(limit)
+        .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+        .collect()
+}
+
+/// Removes `key`, flushed; whether it was there.
+fn remove_key(db: &sled::Db, tree: &sled::Tree, key: &[u8]) -> Result<bool> {
+    let had = tree.remove(key).map_err(db_err)?.is_some();
+    db.flush().map_err(db_err)?;
+    Ok(had)
+}
+
 impl SledRegistry {
     /// Opens (or creates) the registry in directory `path`.
     pub fn open(path: &Path) -> Result<SledRegistry> {
@@ -442,32 +490,15 @@ impl SledRegistry {
 
 impl Registry for SledRegistry {
     fn device(&self, id: &str) -> Result<Option<Device>> {
-        self.devices
-            .get(id.as_bytes())
-            .map_err(db_err)?
-            .map(|v| decode(&v))
-            .transpose()
+        get_json(&self.devices, id.as_bytes())
     }
 
     fn put_device(&self, d: &Device) -> Result<()> {
-        self.devices
-            .insert(d.id.as_bytes(), encode(d)?)
-            .map_err(db_err)?;
-        self.flush()
+        put_json(&self.db, &self.devices, d.id.as_bytes(), d)
     }
 
     fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>> {
-        let iter = match after {
-            Some(a) => {
-                let mut k = a.as_bytes().to_vec();
-                k.push(0);
-                self.devices.range(k..)
-            }
-            None => self.devices.range::<&[u8], _>(..),
-        };
-        iter.take(limit)
-            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
-            .collect()
+        page_json(&self.devices, after, limit)
     }
 
     fn add_event(&self, device: &str, mut event: DeviceEvent) -> Result<DeviceEvent> {
@@ -593,92 +624,47 @@ impl Registry for SledRegistry {
     }
 
     fn put_credential(&self, c: &Credential) -> Result<()> {
-        self.creds
-            .insert(c.id.as_bytes(), encode(c)?)
-            .map_err(db_err)?;
-        self.flush()
+        put_json(&self.db, &self.creds, c.id.as_bytes(), c)
     }
 
     fn credential(&self, id: &str) -> Result<Option<Credential>> {
-        self.creds
-            .get(id.as_bytes())
-            .map_err(db_err)?
-            .map(|v| decode(&v))
-            .transpose()
+        get_json(&self.creds, id.as_bytes())
     }
 
     fn credentials(&self) -> Result<Vec<Credential>> {
-        self.creds
-            .iter()
-            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
-            .collect()
+        all_json(&self.creds)
     }
 
     fn put_alert(&self, a: &crate::alarm::Alert) -> Result<()> {
-        self.alerts
-            .insert(a.id.as_bytes(), encode(a)?)
-            .map_err(db_err)?;
-        self.flush()
+        put_json(&self.db, &self.alerts, a.id.as_bytes(), a)
     }
 
     fn alert(&self, id: &str) -> Result<Option<crate::alarm::Alert>> {
-        self.alerts
-            .get(id.as_bytes())
-            .map_err(db_err)?
-            .map(|v| decode(&v))
-            .transpose()
+        get_json(&self.alerts, id.as_bytes())
     }
 
     fn alerts(&self, after: Option<&str>, limit: usize) -> Result<Vec<crate::alarm::Alert>> {
-        let iter = match after {
-            Some(a) => {
-                let mut k = a.as_bytes().to_vec();
-                k.push(0);
-                self.alerts.range(k..)
-            }
-            None => self.alerts.range::<&[u8], _>(..),
-        };
-        iter.take(limit)
-            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
-            .collect()
+        page_json(&self.alerts, after, limit)
     }
 
     fn delete_alert(&self, id: &str) -> Result<bool> {
-        let had = self.alerts.remove(id.as_bytes()).map_err(db_err)?.is_some();
-        self.flush()?;
-        Ok(had)
+        remove_key(&self.db, &self.alerts, id.as_bytes())
     }
 
     fn put_monitor(&self, m: &Monitor) -> Result<()> {
-        self.monitors
-            .insert(m.id.as_bytes(), encode(m)?)
-            .map_err(db_err)?;
-        self.flush()
+        put_json(&self.db, &self.monitors, m.id.as_bytes(), m)
     }
 
     fn monitor(&self, id: &str) -> Result<Option<Monitor>> {
-        self.monitors
-            .get(id.as_bytes())
-            .map_err(db_err)?
-            .map(|v| decode(&v))
-            .transpose()
+        get_json(&self.monitors, id.as_bytes())
     }
 
     fn monitors(&self) -> Result<Vec<Monitor>> {
-        self.monitors
-            .iter()
-            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
-            .collect()
+        all_json(&self.monitors)
     }
 
     fn delete_monitor(&self, id: &str) -> Result<bool> {
-        let had = self
-            .monitors
-            .remove(id.as_bytes())
-            .map_err(db_err)?
-            .is_some();
-        self.flush()?;
-        Ok(had)
+        remove_key(&self.db, &self.monitors, id.as_bytes())
     }
 
     fn transition(
@@ -724,10 +710,7 @@ impl Registry for SledRegistry {
     }
 
     fn statuses(&self) -> Result<Vec<AlarmStatus>> {
-        self.statuses
-            .iter()
-            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
-            .collect()
+        all_json(&self.statuses)
     }
 
     fn alarm_history(

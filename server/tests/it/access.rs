@@ -33,19 +33,7 @@ fn basic_client(user: &str, pw: &str) -> Client {
 }
 
 fn status(c: &Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
-    let req = match method {
-        "POST" => c.post(url),
-        "PUT" => c.put(url),
-        "DELETE" => c.delete(url),
-        _ => c.get(url),
-    };
-    let req = match body {
-        Some(b) => req.json(&b),
-        None => req,
-    };
-    let r = req.send().unwrap();
-    let st = r.status().as_u16();
-    (st, json_of(r))
+    call(c, method, url, body.as_ref())
 }
 
 fn seed(s: &TestServer) {

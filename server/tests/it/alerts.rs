@@ -15,35 +15,11 @@ fn undervoltage(pattern: &str) -> Value {
     })
 }
 
-fn send(
-    s: &TestServer,
-    c: &reqwest::blocking::Client,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let url = format!("{}{path}", s.url);
-    let req = match method {
-        "POST" => c.post(url),
-        "PUT" => c.put(url),
-        "DELETE" => c.delete(url),
-        _ => c.get(url),
-    };
-    let req = match body {
-        Some(b) => req.json(b),
-        None => req,
-    };
-    let r = req.send().unwrap();
-    let st = r.status().as_u16();
-    (st, json_of(r))
-}
-
 #[test]
 fn alerts_are_created_read_listed_updated_and_deleted() {
     let s = TestServer::start();
     let c = &s.client;
-    let (st, a) = send(
-        &s,
+    let (st, a) = s.send(
         c,
         "POST",
         "/ws/v1/alerts/inventory",
@@ -53,14 +29,13 @@ fn alerts_are_created_read_listed_updated_and_deleted() {
     let id = a["id"].as_str().unwrap().to_string();
     assert_eq!(a["enabled"], true);
     assert_eq!(a["rule"]["fire"]["threshold"], 207.0);
-    let (_, got) = send(&s, c, "GET", &format!("/ws/v1/alerts/inventory/{id}"), None);
+    let (_, got) = s.send(c, "GET", &format!("/ws/v1/alerts/inventory/{id}"), None);
     assert_eq!(got["scope"]["value"], "*/*/voltage_l1");
     assert_eq!(got["rule"]["type"], "DataPoint condition");
     let mut changed = undervoltage("*/*/voltage_l2");
     changed["enabled"] = json!(false);
     changed["severity"] = json!("critical");
-    let (st, u) = send(
-        &s,
+    let (st, u) = s.send(
         c,
         "PUT",
         &format!("/ws/v1/alerts/inventory/{id}"),
@@ -76,13 +51,13 @@ fn alerts_are_created_read_listed_updated_and_deleted() {
         "scope": {"type": "Group", "value": "north"},
         "rule": {"type": "Device Offline", "reconnect_window_ms": 600000}});
     assert_eq!(
-        send(&s, c, "POST", "/ws/v1/alerts/inventory", Some(&offline)).0,
+        s.send(c, "POST", "/ws/v1/alerts/inventory", Some(&offline))
+            .0,
         201
     );
     // No 16-alarm limit.
     for k in 0..40 {
-        let (st, _) = send(
-            &s,
+        let (st, _) = s.send(
             c,
             "POST",
             "/ws/v1/alerts/inventory",
@@ -93,8 +68,7 @@ fn alerts_are_created_read_listed_updated_and_deleted() {
     let mut n = 0;
     let mut cursor = String::new();
     loop {
-        let (_, page) = send(
-            &s,
+        let (_, page) = s.send(
             c,
             "GET",
             &format!("/ws/v1/alerts/inventory?size=7{cursor}"),
@@ -108,29 +82,18 @@ fn alerts_are_created_read_listed_updated_and_deleted() {
     }
     assert_eq!(n, 42);
     assert_eq!(
-        send(
-            &s,
-            c,
-            "DELETE",
-            &format!("/ws/v1/alerts/inventory/{id}"),
-            None
-        )
-        .0,
+        s.send(c, "DELETE", &format!("/ws/v1/alerts/inventory/{id}"), None)
+            .0,
         204
     );
     assert_eq!(
-        send(&s, c, "GET", &format!("/ws/v1/alerts/inventory/{id}"), None).0,
+        s.send(c, "GET", &format!("/ws/v1/alerts/inventory/{id}"), None)
+            .0,
         404
     );
     assert_eq!(
-        send(
-            &s,
-            c,
-            "DELETE",
-            &format!("/ws/v1/alerts/inventory/{id}"),
-            None
-        )
-        .0,
+        s.send(c, "DELETE", &format!("/ws/v1/alerts/inventory/{id}"), None)
+            .0,
         404
     );
 }
@@ -156,13 +119,7 @@ fn bad_alerts_are_refused_naming_the_field() {
         (device_rule_on_streams, "scope"),
         (unknown_type, "Vibes"),
     ] {
-        let (st, e) = send(
-            &s,
-            &s.client,
-            "POST",
-            "/ws/v1/alerts/inventory",
-            Some(&body),
-        );
+        let (st, e) = s.send(&s.client, "POST", "/ws/v1/alerts/inventory", Some(&body));
         assert_eq!(st, 400, "{body}");
         assert!(
             e["error"]["message"].as_str().unwrap().contains(want),
@@ -181,15 +138,13 @@ fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
         .send()
         .unwrap();
     let limited = client_with_key(json_of(r)["key"].as_str().unwrap());
-    let (_, outside) = send(
-        &s,
+    let (_, outside) = s.send(
         &s.client,
         "POST",
         "/ws/v1/alerts/inventory",
         Some(&undervoltage("*/*/voltage_l1")),
     );
-    let (st, inside) = send(
-        &s,
+    let (st, inside) = s.send(
         &limited,
         "POST",
         "/ws/v1/alerts/inventory",
@@ -197,8 +152,7 @@ fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
     );
     assert_eq!(st, 201, "{inside}");
     assert_eq!(
-        send(
-            &s,
+        s.send(
             &limited,
             "POST",
             "/ws/v1/alerts/inventory",
@@ -207,7 +161,7 @@ fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
         .0,
         403
     );
-    let (_, list) = send(&s, &limited, "GET", "/ws/v1/alerts/inventory", None);
+    let (_, list) = s.send(&limited, "GET", "/ws/v1/alerts/inventory", None);
     let ids: Vec<&str> = list["list"]
         .as_array()
         .unwrap()
@@ -217,8 +171,7 @@ fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
     assert_eq!(ids, vec![inside["id"].as_str().unwrap()]);
     let other = outside["id"].as_str().unwrap();
     assert_eq!(
-        send(
-            &s,
+        s.send(
             &limited,
             "GET",
             &format!("/ws/v1/alerts/inventory/{other}"),
@@ -228,8 +181,7 @@ fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
         404
     );
     assert_eq!(
-        send(
-            &s,
+        s.send(
             &limited,
             "DELETE",
             &format!("/ws/v1/alerts/inventory/{other}"),
@@ -239,8 +191,7 @@ fn a_limited_credential_sees_and_changes_only_alerts_inside_its_scope() {
         404
     );
     assert_eq!(
-        send(
-            &s,
+        s.send(
             &s.client,
             "GET",
             &format!("/ws/v1/alerts/inventory/{other}"),

@@ -4,29 +4,6 @@
 use crate::support::*;
 use serde_json::{json, Value};
 
-fn send(
-    s: &TestServer,
-    c: &reqwest::blocking::Client,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let url = format!("{}{path}", s.url);
-    let req = match method {
-        "POST" => c.post(url),
-        "PUT" => c.put(url),
-        "DELETE" => c.delete(url),
-        _ => c.get(url),
-    };
-    let req = match body {
-        Some(b) => req.json(b),
-        None => req,
-    };
-    let r = req.send().unwrap();
-    let st = r.status().as_u16();
-    (st, json_of(r))
-}
-
 fn hook(topics: Value) -> Value {
     json!({"topics": topics, "url": "http://127.0.0.1:9/hook", "batch_size": 50, "batch_duration": 2, "persistent": true, "headers": {"x-site": "sofia"}})
 }
@@ -35,8 +12,7 @@ fn hook(topics: Value) -> Value {
 fn monitors_are_created_with_a_secret_shown_once_and_managed() {
     let s = TestServer::start_with(|c| c.allow_private_webhook_targets = true);
     let c = &s.client;
-    let (st, m) = send(
-        &s,
+    let (st, m) = s.send(
         c,
         "POST",
         "/ws/v1/monitors/inventory",
@@ -54,13 +30,7 @@ fn monitors_are_created_with_a_secret_shown_once_and_managed() {
         (Some("POST"), Some(50), Some("active"))
     );
     let id = m["id"].as_str().unwrap().to_string();
-    let (_, got) = send(
-        &s,
-        c,
-        "GET",
-        &format!("/ws/v1/monitors/inventory/{id}"),
-        None,
-    );
+    let (_, got) = s.send(c, "GET", &format!("/ws/v1/monitors/inventory/{id}"), None);
     assert!(
         got.get("secret").is_none() && !got.to_string().contains(&secret),
         "the secret is shown once"
@@ -68,8 +38,7 @@ fn monitors_are_created_with_a_secret_shown_once_and_managed() {
     assert_eq!(got["headers"]["x-site"], "sofia");
     let mut changed = hook(json!(["devices"]));
     changed["method"] = json!("put");
-    let (st, u) = send(
-        &s,
+    let (st, u) = s.send(
         c,
         "PUT",
         &format!("/ws/v1/monitors/inventory/{id}"),
@@ -80,8 +49,7 @@ fn monitors_are_created_with_a_secret_shown_once_and_managed() {
         (u["method"].as_str(), u["topics"][0].as_str()),
         (Some("PUT"), Some("devices"))
     );
-    let (st, r) = send(
-        &s,
+    let (st, r) = s.send(
         c,
         "POST",
         &format!("/ws/v1/monitors/inventory/{id}/rotate_secret"),
@@ -90,11 +58,10 @@ fn monitors_are_created_with_a_secret_shown_once_and_managed() {
     assert_eq!(st, 200, "{r}");
     assert!(r["secret"].as_str().unwrap().starts_with("whsec_") && r["secret"] != secret.as_str());
     assert!(r["secret_rotation_until"].is_string());
-    let (_, list) = send(&s, c, "GET", "/ws/v1/monitors/inventory", None);
+    let (_, list) = s.send(c, "GET", "/ws/v1/monitors/inventory", None);
     assert_eq!(list["count"], 1);
     assert_eq!(
-        send(
-            &s,
+        s.send(
             c,
             "DELETE",
             &format!("/ws/v1/monitors/inventory/{id}"),
@@ -104,14 +71,8 @@ fn monitors_are_created_with_a_secret_shown_once_and_managed() {
         204
     );
     assert_eq!(
-        send(
-            &s,
-            c,
-            "GET",
-            &format!("/ws/v1/monitors/inventory/{id}"),
-            None
-        )
-        .0,
+        s.send(c, "GET", &format!("/ws/v1/monitors/inventory/{id}"), None)
+            .0,
         404
     );
 }
@@ -119,8 +80,7 @@ fn monitors_are_created_with_a_secret_shown_once_and_managed() {
 #[test]
 fn private_targets_bad_fields_and_scope_are_refused() {
     let s = TestServer::start();
-    let (st, e) = send(
-        &s,
+    let (st, e) = s.send(
         &s.client,
         "POST",
         "/ws/v1/monitors/inventory",
@@ -148,7 +108,7 @@ fn private_targets_bad_fields_and_scope_are_refused() {
         for (k, v) in patch.as_object().unwrap() {
             b[k] = v.clone();
         }
-        let (st, e) = send(&s, &s.client, "POST", "/ws/v1/monitors/inventory", Some(&b));
+        let (st, e) = s.send(&s.client, "POST", "/ws/v1/monitors/inventory", Some(&b));
         assert_eq!(st, 400, "{b}");
         assert!(
             e["error"]["message"].as_str().unwrap().contains(field),
@@ -163,8 +123,7 @@ fn private_targets_bad_fields_and_scope_are_refused() {
         .unwrap();
     let limited = client_with_key(json_of(r)["key"].as_str().unwrap());
     assert_eq!(
-        send(
-            &s,
+        s.send(
             &limited,
             "POST",
             "/ws/v1/monitors/inventory",
@@ -173,22 +132,20 @@ fn private_targets_bad_fields_and_scope_are_refused() {
         .0,
         403
     );
-    let (st, mine) = send(
-        &s,
+    let (st, mine) = s.send(
         &limited,
         "POST",
         "/ws/v1/monitors/inventory",
         Some(&hook(json!(["DataPoint/gw-17/*/v"]))),
     );
     assert_eq!(st, 201, "{mine}");
-    let (_, admins) = send(
-        &s,
+    let (_, admins) = s.send(
         &s.client,
         "POST",
         "/ws/v1/monitors/inventory",
         Some(&hook(json!(["AlarmStatus"]))),
     );
-    let (_, list) = send(&s, &limited, "GET", "/ws/v1/monitors/inventory", None);
+    let (_, list) = s.send(&limited, "GET", "/ws/v1/monitors/inventory", None);
     let ids: Vec<&Value> = list["list"]
         .as_array()
         .unwrap()
@@ -198,8 +155,7 @@ fn private_targets_bad_fields_and_scope_are_refused() {
     assert_eq!(ids, vec![&mine["id"]]);
     let other = admins["id"].as_str().unwrap();
     assert_eq!(
-        send(
-            &s,
+        s.send(
             &limited,
             "GET",
             &format!("/ws/v1/monitors/inventory/{other}"),

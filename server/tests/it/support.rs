@@ -56,6 +56,11 @@ impl TestServer {
         }
     }
 
+    /// One request to `path` with client `c` (see [`call`]).
+    pub fn send(&self, c: &Client, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        call(c, method, format!("{}{path}", self.url), body)
+    }
+
     pub fn get(&self, path: &str) -> RequestBuilder {
         self.client.get(format!("{}{path}", self.url))
     }
@@ -132,4 +137,21 @@ pub fn ms(iso: &str) -> i64 {
 pub fn error_message(v: &Value, status: u16) -> String {
     assert_eq!(v["error"]["status"], status, "{v}");
     v["error"]["message"].as_str().unwrap().to_string()
+}
+
+/// One request with `c`: (status, JSON body or the text as a JSON string).
+pub fn call(c: &Client, method: &str, url: String, body: Option<&Value>) -> (u16, Value) {
+    let req = match method {
+        "POST" => c.post(url),
+        "PUT" => c.put(url),
+        "DELETE" => c.delete(url),
+        _ => c.get(url),
+    };
+    let req = match body {
+        Some(b) => req.json(b),
+        None => req,
+    };
+    let r = req.send().unwrap();
+    let st = r.status().as_u16();
+    (st, json_of(r))
 }
