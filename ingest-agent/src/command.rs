@@ -18,7 +18,7 @@
 //! Anything else fails with a result that says the command is unknown.
 
 use crate::bus::{BusControl, Status};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::upload::{lock, SharedSpool};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -99,11 +99,11 @@ fn client(timeout: Duration) -> Option<reqwest::Client> {
 }
 
 /// Adds the configured credentials to a request.
-pub fn authorize(cfg: &Config, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    if let Some(key) = &cfg.server.api_key {
+pub fn authorize(server: &ServerConfig, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    if let Some(key) = &server.api_key {
         req.bearer_auth(key)
-    } else if let Some(user) = &cfg.server.username {
-        req.basic_auth(user, cfg.server.password.as_ref())
+    } else if let Some(user) = &server.username {
+        req.basic_auth(user, server.password.as_ref())
     } else {
         req
     }
@@ -124,7 +124,7 @@ impl Commander {
             let after = self.cursor.get();
             let asked = Instant::now();
             let req = authorize(
-                &self.cfg,
+                &self.cfg.server,
                 http.get(&poll_url).query(&[("after", after), ("wait", 60)]),
             );
             let batch: Vec<Incoming> = tokio::select! {
@@ -178,7 +178,7 @@ impl Commander {
         let body = json!({"status": if ok { "succeeded" } else { "failed" }, "result": result});
         let mut backoff = Duration::from_millis(200);
         for _ in 0..8 {
-            match authorize(&self.cfg, http.put(&url).json(&body))
+            match authorize(&self.cfg.server, http.put(&url).json(&body))
                 .send()
                 .await
             {
@@ -304,7 +304,10 @@ pub async fn register(cfg: Config) {
     }
     let mut backoff = Duration::from_millis(500);
     loop {
-        match authorize(&cfg, http.put(&url).json(&body)).send().await {
+        match authorize(&cfg.server, http.put(&url).json(&body))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => {
                 tracing::info!("registered with the server");
                 return;

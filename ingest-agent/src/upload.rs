@@ -30,7 +30,6 @@ use crate::channel::{Reading, Sample};
 use crate::config::{ServerConfig, UploadConfig};
 use crate::metrics::Stats;
 use crate::spool::Spool;
-use meterstream_storage::StreamType;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -302,11 +301,7 @@ impl Uploader {
             .post(url)
             .header("content-type", "application/msgpack")
             .body(body);
-        if let Some(key) = &self.server.api_key {
-            req = req.bearer_auth(key);
-        } else if let Some(user) = &self.server.username {
-            req = req.basic_auth(user, self.server.password.as_ref());
-        }
+        req = crate::command::authorize(&self.server, req);
         let r = match req
             .query(&[("commands_after", self.command_cursor.get())])
             .send()
@@ -437,15 +432,11 @@ pub async fn write_rounds(
     }
 }
 
-/// The stream type of a spooled reading's type name (`DOUBLE` when unknown).
-pub fn stream_type(name: &str) -> StreamType {
-    StreamType::parse(name).unwrap_or(StreamType::Double)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use meterstream_storage::StreamType;
 
     #[test]
     fn rounds_become_one_group_per_stream_in_time_order() {

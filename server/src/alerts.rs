@@ -41,13 +41,7 @@ pub struct AlertBody {
 /// Whether `who` may see and change an alert over `scope`.
 pub fn covers(who: &Principal, scope: &AlertScope) -> bool {
     match scope {
-        AlertScope::Resource(pattern) => match who.path_prefixes() {
-            None => true,
-            Some(ps) => {
-                let literal = meterstream_storage::path::pattern_prefix(pattern);
-                ps.iter().any(|p| literal.starts_with(p.as_str()))
-            }
-        },
+        AlertScope::Resource(pattern) => who.covers_pattern(pattern),
         AlertScope::Device(d) => who.covers_device(d),
         AlertScope::Group(g) => !who.limited() || who.groups.contains(g),
     }

@@ -155,6 +155,18 @@ impl Principal {
         }
     }
 
+    /// Whether every path `pattern` (`*` = one segment) can match lies inside its limits: the
+    /// pattern's literal prefix must start with one of its prefixes.
+    pub fn covers_pattern(&self, pattern: &str) -> bool {
+        match self.path_prefixes() {
+            None => true,
+            Some(ps) => {
+                let literal = meterstream_storage::path::pattern_prefix(pattern);
+                ps.iter().any(|p| literal.starts_with(p.as_str()))
+            }
+        }
+    }
+
     /// Fails with 403 unless it covers stream `path` (the answer is the same whether the stream
     /// exists or not).
     pub fn require_path(&self, path: &str) -> Result<(), ApiError> {

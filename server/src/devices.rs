@@ -319,10 +319,6 @@ pub fn command_json(c: &Command) -> Value {
     })
 }
 
-fn devices_of(st: &AppState) -> Result<&Arc<Devices>, ApiError> {
-    Ok(&st.devices)
-}
-
 fn device_id(req: &HttpRequest) -> Result<String, ApiError> {
     let id = req.match_info().get("id").unwrap_or_default().to_string();
     if id.is_empty() || id.contains('/') {
@@ -414,7 +410,7 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     p.finish(&["query", "size", "cursor"])?;
     let st2 = st.clone();
     let (list, next) = web::block(move || -> Result<_, ApiError> {
-        let dv = devices_of(&st2)?;
+        let dv = &st2.devices;
         let mut out = Vec::new();
         let mut after = after;
         let mut next = None;
@@ -458,7 +454,7 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();
     let v = web::block(move || -> Result<_, ApiError> {
-        let dv = devices_of(&st2)?;
+        let dv = &st2.devices;
         let d = dv
             .registry
             .device(&id)?
@@ -522,7 +518,7 @@ pub async fn put(
     let addr = address(&req);
     let st2 = st.clone();
     let v = web::block(move || -> Result<_, ApiError> {
-        let dv = devices_of(&st2)?;
+        let dv = &st2.devices;
         let now = now_ms();
         dv.seen(&id, addr.as_deref(), now)?;
         let mut d = dv
@@ -566,7 +562,7 @@ pub async fn history(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
     p.finish(&["size", "cursor"])?;
     let st2 = st.clone();
     let events = web::block(move || -> Result<_, ApiError> {
-        let dv = devices_of(&st2)?;
+        let dv = &st2.devices;
         if dv.registry.device(&id)?.is_none() {
             return Err(ApiError::NotFound(format!("no device {id:?}")));
         }
@@ -630,7 +626,7 @@ pub async fn create_command(
     let st2 = st.clone();
     let id2 = id.clone();
     let cmd = web::block(move || -> Result<_, ApiError> {
-        let dv = devices_of(&st2)?;
+        let dv = &st2.devices;
         Ok(dv
             .registry
             .create_command(&id2, &c.command, c.parameters, lifetime, now_ms())?)

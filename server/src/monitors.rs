@@ -131,13 +131,10 @@ fn check_topics(who: &Principal, topics: &[String]) -> Result<(), ApiError> {
         if let Some(pattern) = t.strip_prefix("DataPoint/") {
             meterstream_storage::path::validate_pattern(pattern)
                 .map_err(|e| ApiError::BadRequest(format!("topics: {t:?}: {e}")))?;
-            if let Some(ps) = who.path_prefixes() {
-                let literal = meterstream_storage::path::pattern_prefix(pattern);
-                if !ps.iter().any(|p| literal.starts_with(p.as_str())) {
-                    return Err(ApiError::Forbidden(format!(
-                        "topics: {t:?} reaches outside this credential's scope"
-                    )));
-                }
+            if !who.covers_pattern(pattern) {
+                return Err(ApiError::Forbidden(format!(
+                    "topics: {t:?} reaches outside this credential's scope"
+                )));
             }
         } else if t != "AlarmStatus" && t != "devices" {
             return Err(ApiError::BadRequest(format!(

@@ -475,15 +475,11 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     let r = parse(&req)?;
     if r.pattern {
         // A limited credential's patterns must stay inside its prefixes.
-        if let Some(ps) = who.path_prefixes() {
-            let literal = meterstream_storage::path::pattern_prefix(&r.target);
-            if !ps.iter().any(|p| literal.starts_with(p.as_str())) {
-                return Err(ApiError::Forbidden(format!(
-                    "the pattern {:?} reaches outside this credential's scope ({})",
-                    r.target,
-                    ps.join(", ")
-                )));
-            }
+        if !who.covers_pattern(&r.target) {
+            return Err(ApiError::Forbidden(format!(
+                "the pattern {:?} reaches outside this credential's scope",
+                r.target
+            )));
         }
     } else {
         who.require_path(&r.target)?;
