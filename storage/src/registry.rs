@@ -368,6 +368,10 @@ pub struct SledRegistry {
     alarm_history: sled::Tree,
     /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
     lock: Mutex<()>,
+    /// The queued commands by (expiry, device, id), so that the expiry sweep (every second)
+    /// looks only at those due instead of reading every command ever made. Built at open from
+    /// the commands tree and kept by `put_command`, through which every command change goes.
+    queued: Mutex<std::collections::BTreeSet<(i64, String, u64)>>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StorageError {
@@ -454,7 +458,7 @@ impl SledRegistry {
             .open()
             .map_err(db_err)?;
         let t = |n: &str| db.open_tree(n).map_err(db_err);
-        Ok(SledRegistry {
+        SledRegistry {
             devices: t("devices")?,
             events: t("events")?,
             commands: t("commands")?,
@@ -466,7 +470,21 @@ impl SledRegistry {
             alarm_history: t("alarm_history")?,
             db,
             lock: Mutex::new(()),
-        })
+            queued: Mutex::new(std::collections::BTreeSet::new()),
+        }
+        .index_queued()
+    }
+
+    fn index_queued(self) -> Result<SledRegistry> {
+        {
+            let mut q = self.queued.lock();
+            for c in all_json::<Command>(&self.commands)? {
+                if c.status == CommandStatus::Queued {
+                    q.insert((c.expires, c.device_id, c.id));
+                }
+            }
+        }
+        Ok(self)
     }
 
     fn flush(&self) -> Result<()> {
@@ -478,6 +496,13 @@ impl SledRegistry {
         self.commands
             .insert(key(&c.device_id, c.id), encode(c)?)
             .map_err(db_err)?;
+        let k = (c.expires, c.device_id.clone(), c.id);
+        let mut q = self.queued.lock();
+        if c.status == CommandStatus::Queued {
+            q.insert(k);
+        } else {
+            q.remove(&k);
+        }
         Ok(())
     }
 
@@ -741,10 +766,18 @@ impl Registry for SledRegistry {
 
     fn expire(&self, now: i64) -> Result<Vec<Command>> {
         let _g = self.lock.lock();
+        let due: Vec<(String, u64)> = self
+            .queued
+            .lock()
+            .iter()
+            .take_while(|(expires, _, _)| *expires <= now)
+            .map(|(_, d, id)| (d.clone(), *id))
+            .collect();
         let mut out = Vec::new();
-        for kv in self.commands.iter() {
-            let (_, v) = kv.map_err(db_err)?;
-            let mut c: Command = decode(&v)?;
+        for (device, id) in due {
+            let Some(mut c) = self.command(&device, id)? else {
+                continue;
+            };
             if c.status == CommandStatus::Queued && now >= c.expires {
                 c.status = CommandStatus::Expired;
                 c.updated = now;
@@ -870,6 +903,13 @@ mod tests {
         assert_eq!(ev.seq, 2);
         assert_eq!(r.events("gw1", 0, 10).unwrap().len(), 2);
         assert_eq!(r.events("gw1", 1, 10).unwrap()[0].status, "disconnected");
+        // The sweep's index of queued commands is rebuilt at open: one queued before the reopen
+        // expires after it, and finished ones are not touched again.
+        let swept = r.expire(200_000).unwrap();
+        let swept: Vec<u64> = swept.iter().map(|c| c.id).collect();
+        assert!(swept.contains(&id), "{swept:?}");
+        assert_eq!(r.command("gw1", id).unwrap().unwrap().status, CommandStatus::Expired);
+        assert!(r.expire(300_000).unwrap().is_empty());
     }
 
     #[test]
