@@ -379,9 +379,15 @@ impl Auth {
             return bad(format!("scopes: {s:?} is not admin, read, write or device"));
         }
         for p in &n.prefixes {
-            if p.is_empty() || p.starts_with('/') {
+            if p.is_empty() || p.starts_with('/') || p.chars().any(char::is_control) {
                 return bad(format!("prefixes: {p:?} must be a non-empty path prefix"));
             }
+        }
+        for g in &n.groups {
+            crate::devices::check_name("groups", g)?;
+        }
+        if let Some(name) = &n.name {
+            crate::devices::check_name("name", name)?;
         }
         let (id, secret, device_id) = match n.kind.as_str() {
             "user" => {
@@ -400,11 +406,9 @@ impl Auth {
                 let id = random_token(9).replace(['-', '_'], "x");
                 let prefix = if n.kind == "device" { "msd" } else { "msk" };
                 let device = if n.kind == "device" {
-                    let Some(d) = n
-                        .device_id
-                        .clone()
-                        .filter(|d| !d.is_empty() && !d.contains('/'))
-                    else {
+                    let Some(d) = n.device_id.clone().filter(|d| {
+                        !d.contains('/') && meterstream_storage::path::validate_path(d).is_ok()
+                    }) else {
                         return bad(
                             "device_id: a device key needs the device id it belongs to".into()
                         );
@@ -726,9 +730,21 @@ mod tests {
                 kind: "robot".into(),
                 ..Default::default()
             },
+            NewCredential {
+                kind: "device".into(),
+                device_id: Some("gw 17".into()),
+                ..Default::default()
+            },
+            NewCredential {
+                kind: "api_key".into(),
+                groups: vec![String::new()],
+                ..Default::default()
+            },
         ] {
             assert!(a.create(bad, 1).is_err());
         }
+        // None of them was stored.
+        assert_eq!(a.list().unwrap().len(), 3);
     }
 
     #[test]

@@ -319,6 +319,17 @@ pub fn command_json(c: &Command) -> Value {
     })
 }
 
+/// Checks a short name (a group, a tag, a meter, a user): 1 to 100 characters, none of them a
+/// control character; the error names `field`.
+pub fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.is_empty() || v.chars().count() > 100 || v.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "{field}: {v:?} must be 1 to 100 characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
 fn device_id(req: &HttpRequest) -> Result<String, ApiError> {
     let id = req.match_info().get("id").unwrap_or_default().to_string();
     if id.is_empty() || id.contains('/') {
@@ -508,6 +519,16 @@ pub async fn put(
     Params::parse(req.query_string())?.finish(&[])?;
     let u: DeviceUpdate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid device body: {e}")))?;
+    for t in u.tags.iter().flatten() {
+        check_name("tags", t)?;
+    }
+    if let Some(g) = &u.group {
+        check_name("group", g)?;
+    }
+    for m in u.meters.iter().flatten() {
+        check_name("meters.name", &m.name)?;
+        check_name("meters.model", &m.model)?;
+    }
     if let Some(l) = &u.location {
         if !(-90.0..=90.0).contains(&l.latitude) || !(-180.0..=180.0).contains(&l.longitude) {
             return Err(ApiError::BadRequest(

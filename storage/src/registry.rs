@@ -908,7 +908,10 @@ mod tests {
         let swept = r.expire(200_000).unwrap();
         let swept: Vec<u64> = swept.iter().map(|c| c.id).collect();
         assert!(swept.contains(&id), "{swept:?}");
-        assert_eq!(r.command("gw1", id).unwrap().unwrap().status, CommandStatus::Expired);
+        assert_eq!(
+            r.command("gw1", id).unwrap().unwrap().status,
+            CommandStatus::Expired
+        );
         assert!(r.expire(300_000).unwrap().is_empty());
     }
 

@@ -96,6 +96,29 @@ fn a_device_registers_reports_and_is_listed_with_status_and_health() {
         &json!({"location": {"latitude": 120, "longitude": 0}}),
     );
     assert_eq!(r.status(), 400);
+    for (body, field) in [
+        (json!({"group": ""}), "group"),
+        (json!({"tags": ["ok", "bad\u{7}"]}), "tags"),
+        (
+            json!({"meters": [{"name": "", "model": "SDM630"}]}),
+            "meters.name",
+        ),
+    ] {
+        let r = s.put_json("/ws/v1/devices/inventory/gw-1", &body);
+        assert_eq!(r.status(), 400, "{body}");
+        let e = json_of(r);
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(field),
+            "{e} should name {field}"
+        );
+    }
+    // Nothing of the refused bodies was stored.
+    let (_, d) = s.get_json("/ws/v1/devices/inventory/gw-1");
+    assert_eq!(
+        (d["group"].as_str(), d["tags"][0].as_str()),
+        (Some("north"), Some("sofia"))
+    );
+    assert_eq!(d["location"]["latitude"], 42.6564);
 }
 
 #[test]
