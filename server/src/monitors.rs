@@ -273,7 +273,6 @@ pub async fn create(
         status: "active".into(),
         created: now_ms(),
         owner: who.id.clone(),
-        owner_prefixes: who.path_prefixes().unwrap_or_default(),
     };
     apply(&mut m, b)?;
     let (url, allow) = (m.url.clone(), st.allow_private_webhook_targets);

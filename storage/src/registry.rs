@@ -239,11 +239,9 @@ pub struct Monitor {
     pub status: String,
     /// Created, Unix ms.
     pub created: i64,
-    /// The credential that created it (its scope bounds the monitor's topics).
+    /// The credential that created it; its scope, read when events are delivered, bounds what
+    /// the monitor receives.
     pub owner: String,
-    /// That credential's prefixes, copied (empty: unlimited).
-    #[serde(default)]
-    pub owner_prefixes: Vec<String>,
 }
 
 /// The status of one (alert, source): one record per pair, so two active statuses for the same

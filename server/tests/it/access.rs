@@ -356,6 +356,16 @@ fn kinds_scopes_and_endpoints() {
             assert_eq!(v["error"]["status"], st, "{name}: {v}");
         }
     }
+    // The allowed writes were stored and the refused ones were not: gw-1 holds the seed and the
+    // writer's point, gw-17 the seed, the limited key's and the device's.
+    let values = |stream: &str| -> Vec<f64> {
+        s.history_all(stream, "")
+            .iter()
+            .map(|(_, v)| v.as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(values("gw-1/m/v"), vec![1.5, 2.0]);
+    assert_eq!(values("gw-17/m/v"), vec![1.5, 2.0, 2.0]);
     // What each sees in listings.
     let ids = |c: &Client, path: &str| -> Vec<String> {
         let (st, v) = status(c, "GET", u(path), None);
