@@ -5,6 +5,7 @@ use crate::buckets::{self, Bucket, DAY, MINUTE, QUARTER};
 use crate::chunk_file::{ChunkFiles, Loc};
 use crate::codec;
 use crate::error::{Result, StorageError};
+use crate::feed::{Feed, FeedRecord, FeedState, RingRecord};
 use crate::head::Head;
 use crate::metrics::StoreMetrics;
 use crate::path::{device_id, validate_path};
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 /// Low bits of a stream id that name its shard (a hash of its device id).
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
+/// Key prefix of the feed consumers' holds in tree `meta`.
+const HOLD_PREFIX: &[u8] = b"hold/";
 
 /// Configuration of an [`Engine`].
 #[derive(Debug, Clone)]
@@ -51,6 +54,11 @@ pub struct Config {
     pub idle_seal: Duration,
     /// sled's page cache, bytes.
     pub cache_bytes: u64,
+    /// Most bytes of applied points the change feed keeps in memory for its consumers (only
+    /// while there are consumers).
+    pub feed_buffer_bytes: usize,
+    /// Most bytes of log kept, beyond what checkpoints need, for feed consumers that are behind.
+    pub feed_retention_bytes: u64,
 }
 
 impl Config {
@@ -65,6 +73,8 @@ impl Config {
             checkpoint_log_bytes: 512 << 20,
             idle_seal: Duration::from_secs(15 * 60),
             cache_bytes: 64 << 20,
+            feed_buffer_bytes: 32 << 20,
+            feed_retention_bytes: 2 << 30,
         }
     }
 
@@ -276,6 +286,7 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     metrics: StoreMetrics,
     open_points: AtomicU64,
+    feed: FeedState,
 }
 
 /// The sled-backed store.
@@ -1414,6 +1425,7 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
         let disconnected = matches!(msg, Err(RecvTimeoutError::Disconnected));
         if let Ok(group) = msg {
             inner.metrics.group_frames.observe(group.len() as f64);
+            let feed_active = inner.feed.active();
             for p in group {
                 let r = if failed {
                     Err(StorageError::Closed)
@@ -1428,10 +1440,21 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
                 } else {
                     applied = p.seq;
                 }
+                // The feed holds the record before the applied sequence number says so, and
+                // both before the writer hears back.
+                if r.is_ok() {
+                    if feed_active {
+                        inner.feed.push(p.seq, p.record);
+                    } else {
+                        inner.feed.skip(p.seq);
+                    }
+                    inner.feed.applied.store(p.seq, AtOrd::Release);
+                }
                 if let Some(d) = p.done {
                     let _ = d.send(r);
                 }
             }
+            inner.feed.notify(applied);
         }
         let log_grown = wal.stats.bytes.load(AtOrd::Relaxed) - log_bytes_at_cp;
         let due = applied > cp_seq
@@ -1443,7 +1466,12 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
                     cp_seq = applied;
                     snapshot_compact = disconnected;
                     log_bytes_at_cp = wal.stats.bytes.load(AtOrd::Relaxed);
-                    if let Err(e) = wal.truncate(applied) {
+                    let kept = wal.truncate_held(
+                        applied,
+                        inner.feed.min_hold(),
+                        inner.cfg.feed_retention_bytes,
+                    );
+                    if let Err(e) = kept {
                         tracing::warn!(error = %e, "could not delete old log segments");
                     }
                 }
@@ -1454,7 +1482,8 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
         if disconnected {
             // The log thread has stopped; if the last checkpoint covers everything applied, the
             // log holds nothing that sled does not, and a reopen has nothing to replay.
-            if !failed && cp_seq == applied {
+            let held = inner.feed.min_hold().is_some_and(|h| h < applied);
+            if !failed && cp_seq == applied && !held {
                 if let Err(e) = wal.remove_all() {
                     tracing::warn!(error = %e, "could not delete log segments at shutdown");
                 }
@@ -1525,6 +1554,7 @@ impl Engine {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             metrics: StoreMetrics::new(),
             open_points: AtomicU64::new(0),
+            feed: FeedState::new(0, BTreeMap::new(), cfg.feed_buffer_bytes),
             cfg,
         });
         inner.load()?;
@@ -1541,6 +1571,19 @@ impl Engine {
             replayed += 1;
             inner.apply(&rec, true).map(|_| ())
         })?;
+        let mut holds = BTreeMap::new();
+        for kv in inner.meta.scan_prefix(HOLD_PREFIX) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[HOLD_PREFIX.len()..]).into_owned();
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v);
+            holds.insert(name, u64::from_be_bytes(b));
+        }
+        for (name, seq) in holds {
+            inner.feed.set_hold(&name, Some(seq));
+        }
+        inner.feed.skip(last);
+        inner.feed.applied.store(last, AtOrd::Release);
         let (apply_tx, apply_rx) = mpsc::channel();
         let m = inner.metrics.clone();
         let wal = Arc::new(Wal::start(
@@ -2404,6 +2447,105 @@ impl Store for Engine {
 
     fn metrics(&self) -> &StoreMetrics {
         &self.inner.metrics
+    }
+
+    fn feed(&self, after: u64, max_points: usize) -> Result<Feed> {
+        let inner = &self.inner;
+        let applied = inner.feed.applied.load(AtOrd::Acquire);
+        let mut out = Feed {
+            records: Vec::new(),
+            next: after.max(applied),
+            lost: None,
+        };
+        if after >= applied {
+            out.next = after;
+            return Ok(out);
+        }
+        let raw: Vec<Arc<RingRecord>> = match inner.feed.ring_after(after, max_points) {
+            Some(rs) => {
+                let rs: Vec<_> = rs.into_iter().filter(|r| r.seq <= applied).collect();
+                let taken: usize = rs
+                    .iter()
+                    .map(|r| r.groups.iter().map(|g| g.1.len()).sum::<usize>())
+                    .sum();
+                if taken >= max_points {
+                    if let Some(r) = rs.last() {
+                        out.next = r.seq;
+                    }
+                }
+                rs
+            }
+            None => {
+                let mut rs = Vec::new();
+                let read = wal::read_after(
+                    &inner.cfg.path.join("wal"),
+                    after,
+                    applied,
+                    max_points,
+                    |seq, rec| {
+                        if let Record::Points { server_ts, groups } = rec {
+                            let bytes = crate::feed::record_bytes(&groups);
+                            rs.push(Arc::new(RingRecord {
+                                seq,
+                                server_ts,
+                                groups,
+                                bytes,
+                            }));
+                        }
+                    },
+                )?;
+                match read.first {
+                    Some(first) if first <= after + 1 => {}
+                    Some(first) => out.lost = Some((after + 1, (first - 1).min(applied))),
+                    None => out.lost = Some((after + 1, applied)),
+                }
+                if read.stopped {
+                    out.next = read.last;
+                }
+                rs
+            }
+        };
+        let mut paths: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+        for r in raw {
+            let p: Vec<Option<Arc<str>>> = r
+                .groups
+                .iter()
+                .map(|(id, _)| {
+                    paths
+                        .entry(*id)
+                        .or_insert_with(|| {
+                            let sh = inner.shards[shard_of_id(*id)].lock();
+                            sh.streams.get(id).map(|st| Arc::from(st.rec.path.as_str()))
+                        })
+                        .clone()
+                })
+                .collect();
+            out.records.push(FeedRecord { data: r, paths: p });
+        }
+        Ok(out)
+    }
+
+    fn feed_hold(&self, consumer: &str, seq: Option<u64>) -> Result<()> {
+        let mut key = HOLD_PREFIX.to_vec();
+        key.extend_from_slice(consumer.as_bytes());
+        match seq {
+            Some(s) => self.inner.meta.insert(key, &s.to_be_bytes())?,
+            None => self.inner.meta.remove(key)?,
+        };
+        self.inner.feed.set_hold(consumer, seq);
+        Ok(())
+    }
+
+    fn feed_consumer(&self, consumer: &str) -> Option<u64> {
+        self.inner.feed.hold(consumer)
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.inner.feed.applied.load(AtOrd::Acquire)
+    }
+
+    fn on_applied(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        self.inner.feed.listen(f);
     }
 
     fn close(&self) {

@@ -8,6 +8,7 @@
 //! - [`store`]: the [`Store`] trait, the only thing the HTTP layer sees.
 //! - [`engine`]: [`Engine`], the sled-backed store: registry, open heads, apply, checkpoints.
 //! - [`wal`]: the write-ahead log with group commit; its format is drawn there.
+//! - [`feed`]: the change feed of applied points for durable consumers (alarms, monitors).
 //! - [`codec`]: the chunk codec; its format is drawn there.
 //! - [`series`]: points of one stream in columns (open heads and decoded chunks).
 //! - [`head`]: the open head of a stream, compressed in memory; `snapshot` saves them all.
@@ -38,6 +39,7 @@
 //!                                          in that completed UTC day (see buckets, docs/rollups.md)
 //!     meta     "checkpoint_seq"         -> u64 BE: every record up to it is in sled and the snapshot
 //!              "next_counter"           -> u64 BE: next stream id counter
+//!              "hold/<consumer>"        -> u64 BE: log kept for a feed consumer after this seq
 //! ```
 //! A stream id is `counter << 6 | hash(device id) % 64`: its low bits name the shard, so all
 //! state of one device lives in one shard, the unit a future partitioned backend moves.
@@ -63,6 +65,7 @@ mod chunk_file;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod feed;
 pub mod head;
 pub mod metrics;
 pub mod path;
@@ -80,6 +83,7 @@ pub mod wal;
 
 pub use engine::{Config, Engine};
 pub use error::{Result, StorageError};
+pub use feed::{Feed, FeedRecord};
 pub use metrics::StoreMetrics;
 pub use point::{DataPoint, Extras, GroupIn, PointIn};
 pub use query::{

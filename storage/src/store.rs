@@ -6,6 +6,7 @@
 //! only once it is durable.
 
 use crate::error::{Result, StorageError};
+use crate::feed::Feed;
 use crate::metrics::StoreMetrics;
 use crate::point::{DataPoint, GroupIn};
 use crate::query::{Child, Cursor, HistoryQuery, Order, Page, StreamFilter};
@@ -123,6 +124,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's metrics, to register.
     fn metrics(&self) -> &StoreMetrics;
+
+    /// The change feed (docs/alarms.md): the points applied after log sequence number `after`,
+    /// about `max_points` at most. Consumers far behind read the log on disk; what the log no
+    /// longer holds is reported in [`Feed::lost`].
+    fn feed(&self, after: u64, max_points: usize) -> Result<Feed>;
+
+    /// Sets a feed consumer's hold, the sequence number up to which it has durably consumed
+    /// (the log after it is kept for it), or removes the consumer (`None`).
+    fn feed_hold(&self, consumer: &str, seq: Option<u64>) -> Result<()>;
+
+    /// A feed consumer's hold, if it is registered.
+    fn feed_consumer(&self, consumer: &str) -> Option<u64>;
+
+    /// The highest log sequence number applied.
+    fn applied_seq(&self) -> u64;
+
+    /// Calls `f` with the applied sequence number after each applied group of records. `f` runs
+    /// on the apply thread and must only signal.
+    fn on_applied(&self, f: Box<dyn Fn(u64) + Send + Sync>);
 
     /// Makes everything durable and stops background work.
     fn close(&self);

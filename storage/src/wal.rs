@@ -50,6 +50,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const FRAME_HEADER: usize = 16;
+/// The first payload byte of a `Points` record.
+const TAG_POINTS: u8 = 3;
 /// Most bytes the log thread takes into one group.
 const MAX_GROUP_BYTES: usize = 64 << 20;
 
@@ -387,6 +389,91 @@ pub(crate) fn replay(
     Ok(last)
 }
 
+/// What [`read_after`] found.
+pub(crate) struct ReadAfter {
+    /// The first sequence number the log still holds, if it holds any.
+    pub first: Option<u64>,
+    /// The last sequence number read (or skipped because it was not a `Points` record).
+    pub last: u64,
+    /// Whether the read stopped at `max_points` (more may follow).
+    pub stopped: bool,
+}
+
+/// Reads the `Points` records with `after < seq <= upto` from the segments on disk, in order,
+/// until about `max_points` points were read. Frames before the cursor are skipped by their
+/// headers; a torn or unfinished tail ends the read (the log thread may be writing it).
+pub(crate) fn read_after(
+    dir: &Path,
+    after: u64,
+    upto: u64,
+    max_points: usize,
+    mut f: impl FnMut(u64, Record),
+) -> Result<ReadAfter> {
+    use std::io::{BufReader, Read};
+    let segs = list_segments(dir)?;
+    let first = segs.first().map(|s| s.0);
+    // The segment holding `after + 1`: the last whose first sequence number is not beyond it.
+    let start = segs.partition_point(|s| s.0 <= after + 1).saturating_sub(1);
+    let mut out = ReadAfter {
+        first,
+        last: after,
+        stopped: false,
+    };
+    let mut points = 0usize;
+    for (_, path) in &segs[start..] {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            // Deleted by a checkpoint since it was listed: its records are gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StorageError::io(path, e)),
+        };
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        let mut header = [0u8; FRAME_HEADER];
+        loop {
+            if r.read_exact(&mut header).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            let mut sb = [0u8; 8];
+            sb.copy_from_slice(&header[8..16]);
+            let seq = u64::from_le_bytes(sb);
+            if seq > upto {
+                return Ok(out);
+            }
+            if seq <= after {
+                if r.seek_relative(len as i64).is_err() {
+                    break;
+                }
+                continue;
+            }
+            let mut payload = vec![0u8; len];
+            if r.read_exact(&mut payload).is_err() {
+                break;
+            }
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&header[8..16]);
+            hasher.update(&payload);
+            if hasher.finalize() != crc {
+                break;
+            }
+            out.last = seq;
+            if payload.first() == Some(&TAG_POINTS) {
+                let rec = Record::decode(&payload)?;
+                if let Record::Points { groups, .. } = &rec {
+                    points += groups.iter().map(|(_, p)| p.len()).sum::<usize>();
+                }
+                f(seq, rec);
+                if points >= max_points {
+                    out.stopped = true;
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Wal {
     /// Starts the log thread on a new segment whose first frame will have `next_seq`. Groups
     /// that are durable are sent to `apply_tx`.
@@ -475,6 +562,49 @@ impl Wal {
                 fs::remove_file(path).map_err(|e| StorageError::io(path, e))?;
                 removed += 1;
             }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the segments whose every record is `<= upto`, except those a feed consumer still
+    /// needs (records after `hold`), unless those exceed `keep_bytes`: then the oldest go too.
+    /// Returns how many segments were removed.
+    pub(crate) fn truncate_held(
+        &self,
+        upto: u64,
+        hold: Option<u64>,
+        keep_bytes: u64,
+    ) -> Result<usize> {
+        let Some(hold) = hold.filter(|h| *h < upto) else {
+            return self.truncate(upto);
+        };
+        let segs = list_segments(&self.dir)?;
+        // Segments covered by the checkpoint, with whether the hold still needs them.
+        let mut held: Vec<(PathBuf, u64)> = Vec::new();
+        let mut removed = 0;
+        for w in segs.windows(2) {
+            let (_, path) = &w[0];
+            let (next_first, _) = w[1];
+            if next_first > upto + 1 {
+                break;
+            }
+            if next_first <= hold + 1 {
+                fs::remove_file(path).map_err(|e| StorageError::io(path, e))?;
+                removed += 1;
+            } else {
+                let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                held.push((path.clone(), len));
+            }
+        }
+        let mut total: u64 = held.iter().map(|h| h.1).sum();
+        for (path, len) in held {
+            if total <= keep_bytes {
+                break;
+            }
+            tracing::warn!(file = %path.display(), "a feed consumer is behind by more than feed_retention_bytes; deleting log it has not read");
+            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            total -= len;
+            removed += 1;
         }
         Ok(removed)
     }

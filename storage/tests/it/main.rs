@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure should fail the test loudly
 
 mod engine;
+mod feed;
 mod model;
 mod rollups;
