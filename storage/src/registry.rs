@@ -269,6 +269,135 @@ pub struct AlarmStatus {
     pub transitions: u64,
 }
 
+/// An event waiting in the outbox for the monitors: alarm status changes and device connection
+/// changes, written in the same sled transaction as the change it announces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// Outbox sequence number, from 1.
+    pub seq: u64,
+    /// Event id: deterministic for evaluated alarm transitions, so that a re-derived one is
+    /// recognised.
+    pub id: String,
+    /// Topic without the tenant: `AlarmStatus/<alert>/<source>` or `devices/<device>`.
+    pub topic: String,
+    /// `INSERTION` or `UPDATE`.
+    pub operation: String,
+    /// When it was written, Unix ms.
+    pub timestamp: i64,
+    /// The device it concerns (for scoped monitors), if any.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The object announced (`AlarmStatus`, `DeviceCore` shape).
+    pub object: serde_json::Value,
+}
+
+/// What changes an alarm status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmChangeKind {
+    /// The evaluator moved it to `to` at data (or server) time `at`, because of `value`.
+    Evaluated {
+        /// New state (triggered or reset).
+        to: crate::alarm::State,
+        /// When, Unix ms.
+        at: i64,
+        /// The value that caused it.
+        value: Option<crate::alarm::Observed>,
+    },
+    /// A user acknowledged it (only a triggered status can be).
+    Acknowledge {
+        /// Who.
+        by: String,
+        /// Optional note.
+        note: Option<String>,
+        /// When, server ms.
+        at: i64,
+    },
+}
+
+/// One change of an alarm status, with its event id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmChange {
+    /// Event id; a change whose id was already recorded is skipped.
+    pub event_id: String,
+    /// The alert.
+    pub alert_id: String,
+    /// The source (stream path or device id).
+    pub source: String,
+    /// The device of the source (first path segment), for scoping.
+    pub device: String,
+    /// The change.
+    pub kind: AlarmChangeKind,
+}
+
+/// What became of an [`AlarmChange`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOutcome {
+    /// Applied; the status after.
+    Applied(AlarmStatus),
+    /// Its event id was recorded before (a transition re-derived after a crash).
+    Duplicate,
+    /// Not applicable (acknowledging a status that is not triggered, or no change); why.
+    Refused(String),
+}
+
+/// The delivery state of one monitor, kept apart from its definition so that editing one does
+/// not race with the other.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MonitorState {
+    /// Data point events delivered up to this log sequence number.
+    pub log_cursor: u64,
+    /// Outbox events delivered up to this outbox sequence number.
+    pub outbox_cursor: u64,
+    /// Since when (Unix ms) deliveries have failed without a success, if they do.
+    #[serde(default)]
+    pub failing_since: Option<i64>,
+    /// Failed attempts in a row.
+    #[serde(default)]
+    pub failures: u32,
+    /// Last successful delivery, Unix ms.
+    #[serde(default)]
+    pub last_sent: Option<i64>,
+    /// Last attempt, Unix ms.
+    #[serde(default)]
+    pub last_attempt: Option<i64>,
+    /// Events up to these cursors (log, outbox) are replays, flagged `replay: true`.
+    #[serde(default)]
+    pub replay_until: Option<(u64, u64)>,
+    /// Data point events lost because the log no longer held them, in total.
+    #[serde(default)]
+    pub lost_events: u64,
+}
+
+/// One delivery attempt of a monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Sequence number within the monitor.
+    pub seq: u64,
+    /// The batch's `webhook-id`.
+    pub batch_id: String,
+    /// When it started, Unix ms.
+    pub time: i64,
+    /// HTTP status, if an answer came.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Error, when no answer came or it was not 2xx.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// How long it took, ms.
+    pub duration_ms: u64,
+    /// Events in the batch.
+    pub events: usize,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Whether the batch was a replay.
+    #[serde(default)]
+    pub replay: bool,
+    /// The cursors (log, outbox) before the batch, so a failed batch can be sent again.
+    pub from: (u64, u64),
+    /// The cursors after the batch.
+    pub to: (u64, u64),
+}
+
 /// The registry of devices and commands. Blocking; every successful change is durable.
 pub trait Registry: Send + Sync {
     /// The device `id`.
@@ -350,6 +479,35 @@ pub trait Registry: Send + Sync {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, AlarmStatus)>>;
+    /// Applies alarm status changes in order, each with its history entry and its outbox event,
+    /// all in one durable transaction. Changes whose event id is already recorded are skipped.
+    fn alarm_changes(&self, changes: &[AlarmChange], now: i64) -> Result<Vec<ChangeOutcome>>;
+    /// One status.
+    fn status(&self, alert_id: &str, source: &str) -> Result<Option<AlarmStatus>>;
+    /// Removes every status and history entry of an alert (when it is deleted).
+    fn forget_alert(&self, alert_id: &str) -> Result<()>;
+    /// Outbox events after outbox sequence number `after`, at most `limit`.
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>>;
+    /// The highest outbox sequence number written (0 if none).
+    fn outbox_last(&self) -> u64;
+    /// Deletes outbox events written before `before` (Unix ms), with their event ids; returns
+    /// how many.
+    fn prune_outbox(&self, before: i64) -> Result<usize>;
+    /// A monitor's delivery state.
+    fn monitor_state(&self, id: &str) -> Result<Option<MonitorState>>;
+    /// Stores a monitor's delivery state, durably.
+    fn put_monitor_state(&self, id: &str, st: &MonitorState) -> Result<()>;
+    /// Records a delivery attempt (the newest `keep` are kept).
+    fn add_delivery(&self, monitor: &str, d: Delivery, keep: usize) -> Result<Delivery>;
+    /// A monitor's delivery attempts, newest first, before seq `before`, at most `limit`.
+    fn deliveries(&self, monitor: &str, before: Option<u64>, limit: usize)
+        -> Result<Vec<Delivery>>;
+    /// One delivery attempt.
+    fn delivery(&self, monitor: &str, seq: u64) -> Result<Option<Delivery>>;
+    /// A value of the registry's own key-value space (evaluator checkpoints).
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets a value of the registry's key-value space, durably.
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<()>;
 }
 
 /// The sled registry.
@@ -364,6 +522,12 @@ pub struct SledRegistry {
     monitors: sled::Tree,
     statuses: sled::Tree,
     alarm_history: sled::Tree,
+    outbox: sled::Tree,
+    event_ids: sled::Tree,
+    monitor_state: sled::Tree,
+    deliveries: sled::Tree,
+    /// The next outbox sequence number (outbox writes happen under `lock`).
+    outbox_next: Mutex<u64>,
     /// Serializes command changes (they are rare) so that read-modify-write needs no CAS loop.
     lock: Mutex<()>,
     /// The queued commands by (expiry, device, id), so that the expiry sweep (every second)
@@ -382,6 +546,75 @@ fn key(device: &str, n: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&n.to_be_bytes());
     k
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
+}
+
+/// The status of (alert, source) after `kind`, given the current one; `Err` says why nothing
+/// changes.
+fn next_status(
+    current: Option<&AlarmStatus>,
+    alert_id: &str,
+    source: &str,
+    kind: &AlarmChangeKind,
+) -> std::result::Result<AlarmStatus, String> {
+    use crate::alarm::State;
+    let state = current.map_or(State::Reset, |c| c.state);
+    let mut next = current.cloned().unwrap_or(AlarmStatus {
+        alert_id: alert_id.into(),
+        source: source.into(),
+        state: State::Reset,
+        changed: 0,
+        value: None,
+        acknowledged_by: None,
+        note: None,
+        transitions: 0,
+    });
+    match kind {
+        AlarmChangeKind::Evaluated { to, at, value } => {
+            if state.active() == to.active() {
+                return Err(format!("already {state:?}").to_lowercase());
+            }
+            next.state = *to;
+            next.changed = *at;
+            next.value = value.clone();
+            next.acknowledged_by = None;
+            next.note = None;
+        }
+        AlarmChangeKind::Acknowledge { by, note, at } => {
+            if state != State::Triggered {
+                return Err(format!(
+                    "only a triggered status can be acknowledged; this one is {}",
+                    format!("{state:?}").to_lowercase()
+                ));
+            }
+            next.state = State::Acknowledged;
+            next.changed = *at;
+            next.acknowledged_by = Some(by.clone());
+            next.note = note.clone();
+        }
+    }
+    next.transitions += 1;
+    Ok(next)
+}
+
+fn status_key(alert_id: &str, source: &str) -> Vec<u8> {
+    let mut k = alert_id.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(source.as_bytes());
+    k
+}
+
+fn history_key(alert_id: &str, source: &str, n: u64) -> Vec<u8> {
+    let mut h = status_key(alert_id, source);
+    h.push(0);
+    h.extend_from_slice(&n.to_be_bytes());
+    h
 }
 
 fn prefix(device: &str) -> Vec<u8> {
@@ -466,6 +699,11 @@ impl SledRegistry {
             monitors: t("monitors")?,
             statuses: t("alarm_status")?,
             alarm_history: t("alarm_history")?,
+            outbox: t("outbox")?,
+            event_ids: t("event_ids")?,
+            monitor_state: t("monitor_state")?,
+            deliveries: t("deliveries")?,
+            outbox_next: Mutex::new(1),
             db,
             lock: Mutex::new(()),
             queued: Mutex::new(std::collections::BTreeSet::new()),
@@ -474,6 +712,9 @@ impl SledRegistry {
     }
 
     fn index_queued(self) -> Result<SledRegistry> {
+        if let Some((k, _)) = self.outbox.last().map_err(db_err)? {
+            *self.outbox_next.lock() = be_u64(&k) + 1;
+        }
         {
             let mut q = self.queued.lock();
             for c in all_json::<Command>(&self.commands)? {
@@ -536,10 +777,32 @@ impl Registry for SledRegistry {
             .map(|(_, v)| decode::<DeviceEvent>(&v))
             .transpose()?;
         event.seq = last.map_or(1, |e| e.seq + 1);
-        self.events
-            .insert(key(device, event.seq), encode(&event)?)
-            .map_err(db_err)?;
+        // The event and its announcement to the monitors (topic `devices`), in one transaction.
+        let seq = *self.outbox_next.lock();
+        let ob = OutboxEvent {
+            seq,
+            id: format!("device/{device}/{}", event.seq),
+            topic: format!("devices/{device}"),
+            operation: "UPDATE".into(),
+            timestamp: event.time,
+            device: Some(device.to_string()),
+            object: serde_json::json!({
+                "id": device,
+                "connectionStatus": event.status,
+                "time": crate::time::format_iso(event.time),
+                "address": event.address,
+            }),
+        };
+        let (k, v, obv) = (key(device, event.seq), encode(&event)?, encode(&ob)?);
+        (&self.events, &self.outbox)
+            .transaction(|(ev, o)| {
+                ev.insert(k.as_slice(), v.as_slice())?;
+                o.insert(&seq.to_be_bytes(), obv.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| db_err(format!("{e:?}")))?;
         self.flush()?;
+        *self.outbox_next.lock() = seq + 1;
         Ok(event)
     }
 
@@ -762,6 +1025,208 @@ impl Registry for SledRegistry {
             .collect()
     }
 
+    fn alarm_changes(&self, changes: &[AlarmChange], now: i64) -> Result<Vec<ChangeOutcome>> {
+        let _g = self.lock.lock();
+        let mut next_seq = *self.outbox_next.lock();
+        // Worked out first (reads), then written in one transaction.
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut current: std::collections::HashMap<Vec<u8>, Option<AlarmStatus>> =
+            std::collections::HashMap::new();
+        struct Write {
+            status_key: Vec<u8>,
+            history_key: Vec<u8>,
+            status: Vec<u8>,
+            seq: u64,
+            id: String,
+            event: Vec<u8>,
+        }
+        let mut writes: Vec<Write> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for c in changes {
+            if !seen.insert(c.event_id.as_str())
+                || self
+                    .event_ids
+                    .contains_key(c.event_id.as_bytes())
+                    .map_err(db_err)?
+            {
+                outcomes.push(ChangeOutcome::Duplicate);
+                continue;
+            }
+            let k = status_key(&c.alert_id, &c.source);
+            if !current.contains_key(&k) {
+                let v = get_json::<AlarmStatus>(&self.statuses, &k)?;
+                current.insert(k.clone(), v);
+            }
+            let cur = current.get(&k).and_then(|v| v.as_ref());
+            match next_status(cur, &c.alert_id, &c.source, &c.kind) {
+                Err(why) => outcomes.push(ChangeOutcome::Refused(why)),
+                Ok(next) => {
+                    let operation = if cur.is_none() { "INSERTION" } else { "UPDATE" };
+                    let ev = OutboxEvent {
+                        seq: next_seq,
+                        id: c.event_id.clone(),
+                        topic: format!("AlarmStatus/{}/{}", c.alert_id, c.source),
+                        operation: operation.into(),
+                        timestamp: now,
+                        device: Some(c.device.clone()),
+                        object: serde_json::to_value(&next).map_err(db_err)?,
+                    };
+                    next_seq += 1;
+                    writes.push(Write {
+                        status_key: k.clone(),
+                        history_key: history_key(&c.alert_id, &c.source, next.transitions),
+                        status: encode(&next)?,
+                        seq: ev.seq,
+                        id: ev.id.clone(),
+                        event: encode(&ev)?,
+                    });
+                    current.insert(k, Some(next.clone()));
+                    outcomes.push(ChangeOutcome::Applied(next));
+                }
+            }
+        }
+        if writes.is_empty() {
+            return Ok(outcomes);
+        }
+        (
+            &self.statuses,
+            &self.alarm_history,
+            &self.outbox,
+            &self.event_ids,
+        )
+            .transaction(|(st, hi, ob, ids)| {
+                for w in &writes {
+                    st.insert(w.status_key.as_slice(), w.status.as_slice())?;
+                    hi.insert(w.history_key.as_slice(), w.status.as_slice())?;
+                    ob.insert(&w.seq.to_be_bytes(), w.event.as_slice())?;
+                    ids.insert(w.id.as_bytes(), &w.seq.to_be_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| db_err(format!("{e:?}")))?;
+        self.flush()?;
+        *self.outbox_next.lock() = next_seq;
+        Ok(outcomes)
+    }
+
+    fn status(&self, alert_id: &str, source: &str) -> Result<Option<AlarmStatus>> {
+        get_json(&self.statuses, &status_key(alert_id, source))
+    }
+
+    fn forget_alert(&self, alert_id: &str) -> Result<()> {
+        let _g = self.lock.lock();
+        let p = prefix(alert_id);
+        for tree in [&self.statuses, &self.alarm_history] {
+            let keys: Vec<_> = tree
+                .scan_prefix(&p)
+                .keys()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            for k in keys {
+                tree.remove(k).map_err(db_err)?;
+            }
+        }
+        self.flush()
+    }
+
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>> {
+        self.outbox
+            .range(after.saturating_add(1).to_be_bytes()..)
+            .take(limit)
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn outbox_last(&self) -> u64 {
+        *self.outbox_next.lock() - 1
+    }
+
+    fn prune_outbox(&self, before: i64) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.outbox.iter() {
+            let (k, v) = kv.map_err(db_err)?;
+            let ev: OutboxEvent = decode(&v)?;
+            if ev.timestamp >= before {
+                break;
+            }
+            self.event_ids.remove(ev.id.as_bytes()).map_err(db_err)?;
+            self.outbox.remove(k).map_err(db_err)?;
+            n += 1;
+        }
+        if n > 0 {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn monitor_state(&self, id: &str) -> Result<Option<MonitorState>> {
+        get_json(&self.monitor_state, id.as_bytes())
+    }
+
+    fn put_monitor_state(&self, id: &str, st: &MonitorState) -> Result<()> {
+        put_json(&self.db, &self.monitor_state, id.as_bytes(), st)
+    }
+
+    fn add_delivery(&self, monitor: &str, mut d: Delivery, keep: usize) -> Result<Delivery> {
+        let p = prefix(monitor);
+        let last = self
+            .deliveries
+            .scan_prefix(&p)
+            .next_back()
+            .transpose()
+            .map_err(db_err)?
+            .map(|(k, _)| be_u64(&k));
+        d.seq = last.map_or(1, |s| s + 1);
+        self.deliveries
+            .insert(key(monitor, d.seq), encode(&d)?)
+            .map_err(db_err)?;
+        if d.seq > keep as u64 {
+            let end = key(monitor, d.seq - keep as u64);
+            let old: Vec<_> = self
+                .deliveries
+                .range(p.clone()..end)
+                .keys()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            for k in old {
+                self.deliveries.remove(k).map_err(db_err)?;
+            }
+        }
+        Ok(d)
+    }
+
+    fn deliveries(
+        &self,
+        monitor: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let end = key(monitor, before.unwrap_or(u64::MAX));
+        self.deliveries
+            .range(prefix(monitor)..end)
+            .rev()
+            .take(limit)
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    fn delivery(&self, monitor: &str, seq: u64) -> Result<Option<Delivery>> {
+        get_json(&self.deliveries, &key(monitor, seq))
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .meta
+            .get(key.as_bytes())
+            .map_err(db_err)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key.as_bytes(), value).map_err(db_err)?;
+        self.flush()
+    }
+
     fn expire(&self, now: i64) -> Result<Vec<Command>> {
         let _g = self.lock.lock();
         let due: Vec<(String, u64)> = self
@@ -795,6 +1260,106 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    fn evaluated(id: &str, source: &str, to: crate::alarm::State, at: i64) -> AlarmChange {
+        AlarmChange {
+            event_id: format!("{id}/{source}/{at}"),
+            alert_id: id.into(),
+            source: source.into(),
+            device: "gw".into(),
+            kind: AlarmChangeKind::Evaluated {
+                to,
+                at,
+                value: Some(crate::alarm::Observed::Number(at as f64)),
+            },
+        }
+    }
+
+    #[test]
+    fn alarm_changes_go_to_status_history_and_outbox_once() {
+        use crate::alarm::State::*;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let r = SledRegistry::open(dir.path()).unwrap();
+            let out = r
+                .alarm_changes(
+                    &[
+                        evaluated("a", "gw/m/v", Triggered, 10),
+                        evaluated("a", "gw/m/v", Reset, 20),
+                        evaluated("a", "gw/m/v", Reset, 30),
+                    ],
+                    1_000,
+                )
+                .unwrap();
+            assert!(
+                matches!(&out[0], ChangeOutcome::Applied(s) if s.state == Triggered && s.changed == 10)
+            );
+            assert!(
+                matches!(&out[1], ChangeOutcome::Applied(s) if s.state == Reset && s.transitions == 2)
+            );
+            assert!(matches!(&out[2], ChangeOutcome::Refused(_)));
+            // A device event lands in the outbox between them.
+            r.add_event(
+                "gw",
+                DeviceEvent {
+                    seq: 0,
+                    time: 1_500,
+                    status: "disconnected".into(),
+                    address: None,
+                },
+            )
+            .unwrap();
+        }
+        // Reopened: the same transition again (re-derived after a crash) is a duplicate.
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let out = r
+            .alarm_changes(
+                &[
+                    evaluated("a", "gw/m/v", Triggered, 10),
+                    evaluated("a", "gw/m/v", Triggered, 40),
+                ],
+                2_000,
+            )
+            .unwrap();
+        assert_eq!(out[0], ChangeOutcome::Duplicate);
+        assert!(matches!(&out[1], ChangeOutcome::Applied(s) if s.changed == 40));
+        // Acknowledging: only a triggered status, and it stays active.
+        let ack = |at| AlarmChange {
+            event_id: format!("ack/{at}"),
+            alert_id: "a".into(),
+            source: "gw/m/v".into(),
+            device: "gw".into(),
+            kind: AlarmChangeKind::Acknowledge {
+                by: "ops".into(),
+                note: Some("on it".into()),
+                at,
+            },
+        };
+        let out = r.alarm_changes(&[ack(50), ack(60)], 3_000).unwrap();
+        assert!(
+            matches!(&out[0], ChangeOutcome::Applied(s) if s.state == Acknowledged && s.acknowledged_by.as_deref() == Some("ops"))
+        );
+        assert!(matches!(&out[1], ChangeOutcome::Refused(_)));
+        let ev = r.outbox_after(0, 100).unwrap();
+        let topics: Vec<_> = ev.iter().map(|e| (e.seq, e.topic.as_str())).collect();
+        assert_eq!(
+            topics,
+            vec![
+                (1, "AlarmStatus/a/gw/m/v"),
+                (2, "AlarmStatus/a/gw/m/v"),
+                (3, "devices/gw"),
+                (4, "AlarmStatus/a/gw/m/v"),
+                (5, "AlarmStatus/a/gw/m/v"),
+            ]
+        );
+        assert_eq!(ev[4].object["state"], "acknowledged");
+        assert_eq!(r.outbox_last(), 5);
+        let hist = r.alarm_history("a", None, 100).unwrap();
+        assert_eq!(hist.len(), 4);
+        // Pruning drops the old events and their ids.
+        assert_eq!(r.prune_outbox(1_600).unwrap(), 3);
+        assert_eq!(r.outbox_after(0, 100).unwrap()[0].seq, 4);
+    }
 
     #[test]
     fn commands_are_delivered_by_id_once_queued_and_again_while_sent() {
