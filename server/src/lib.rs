@@ -5,7 +5,8 @@
 //! 127.0.0.1:0 and stop it at will.
 //!
 //! # Layout
-//! - [`alerts`]: alert rules (`/ws/v1/alerts/inventory`).
+//! - [`alerts`]: alert rules (`/ws/v1/alerts/inventory`), alarm statuses and their history.
+//! - [`evaluator`]: evaluates the rules over the store's change feed, in data time.
 //! - [`auth`]: credentials, scopes, authentication (every route but `/health` needs it).
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod csv_export;
 pub mod devices;
 pub mod error;
+pub mod evaluator;
 pub mod filter;
 pub mod history;
 pub mod ingest;
@@ -122,6 +124,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Whether monitors may target private addresses.
     pub allow_private_webhook_targets: bool,
+    /// The alarm evaluator.
+    pub evaluator: Arc<evaluator::Evaluator>,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -238,7 +242,9 @@ async fn metrics_text(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpR
         ));
     }
     let st2 = st.clone();
-    let text = web::block(move || st2.metrics.render(&*st2.store)).await?;
+    let text =
+        web::block(move || st2.metrics.render(&*st2.store) + &st2.evaluator.render_metrics())
+            .await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text))
@@ -312,6 +318,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::put().to(alerts::put))
                 .route(web::delete().to(alerts::delete)),
         )
+        .service(resource("/ws/v1/alerts/status").route(web::get().to(alerts::statuses)))
+        .service(
+            resource("/ws/v1/alerts/status/{id}/{source:.*}")
+                .route(web::put().to(alerts::acknowledge)),
+        )
+        .service(resource("/ws/v1/alerts/history/{id}").route(web::get().to(alerts::history)))
         .service(
             resource("/ws/v1/monitors/inventory")
                 .route(web::get().to(monitors::list))
@@ -379,7 +391,14 @@ pub async fn run(
         );
     }
     let sweep = tokio::spawn(devices::sweep_task(devices.clone()));
+    let evaluator = {
+        let (s, r) = (store.clone(), devices.registry.clone());
+        tokio::task::spawn_blocking(move || evaluator::Evaluator::start(s, r))
+            .await
+            .map_err(std::io::Error::other)?
+    };
     let state = web::Data::new(AppState {
+        evaluator: evaluator.clone(),
         metrics: Metrics::new(&*store),
         store: store.clone(),
         body_limit: cfg.body_limit,
@@ -449,6 +468,7 @@ pub async fn run(
     let (r, ()) = tokio::join!(server, stop);
     retention.abort();
     sweep.abort();
+    let _ = tokio::task::spawn_blocking(move || evaluator.close()).await;
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
     r

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure should fail the test loudly
 
 mod access;
+mod alarms;
 mod alerts;
 mod crash;
 mod csv;
