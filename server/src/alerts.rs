@@ -251,6 +251,9 @@ pub fn status_json(s: &AlarmStatus, alert: Option<&Alert>) -> Value {
     if let Some(a) = alert {
         v["alert_name"] = a.name.clone().into();
         v["severity"] = serde_json::to_value(a.severity).unwrap_or(Value::Null);
+    } else if s.alert_id == crate::delivery::SYSTEM_ALERT {
+        v["alert_name"] = "Monitor disabled".into();
+        v["severity"] = "critical".into();
     }
     if let Some(by) = &s.acknowledged_by {
         v["acknowledged_by"] = by.clone().into();
@@ -328,7 +331,12 @@ pub async fn statuses(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpR
             }
             let alert = alerts.get(&s.alert_id).and_then(|a| a.as_ref());
             if let Some(sev) = &severities {
-                if !alert.is_some_and(|a| sev.contains(&a.severity)) {
+                let severity = match alert {
+                    Some(a) => Some(a.severity),
+                    None if s.alert_id == crate::delivery::SYSTEM_ALERT => Some(Severity::Critical),
+                    None => None,
+                };
+                if !severity.is_some_and(|x| sev.contains(&x)) {
                     continue;
                 }
             }

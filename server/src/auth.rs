@@ -469,7 +469,8 @@ impl Auth {
         self.registry.credentials()
     }
 
-    fn principal(c: &Credential) -> Principal {
+    /// The principal of a credential (groups not yet expanded).
+    pub fn principal_of(c: &Credential) -> Principal {
         Principal {
             id: c.id.clone(),
             scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
@@ -547,7 +548,7 @@ impl Auth {
         if !ok {
             return Err(self.fail(ip, now));
         }
-        let p = Self::principal(&c);
+        let p = Self::principal_of(&c);
         self.verified.lock().insert(fingerprint, p.clone());
         Ok(p)
     }

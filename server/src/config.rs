@@ -43,6 +43,17 @@ pub struct Config {
     /// Whether monitors may push to loopback, private and link-local addresses (refused by
     /// default, so that a monitor cannot reach into the server's own network). Default false.
     pub allow_private_webhook_targets: bool,
+    /// Seconds a monitor keeps retrying a failing receiver before it is disabled (with a
+    /// system alarm). Default 86,400 (24 h).
+    pub webhook_retry_window: u64,
+    /// Longest seconds between two retries (the backoff doubles up to it, with jitter).
+    /// Default 900.
+    pub webhook_max_backoff: f64,
+    /// Seconds a webhook request may take. Default 15.
+    pub webhook_timeout: f64,
+    /// The tenant named in monitor topics (`<tenant>/DataPoint/<stream>`). Default
+    /// `meterstream`.
+    pub tenant: String,
 }
 
 impl Default for Config {
@@ -60,6 +71,10 @@ impl Default for Config {
             device_inactivity_timeout: 120,
             admin_key: None,
             allow_private_webhook_targets: false,
+            webhook_retry_window: 86_400,
+            webhook_max_backoff: 900.0,
+            webhook_timeout: 15.0,
+            tenant: "meterstream".into(),
         }
     }
 }
@@ -284,6 +299,18 @@ impl Config {
         }
         if self.device_inactivity_timeout == 0 {
             return bad("device_inactivity_timeout", "must be at least 1 second");
+        }
+        if self.webhook_retry_window == 0 {
+            return bad("webhook_retry_window", "must be at least 1 second");
+        }
+        if !(self.webhook_max_backoff.is_finite() && self.webhook_max_backoff >= 0.01) {
+            return bad("webhook_max_backoff", "must be at least 0.01 seconds");
+        }
+        if !(self.webhook_timeout.is_finite() && self.webhook_timeout >= 0.1) {
+            return bad("webhook_timeout", "must be at least 0.1 seconds");
+        }
+        if self.tenant.is_empty() || self.tenant.contains('/') {
+            return bad("tenant", "must be a non-empty name without '/'");
         }
         self.store_config()
             .validate()

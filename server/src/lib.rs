@@ -19,6 +19,7 @@
 //! - [`retention`]: the background retention sweep.
 //! - [`webhook`]: Standard Webhooks signatures for monitors.
 //! - [`monitors`]: monitors (`/ws/v1/monitors/inventory`): where events are pushed.
+//! - [`delivery`]: the monitors' workers: batches, signatures, retries, statuses.
 //! - [`devices`]: devices, connection status, health and commands (`/ws/v1/devices/...`).
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
@@ -27,6 +28,7 @@ pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod csv_export;
+pub mod delivery;
 pub mod devices;
 pub mod error;
 pub mod evaluator;
@@ -126,6 +128,8 @@ pub struct AppState {
     pub allow_private_webhook_targets: bool,
     /// The alarm evaluator.
     pub evaluator: Arc<evaluator::Evaluator>,
+    /// The monitors' delivery.
+    pub dispatcher: Arc<delivery::Dispatcher>,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -262,6 +266,21 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     Err(ApiError::MethodNotAllowed(req.method().to_string()))
 }
 
+/// Deletes outbox events older than the retry window (plus an hour), every minute.
+async fn prune_outbox(registry: Arc<dyn Registry>, window_s: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let r = registry.clone();
+        let before = meterstream_storage::time::now_ms() - (window_s as i64 + 3600) * 1000;
+        match tokio::task::spawn_blocking(move || r.prune_outbox(before)).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning the outbox failed"),
+            Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
@@ -340,6 +359,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(monitors::rotate)),
         )
         .service(
+            resource("/ws/v1/monitors/inventory/{id}/reset").route(web::post().to(monitors::reset)),
+        )
+        .service(resource("/ws/v1/monitors/history/{id}").route(web::get().to(monitors::history)))
+        .service(
+            resource("/ws/v1/monitors/history/{id}/{attempt}/replay")
+                .route(web::post().to(monitors::replay)),
+        )
+        .service(
             resource("/ws/v1/credentials")
                 .route(web::get().to(auth::list_credentials))
                 .route(web::post().to(auth::create_credential)),
@@ -397,7 +424,24 @@ pub async fn run(
             .await
             .map_err(std::io::Error::other)?
     };
+    let dispatcher = {
+        let (s, r) = (store.clone(), devices.registry.clone());
+        let dc = delivery::DeliveryConfig {
+            tenant: cfg.tenant.clone(),
+            retry_window_ms: cfg.webhook_retry_window as i64 * 1000,
+            max_backoff: Duration::from_secs_f64(cfg.webhook_max_backoff),
+            timeout: Duration::from_secs_f64(cfg.webhook_timeout),
+        };
+        tokio::task::spawn_blocking(move || delivery::Dispatcher::start(s, r, dc))
+            .await
+            .map_err(std::io::Error::other)??
+    };
+    let outbox_prune = tokio::spawn(prune_outbox(
+        devices.registry.clone(),
+        cfg.webhook_retry_window,
+    ));
     let state = web::Data::new(AppState {
+        dispatcher: dispatcher.clone(),
         evaluator: evaluator.clone(),
         metrics: Metrics::new(&*store),
         store: store.clone(),
@@ -468,7 +512,12 @@ pub async fn run(
     let (r, ()) = tokio::join!(server, stop);
     retention.abort();
     sweep.abort();
-    let _ = tokio::task::spawn_blocking(move || evaluator.close()).await;
+    outbox_prune.abort();
+    let _ = tokio::task::spawn_blocking(move || {
+        evaluator.close();
+        dispatcher.close();
+    })
+    .await;
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
     r

@@ -1,6 +1,9 @@
 //! Monitors over HTTP (issue 7; design `docs/alarms.md`): `/ws/v1/monitors/inventory` lists,
 //! creates, reads, updates and deletes them; `.../{id}/rotate_secret` makes a new signing
-//! secret while the old one keeps signing for an overlap. Delivery is not built yet.
+//! secret while the old one keeps signing for an overlap; `.../{id}/reset` re-enables a disabled
+//! one. `/ws/v1/monitors/history/{id}` lists its delivery attempts (`failed=true` for the failed
+//! ones), and `POST /ws/v1/monitors/history/{id}/{attempt}/replay` sends a recorded batch again.
+//! Delivery itself is in [`crate::delivery`].
 //!
 //! A monitor: `topics` (`DataPoint/<pattern>`, `AlarmStatus`, `devices`), `url`, `method`
 //! (`POST` or `PUT`), `headers` (an object), `auth_token` (`user:password` for Basic),
@@ -16,7 +19,7 @@ use crate::error::ApiError;
 use crate::params::Params;
 use crate::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
-use meterstream_storage::registry::Monitor;
+use meterstream_storage::registry::{Delivery, Monitor, MonitorState};
 use meterstream_storage::time::{format_iso, now_ms};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -281,7 +284,11 @@ pub async fn create(
         .map_err(ApiError::BadRequest)?;
     let st2 = st.clone();
     let m2 = m.clone();
-    web::block(move || st2.devices.registry.put_monitor(&m2)).await??;
+    web::block(move || -> Result<(), ApiError> {
+        st2.devices.registry.put_monitor(&m2)?;
+        st2.dispatcher.created(&m2).map_err(ApiError::Internal)
+    })
+    .await??;
     let mut v = monitor_json(&m);
     v["secret"] = secret.into();
     Ok(HttpResponse::Created().json(v))
@@ -306,7 +313,131 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     who.require(Scope::Read)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let m = load(&st, &who, &monitor_id(&req)).await?;
-    Ok(HttpResponse::Ok().json(monitor_json(&m)))
+    let (st2, id) = (st.clone(), m.id.clone());
+    let state = web::block(move || st2.devices.registry.monitor_state(&id)).await??;
+    Ok(HttpResponse::Ok().json(with_state(monitor_json(&m), state.as_ref())))
+}
+
+/// A monitor's answer with its delivery state: `status` (`active`, `suspended`, `disabled`),
+/// `reason`, `last_sent`, `last_attempt`, `failures`, `failing_since`.
+fn with_state(mut v: Value, st: Option<&MonitorState>) -> Value {
+    let Some(st) = st else { return v };
+    if !st.status.is_empty() {
+        v["status"] = st.status.clone().into();
+    }
+    v["reason"] = st.reason.clone().into();
+    v["last_sent"] = st.last_sent.map(format_iso).into();
+    v["last_attempt"] = st.last_attempt.map(format_iso).into();
+    v["failures"] = st.failures.into();
+    v["failing_since"] = st.failing_since.map(format_iso).into();
+    v["lost_events"] = st.lost_events.into();
+    v
+}
+
+/// `POST /ws/v1/monitors/inventory/{id}/reset`: re-enables the monitor; a persistent one first
+/// sends the events kept meanwhile, flagged `replay: true`.
+pub async fn reset(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let m = load(&st, &who, &monitor_id(&req)).await?;
+    let (st2, m2) = (st.clone(), m.clone());
+    let state = web::block(move || st2.dispatcher.reset(&m2))
+        .await?
+        .map_err(ApiError::Internal)?;
+    Ok(HttpResponse::Ok().json(with_state(monitor_json(&m), Some(&state))))
+}
+
+fn delivery_json(d: &Delivery) -> Value {
+    json!({
+        "attempt": d.seq,
+        "batch_id": d.batch_id,
+        "time": format_iso(d.time),
+        "status": d.status,
+        "error": d.error,
+        "duration_ms": d.duration_ms,
+        "events": d.events,
+        "ok": d.ok,
+        "replay": d.replay,
+    })
+}
+
+/// `GET /ws/v1/monitors/history/{id}`: recent delivery attempts, newest first (`size`,
+/// `cursor`; `failed=true` for the failed ones only).
+pub async fn history(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Read)?;
+    let mut p = Params::parse(req.query_string())?;
+    let size = p.size()?;
+    let before = match p.number_cursor()? {
+        0 => None,
+        n => Some(n),
+    };
+    let failed = match p.take("failed")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(x) => {
+            return Err(ApiError::param(
+                "failed",
+                format!("{x:?} is not true or false"),
+            ))
+        }
+    };
+    p.finish(&["size", "cursor", "failed"])?;
+    let m = load(&st, &who, &monitor_id(&req)).await?;
+    let st2 = st.clone();
+    let (list, next) = web::block(move || -> Result<_, ApiError> {
+        let mut out = Vec::new();
+        let mut before = before;
+        let mut next = None;
+        'pages: loop {
+            let page = st2.devices.registry.deliveries(&m.id, before, 500)?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.seq);
+            for d in page {
+                if failed && d.ok {
+                    continue;
+                }
+                if out.len() == size {
+                    next = out.last().map(|x: &Delivery| x.seq);
+                    break 'pages;
+                }
+                out.push(d);
+            }
+        }
+        Ok((out, next))
+    })
+    .await??;
+    let items: Vec<Value> = list.iter().map(delivery_json).collect();
+    let mut body = json!({"count": items.len(), "size": size, "list": items});
+    if let Some(n) = next {
+        body["cursor"] = crate::params::opaque_cursor(&n.to_string()).into();
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `POST /ws/v1/monitors/history/{id}/{attempt}/replay`: sends the batch of a recorded attempt
+/// again, once, flagged as a replay; answers with the new attempt.
+pub async fn replay(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let who = principal(&req)?;
+    who.require(Scope::Write)?;
+    Params::parse(req.query_string())?.finish(&[])?;
+    let m = load(&st, &who, &monitor_id(&req)).await?;
+    let attempt: u64 = req
+        .match_info()
+        .get("attempt")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| ApiError::param("attempt", "not a number"))?;
+    let (st2, mid) = (st.clone(), m.id.clone());
+    let d = web::block(move || st2.devices.registry.delivery(&mid, attempt))
+        .await??
+        .ok_or_else(|| ApiError::NotFound(format!("no attempt {attempt} of monitor {:?}", m.id)))?;
+    let dispatcher = st.dispatcher.clone();
+    let out = dispatcher
+        .replay(&m, &d)
+        .await
+        .map_err(|e| ApiError::Conflict(format!("the batch cannot be replayed: {e}")))?;
+    Ok(HttpResponse::Ok().json(delivery_json(&out)))
 }
 
 /// `PUT /ws/v1/monitors/inventory/{id}`: replaces its settings (the secret stays).
@@ -328,8 +459,13 @@ pub async fn put(
         .map_err(ApiError::BadRequest)?;
     let st2 = st.clone();
     let m2 = m.clone();
-    web::block(move || st2.devices.registry.put_monitor(&m2)).await??;
-    Ok(HttpResponse::Ok().json(monitor_json(&m)))
+    let state = web::block(move || -> Result<_, ApiError> {
+        st2.devices.registry.put_monitor(&m2)?;
+        st2.dispatcher.updated(&m2).map_err(ApiError::Internal)?;
+        Ok(st2.devices.registry.monitor_state(&m2.id)?)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(with_state(monitor_json(&m), state.as_ref())))
 }
 
 /// `DELETE /ws/v1/monitors/inventory/{id}`.
@@ -339,7 +475,11 @@ pub async fn delete(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
     Params::parse(req.query_string())?.finish(&[])?;
     let m = load(&st, &who, &monitor_id(&req)).await?;
     let st2 = st.clone();
-    web::block(move || st2.devices.registry.delete_monitor(&m.id)).await??;
+    web::block(move || -> Result<(), ApiError> {
+        st2.devices.registry.delete_monitor(&m.id)?;
+        st2.dispatcher.reconcile().map_err(ApiError::Internal)
+    })
+    .await??;
     Ok(HttpResponse::NoContent().finish())
 }
 

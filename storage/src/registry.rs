@@ -344,8 +344,18 @@ pub enum ChangeOutcome {
 /// not race with the other.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct MonitorState {
-    /// Data point events delivered up to this log sequence number.
+    /// `active`, `suspended` (the receiver fails; events are kept) or `disabled` (after the
+    /// retry window, or a 410); empty means active.
+    #[serde(default)]
+    pub status: String,
+    /// Why it was disabled.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Data point events delivered up to this log sequence number...
     pub log_cursor: u64,
+    /// ...and this many of the matching events of the next record.
+    #[serde(default)]
+    pub log_offset: u64,
     /// Outbox events delivered up to this outbox sequence number.
     pub outbox_cursor: u64,
     /// Since when (Unix ms) deliveries have failed without a success, if they do.
@@ -392,10 +402,11 @@ pub struct Delivery {
     /// Whether the batch was a replay.
     #[serde(default)]
     pub replay: bool,
-    /// The cursors (log, outbox) before the batch, so a failed batch can be sent again.
-    pub from: (u64, u64),
+    /// The cursors (log record, offset, outbox) before the batch, so a failed batch can be sent
+    /// again.
+    pub from: (u64, u64, u64),
     /// The cursors after the batch.
-    pub to: (u64, u64),
+    pub to: (u64, u64, u64),
 }
 
 /// The registry of devices and commands. Blocking; every successful change is durable.

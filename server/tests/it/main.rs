@@ -17,3 +17,4 @@ mod readme;
 mod rollups;
 mod service;
 mod support;
+mod webhooks;
