@@ -370,3 +370,106 @@ fn gone_and_the_retry_window_disable_with_a_system_alarm_and_reset_replays_the_k
     );
     let _ = evaluated;
 }
+
+/// Requests to a server started as a child process.
+fn call_at(url: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    call(
+        &client_with_key(ADMIN_KEY),
+        method,
+        format!("{url}{path}"),
+        body,
+    )
+}
+
+#[test]
+fn events_pending_at_a_kill_9_are_delivered_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        "allow_private_webhook_targets = true\nwebhook_max_backoff = 0.2\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", cfg.to_str().unwrap()];
+    let rx = Receiver::start();
+    rx.mode("503");
+    let mut server = crate::crash::start_with(&data, &args);
+    let url = server.url.clone();
+    let mut rule = undervoltage("gw/m/v");
+    rule["rule"]["fire"]["duration_ms"] = json!(0);
+    rule["rule"]["reset"]["duration_ms"] = json!(0);
+    let (st, a) = call_at(&url, "POST", "/ws/v1/alerts/inventory", Some(&rule));
+    assert_eq!(st, 201, "{a}");
+    let alert = a["id"].as_str().unwrap().to_string();
+    let (st, m) = call_at(
+        &url,
+        "POST",
+        "/ws/v1/monitors/inventory",
+        Some(
+            &json!({"topics": ["DataPoint/gw/m/v", "AlarmStatus"], "url": rx.url,
+                     "batch_duration": 0, "persistent": true}),
+        ),
+    );
+    assert_eq!(st, 201, "{m}");
+    rx.secret(m["secret"].as_str().unwrap());
+    let id = m["id"].as_str().unwrap().to_string();
+    // 20 points alternating below and above the thresholds: 20 transitions.
+    let t0 = meterstream_storage::time::now_ms() - 100_000;
+    let values: Vec<f64> = (0..20)
+        .map(|i| if i % 2 == 0 { 200.0 } else { 215.0 })
+        .collect();
+    for (i, v) in values.iter().enumerate() {
+        let (st, _) = call_at(
+            &url,
+            "POST",
+            "/ws/v1/streams/history",
+            Some(&json!([{"stream_id": "gw/m/v", "timestamp": t0 + i as i64 * 1000, "value": v}])),
+        );
+        assert_eq!(st, 201);
+    }
+    // Evaluated, and the receiver refused at least once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, h) = call_at(
+            &url,
+            "GET",
+            &format!("/ws/v1/alerts/history/{alert}?size=1000"),
+            None,
+        );
+        let (_, mon) = call_at(
+            &url,
+            "GET",
+            &format!("/ws/v1/monitors/inventory/{id}"),
+            None,
+        );
+        if h["count"] == 20 && mon["status"] == "suspended" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h} {mon}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill_9();
+    rx.mode("200");
+    let server = crate::crash::start_with(&data, &args);
+    let msgs = rx.wait_for(20, |m| m.len() >= 40);
+    drop(server);
+    let data_values = values_of(&msgs);
+    assert_eq!(data_values, values);
+    let states: Vec<(&str, i64)> = msgs
+        .iter()
+        .filter_map(|m| m.get("AlarmStatus"))
+        .map(|a| {
+            (
+                a["state"].as_str().unwrap(),
+                (ms(a["changed"].as_str().unwrap()) - t0) / 1000,
+            )
+        })
+        .collect();
+    let want: Vec<(&str, i64)> = (0..20)
+        .map(|i| (if i % 2 == 0 { "triggered" } else { "reset" }, i as i64))
+        .collect();
+    assert_eq!(states, want);
+    assert_eq!(msgs.len(), 40, "nothing twice");
+    assert!(rx.requests().iter().all(|r| r["verified"] == true));
+}
