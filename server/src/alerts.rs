@@ -255,6 +255,9 @@ pub fn status_json(s: &AlarmStatus, alert: Option<&Alert>) -> Value {
         v["alert_name"] = "Monitor disabled".into();
         v["severity"] = "critical".into();
     }
+    if s.correction {
+        v["correction"] = true.into();
+    }
     if let Some(by) = &s.acknowledged_by {
         v["acknowledged_by"] = by.clone().into();
     }

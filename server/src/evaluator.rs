@@ -12,8 +12,9 @@
 //!   skips those it already has.
 //! - **Clock rules** (Missing DataPoint, Device Offline, Excessive Disconnects) are checked every
 //!   [`SWEEP_EVERY`] in server time.
-//! - **Points older than the last one evaluated** for a source are counted and not evaluated
-//!   (docs/alarms.md, "not built yet").
+//! - **Late points** (older than the last one evaluated for a source) evaluate the source again
+//!   from its last transition before them, over the stored points, and correct the transitions
+//!   that moved ([`Worker::reevaluate`]).
 
 use meterstream_storage::alarm::{Alert, AlertRule, AlertScope, HeldState, Observed, State};
 use meterstream_storage::path::{device_id, matches_pattern};
@@ -76,6 +77,8 @@ pub struct EvaluatorStats {
     pub out_of_order: AtomicU64,
     /// Points evaluated against at least one rule.
     pub evaluated: AtomicU64,
+    /// Sources evaluated again because of late points.
+    pub reevaluated: AtomicU64,
 }
 
 /// The evaluator: a thread over the store's feed.
@@ -158,10 +161,10 @@ impl Evaluator {
                 self.stats.evaluated.load(Ordering::Relaxed),
             ),
             (
-                "meterstream_alarm_points_out_of_order_total",
+                "meterstream_alarm_reevaluations_total",
                 "counter",
-                "Points not evaluated because they were older than their source's last one.",
-                self.stats.out_of_order.load(Ordering::Relaxed),
+                "Sources evaluated again from their stored points because late points came.",
+                self.stats.reevaluated.load(Ordering::Relaxed),
             ),
         ] {
             out.push_str(&format!(
@@ -569,6 +572,7 @@ impl Worker {
                 if rules.is_empty() {
                     continue;
                 }
+                let mut late: Vec<(usize, String, i64, i64)> = Vec::new();
                 ev.stats
                     .evaluated
                     .fetch_add(points.len() as u64, Ordering::Relaxed);
@@ -579,13 +583,22 @@ impl Worker {
                     let rule = &self.rules[ri];
                     let st = Self::state(&mut self.states, &*registry, rule, &source)?;
                     let mut out: Vec<(State, i64, Option<Observed>)> = Vec::new();
+                    let value_rule = matches!(
+                        rule.alert.rule,
+                        AlertRule::Condition { .. } | AlertRule::OnChange
+                    );
+                    if let Some(last) = st.held.last_ts.filter(|_| value_rule) {
+                        let earliest = points.iter().map(|p| p.ts).min().unwrap_or(i64::MAX);
+                        if earliest <= last {
+                            // Late points: evaluate the source again from the earliest one.
+                            let latest = points.iter().map(|p| p.ts).max().unwrap_or(last);
+                            late.push((ri, source, earliest, latest.max(last)));
+                            continue;
+                        }
+                    }
                     match &rule.alert.rule {
                         AlertRule::Condition { fire, reset } => {
                             for p in points {
-                                if st.held.last_ts.is_some_and(|t| p.ts <= t) {
-                                    ev.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
                                 let Some(v) = observed(&p.value) else {
                                     continue;
                                 };
@@ -596,10 +609,6 @@ impl Worker {
                         }
                         AlertRule::OnChange => {
                             for p in points {
-                                if st.held.last_ts.is_some_and(|t| p.ts <= t) {
-                                    ev.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
                                 let Some(v) = observed(&p.value) else {
                                     continue;
                                 };
@@ -631,6 +640,11 @@ impl Worker {
                         self.change(ri, &source, to, at, v);
                     }
                 }
+                for (ri, source, from, to) in late {
+                    // Earlier changes first: the re-evaluation reads the stored statuses.
+                    self.flush(ev)?;
+                    self.reevaluate(ev, ri, path, &source, from, to)?;
+                }
             }
         }
         self.cursor = feed.next;
@@ -638,6 +652,123 @@ impl Worker {
         self.flush(ev)?;
         ev.stats.cursor.store(self.cursor, Ordering::Release);
         Ok(busy && feed.next < ev.store.applied_seq())
+    }
+
+    /// Late points for (rule, source) from data time `from`: evaluates the source again from
+    /// the last transition before `from` (its state is known exactly: a transition ends every
+    /// run), over the stored points up to `to`, and corrects the stored transitions that
+    /// differ. The corrections carry deterministic ids, so evaluating again after a crash
+    /// repeats none.
+    fn reevaluate(
+        &mut self,
+        ev: &Evaluator,
+        ri: usize,
+        path: &str,
+        source: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<(), String> {
+        ev.stats.reevaluated.fetch_add(1, Ordering::Relaxed);
+        let rule = &self.rules[ri];
+        let id = rule.id.clone();
+        let recent = ev
+            .registry
+            .recent_transitions(&id, source, 100_000)
+            .map_err(|e| e.to_string())?;
+        // Entries that changed activeness (acknowledgements did not), newest first.
+        let evaluated: Vec<_> = recent
+            .iter()
+            .filter(|s| s.state != State::Acknowledged || s.correction)
+            .collect();
+        let anchor = evaluated.iter().find(|s| s.changed < from);
+        let anchor_active = anchor.is_some_and(|a| a.state.active());
+        let anchor_ts = anchor.map_or(meterstream_storage::time::MIN_TIMESTAMP - 1, |a| a.changed);
+        let old: Vec<(bool, i64)> = evaluated
+            .iter()
+            .rev()
+            .filter(|s| s.changed >= from)
+            .map(|s| (s.state.active(), s.changed))
+            .collect();
+        let store = &*ev.store;
+        let mut held = HeldState {
+            state: Some(if anchor_active {
+                State::Triggered
+            } else {
+                State::Reset
+            }),
+            run_since: None,
+            last_ts: None,
+        };
+        let mut last_value: Option<Observed> = None;
+        let mut new: Vec<(State, i64, Option<Observed>)> = Vec::new();
+        match &rule.alert.rule {
+            AlertRule::Condition { fire, reset } => {
+                // The run of points matching the watched condition that reaches up to `from`.
+                let watch = if anchor_active { reset } else { fire };
+                read_points(store, path, anchor_ts + 1, from, true, |ts, v| {
+                    if watch.op.holds(&v, &watch.threshold) {
+                        held.run_since = Some(ts);
+                        true
+                    } else {
+                        false
+                    }
+                })?;
+                read_points(store, path, from, to + 1, false, |ts, v| {
+                    if let Some(t) = held.step(fire, reset, ts, &v) {
+                        new.push((t.to, t.at, Some(t.value)));
+                    }
+                    true
+                })?;
+            }
+            AlertRule::OnChange => {
+                read_points(store, path, anchor_ts + 1, from, true, |_, v| {
+                    last_value = Some(v);
+                    false
+                })?;
+                read_points(store, path, from, to + 1, false, |ts, v| {
+                    let active = held.state().active();
+                    let changed = meterstream_storage::alarm::changed(last_value.as_ref(), &v);
+                    if changed && !active {
+                        held.state = Some(State::Triggered);
+                        new.push((State::Triggered, ts, Some(v.clone())));
+                    } else if !changed && active && last_value.is_some() {
+                        held.state = Some(State::Reset);
+                        new.push((State::Reset, ts, Some(v.clone())));
+                    }
+                    last_value = Some(v);
+                    held.last_ts = Some(ts);
+                    true
+                })?;
+            }
+            _ => return Ok(()),
+        }
+        held.last_ts = Some(to);
+        let st = Self::state(&mut self.states, &*ev.registry, &self.rules[ri], source)?;
+        st.held = held.clone();
+        if last_value.is_some() {
+            st.last_value = last_value;
+        }
+        let new_keys: Vec<(bool, i64)> = new.iter().map(|t| (t.0.active(), t.1)).collect();
+        if new_keys == old {
+            return Ok(());
+        }
+        let device = device_id(source).to_string();
+        let correct = |to: State, at: i64, value: Option<Observed>, tag: &str| AlarmChange {
+            event_id: format!("{id}/{source}/{at}/{}/{tag}", state_name(to)),
+            alert_id: id.to_string(),
+            source: source.to_string(),
+            device: device.clone(),
+            kind: AlarmChangeKind::Correct { to, at, value },
+        };
+        for (to, at, value) in &new {
+            if !old.contains(&(to.active(), *at)) {
+                self.changes.push(correct(*to, *at, value.clone(), "c"));
+            }
+        }
+        // Whatever the old transitions after `from` did, the status ends as evaluated now.
+        let (to, at, value) = new.last().cloned().unwrap_or((held.state(), from, None));
+        self.changes.push(correct(to, at, value, "final"));
+        self.flush(ev)
     }
 
     /// Writes the pending changes.
@@ -790,5 +921,48 @@ impl Worker {
             .map_err(|e| e.to_string())?;
         self.dirty = false;
         Ok(())
+    }
+}
+
+/// Reads the stored points of `path` with `from <= ts < to`, newest first if `desc`, calling
+/// `f` with each numeric or text value until it returns false.
+fn read_points(
+    store: &dyn Store,
+    path: &str,
+    from: i64,
+    to: i64,
+    desc: bool,
+    mut f: impl FnMut(i64, Observed) -> bool,
+) -> Result<(), String> {
+    use meterstream_storage::{HistoryQuery, Order, Timeline};
+    if from >= to {
+        return Ok(());
+    }
+    let mut cursor = None;
+    loop {
+        let page = store
+            .history(
+                path,
+                &HistoryQuery {
+                    from,
+                    to,
+                    order: if desc { Order::Desc } else { Order::Asc },
+                    timeline: Timeline::Client,
+                    limit: 5000,
+                    cursor,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        for p in &page.items {
+            if let Some(v) = observed(&p.value) {
+                if !f(p.timestamp, v) {
+                    return Ok(());
+                }
+            }
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(()),
+        }
     }
 }

@@ -267,6 +267,10 @@ pub struct AlarmStatus {
     pub note: Option<String>,
     /// How many transitions it has had (the next history entry's sequence number).
     pub transitions: u64,
+    /// Whether this change corrects earlier ones: late data, evaluated again, showed that the
+    /// status changed at another time than announced before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub correction: bool,
 }
 
 /// An event waiting in the outbox for the monitors: alarm status changes and device connection
@@ -296,6 +300,16 @@ pub struct OutboxEvent {
 pub enum AlarmChangeKind {
     /// The evaluator moved it to `to` at data (or server) time `at`, because of `value`.
     Evaluated {
+        /// New state (triggered or reset).
+        to: crate::alarm::State,
+        /// When, Unix ms.
+        at: i64,
+        /// The value that caused it.
+        value: Option<crate::alarm::Observed>,
+    },
+    /// Late data, evaluated again, moved a transition: the status becomes `to` as of `at`,
+    /// whatever it was (unless it is exactly that already).
+    Correct {
         /// New state (triggered or reset).
         to: crate::alarm::State,
         /// When, Unix ms.
@@ -495,6 +509,13 @@ pub trait Registry: Send + Sync {
     fn alarm_changes(&self, changes: &[AlarmChange], now: i64) -> Result<Vec<ChangeOutcome>>;
     /// One status.
     fn status(&self, alert_id: &str, source: &str) -> Result<Option<AlarmStatus>>;
+    /// The newest transitions of one (alert, source), newest first, at most `limit`.
+    fn recent_transitions(
+        &self,
+        alert_id: &str,
+        source: &str,
+        limit: usize,
+    ) -> Result<Vec<AlarmStatus>>;
     /// Removes every status and history entry of an alert (when it is deleted).
     fn forget_alert(&self, alert_id: &str) -> Result<()>;
     /// Outbox events after outbox sequence number `after`, at most `limit`.
@@ -585,8 +606,28 @@ fn next_status(
         acknowledged_by: None,
         note: None,
         transitions: 0,
+        correction: false,
     });
+    next.correction = false;
     match kind {
+        AlarmChangeKind::Correct { to, at, value } => {
+            if state.active() == to.active() && next.changed == *at {
+                return Err("no change".into());
+            }
+            // An acknowledged status moved in time stays acknowledged.
+            next.state = if *to == State::Triggered && state == State::Acknowledged {
+                State::Acknowledged
+            } else {
+                *to
+            };
+            if !next.state.active() {
+                next.acknowledged_by = None;
+                next.note = None;
+            }
+            next.changed = *at;
+            next.value = value.clone();
+            next.correction = true;
+        }
         AlarmChangeKind::Evaluated { to, at, value } => {
             if state.active() == to.active() {
                 return Err(format!("already {state:?}").to_lowercase());
@@ -1124,6 +1165,22 @@ impl Registry for SledRegistry {
         get_json(&self.statuses, &status_key(alert_id, source))
     }
 
+    fn recent_transitions(
+        &self,
+        alert_id: &str,
+        source: &str,
+        limit: usize,
+    ) -> Result<Vec<AlarmStatus>> {
+        let mut p = status_key(alert_id, source);
+        p.push(0);
+        self.alarm_history
+            .scan_prefix(&p)
+            .rev()
+            .take(limit)
+            .map(|kv| kv.map_err(db_err).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
     fn forget_alert(&self, alert_id: &str) -> Result<()> {
         let _g = self.lock.lock();
         let p = prefix(alert_id);
@@ -1514,6 +1571,7 @@ mod tests {
             acknowledged_by: None,
             note: None,
             transitions: 0,
+            correction: false,
         }
     }
 

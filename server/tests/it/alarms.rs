@@ -270,3 +270,108 @@ fn acknowledging_keeps_it_active_until_the_reset_rule_and_the_status_list_filter
     );
     assert!(list("?state=reset").is_empty());
 }
+
+#[test]
+fn a_late_backlog_behind_live_points_fires_and_resets_at_the_right_data_times() {
+    let s = TestServer::start();
+    let id = create_alert(&s, &undervoltage("*/m/voltage_l1"));
+    let t0 = meterstream_storage::time::now_ms() / 1000 * 1000 - 7_200_000;
+    let v = "gw/m/voltage_l1";
+    // The gateway was cut off; its live readings overtake its spooled backlog (the agent's
+    // live_max_delay policy), so the server sees the present first...
+    post(
+        &s,
+        v,
+        t0,
+        &(100..=110).map(|i| (i * 10, 230.0)).collect::<Vec<_>>(),
+    );
+    evaluated(&s);
+    assert!(transitions(&s, &id, t0, 0).is_empty());
+    // ...then the backlog, oldest first, in three uploads: undervoltage from 100 s to 400 s,
+    // then above 210 V. Fires at 160 s (held 60 s), resets at 710 s (held 300 s).
+    let backlog: Vec<(i64, f64)> = (0..=95)
+        .map(|i| {
+            let t = i * 10;
+            (
+                t,
+                if (100..=400).contains(&t) {
+                    200.0
+                } else if t > 400 {
+                    215.0
+                } else {
+                    230.0
+                },
+            )
+        })
+        .collect();
+    for chunk in backlog.chunks(35) {
+        post(&s, v, t0, chunk);
+    }
+    evaluated(&s);
+    // After the second upload the data known then (above 210 V from 410 s, then nothing until
+    // the live 1000 s) reset it at 1000 s; the third upload corrects that to 710 s.
+    let got = transitions(&s, &id, t0, 3);
+    assert_eq!(
+        got,
+        vec![
+            tr(v, "triggered", 160, 200.0),
+            tr(v, "reset", 1000, 230.0),
+            tr(v, "reset", 710, 215.0)
+        ]
+    );
+    let (_, h) = s.get_json(&format!("/ws/v1/alerts/history/{id}"));
+    assert!(
+        h["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["correction"] == true),
+        "{h}"
+    );
+    let (_, st) = s.get_json("/ws/v1/alerts/status?state=reset&scope=gw");
+    assert_eq!(ms(st["list"][0]["changed"].as_str().unwrap()) - t0, 710_000);
+    // A transition the live data put too late moves earlier: live undervoltage from 2000 s
+    // fires at 2060 s; the backlog shows it began at 1950 s, so it fired at 2010 s.
+    let w = "gw2/m/voltage_l1";
+    post(
+        &s,
+        w,
+        t0,
+        &(200..=210).map(|i| (i * 10, 200.0)).collect::<Vec<_>>(),
+    );
+    evaluated(&s);
+    let got = transitions(&s, &id, t0, 4);
+    assert!(got.contains(&tr(w, "triggered", 2060, 200.0)), "{got:?}");
+    post(
+        &s,
+        w,
+        t0,
+        &(195..=199).map(|i| (i * 10, 200.0)).collect::<Vec<_>>(),
+    );
+    evaluated(&s);
+    let got: Vec<_> = transitions(&s, &id, t0, 5)
+        .into_iter()
+        .filter(|t| t.0 == w)
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            tr(w, "triggered", 2060, 200.0),
+            tr(w, "triggered", 2010, 200.0)
+        ]
+    );
+    let (_, st) = s.get_json("/ws/v1/alerts/status?scope=gw2");
+    assert_eq!(
+        ms(st["list"][0]["changed"].as_str().unwrap()) - t0,
+        2_010_000
+    );
+    // The late points arriving again (a retried upload) change nothing.
+    post(
+        &s,
+        w,
+        t0,
+        &(195..=199).map(|i| (i * 10, 200.0)).collect::<Vec<_>>(),
+    );
+    evaluated(&s);
+    assert_eq!(transitions(&s, &id, t0, 0).len(), 5);
+}
