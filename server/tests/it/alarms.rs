@@ -375,3 +375,78 @@ fn a_late_backlog_behind_live_points_fires_and_resets_at_the_right_data_times() 
     evaluated(&s);
     assert_eq!(transitions(&s, &id, t0, 0).len(), 5);
 }
+
+/// Waits (at most `secs`) until the status of (alert, source) is `state`; returns how long it
+/// took.
+fn wait_state(s: &TestServer, id: &str, source: &str, state: &str, secs: u64) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (_, v) = s.get_json(&format!(
+            "/ws/v1/alerts/status?alert_id={id}&state=triggered,acknowledged,reset"
+        ));
+        let now = v["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["source"] == source)
+            .map(|x| x["state"].as_str().unwrap().to_string());
+        if now.as_deref() == Some(state) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{source} is {now:?}, not {state}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn clock_rules_missing_data_offline_and_excessive_disconnects() {
+    let s = TestServer::start_with(|c| c.device_inactivity_timeout = 1);
+    let missing = create_alert(
+        &s,
+        &json!({"name": "No data", "severity": "minor",
+                "scope": {"type": "Resource", "value": "gwc/*/v"},
+                "rule": {"type": "Missing DataPoint", "duration_ms": 1500}}),
+    );
+    let offline = create_alert(
+        &s,
+        &json!({"name": "Offline", "severity": "major",
+                "scope": {"type": "Device", "value": "gwc"},
+                "rule": {"type": "Device Offline", "reconnect_window_ms": 500}}),
+    );
+    let flapping = create_alert(
+        &s,
+        &json!({"name": "Flapping", "severity": "warning",
+                "scope": {"type": "Device", "value": "gwc"},
+                "rule": {"type": "Device Excessive Disconnects", "count": 2, "window_ms": 60000}}),
+    );
+    let now = meterstream_storage::time::now_ms();
+    post(&s, "gwc/m/v", now, &[(0, 1.0)]);
+    let sent = Instant::now();
+    // Missing: 1.5 s after the last point, within the sweep's half second (and the test's
+    // polling).
+    wait_state(&s, &missing, "gwc/m/v", "triggered", 10);
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(3000),
+        "{waited:?}"
+    );
+    // Offline: the device is disconnected after 1 s without contact, the alarm 0.5 s later.
+    wait_state(&s, &offline, "gwc", "triggered", 10);
+    // Data again: both reset; the device reconnected.
+    post(&s, "gwc/m/v", now, &[(5, 2.0)]);
+    wait_state(&s, &missing, "gwc/m/v", "reset", 10);
+    wait_state(&s, &offline, "gwc", "reset", 10);
+    // A second disconnect within the window: excessive.
+    wait_state(&s, &flapping, "gwc", "triggered", 10);
+    let (_, h) = s.get_json(&format!("/ws/v1/alerts/history/{missing}"));
+    let states: Vec<&str> = h["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states[..2], ["triggered", "reset"]);
+}
