@@ -7,6 +7,7 @@
 //! - [`server`]: starting and measuring a server process.
 //! - [`peer`]: VictoriaMetrics and InfluxDB, the peers measured in the same run.
 //! - [`chart`]: SVG charts of the results.
+//! - [`receiver`]: a webhook receiver for the alarm and monitor benchmarks.
 //! - [`agent`]: the gateway agent's cost and replay speed (it prepares the replay spool with
 //!   the agent's own spool code).
 
@@ -14,5 +15,6 @@ pub mod agent;
 pub mod batch;
 pub mod chart;
 pub mod peer;
+pub mod receiver;
 pub mod server;
 pub mod workload;

@@ -34,6 +34,30 @@ enum Cmd {
     /// The gateway agent: its CPU and memory reading simulated meters every second, and how
     /// fast it replays a spool after an outage.
     Agent(meterstream_bench::agent::AgentArgs),
+    /// Alarms and monitors: ingest with many alert rules against none, how fast an alarm
+    /// reaches a webhook receiver, and how many monitors on the whole fleet keep up.
+    Alarms(AlarmsArgs),
+}
+
+#[derive(Parser)]
+struct AlarmsArgs {
+    #[command(flatten)]
+    run: IngestArgs,
+    /// Alert rules in the rules run (one per stream, the first this many streams).
+    #[arg(long, default_value_t = 10_000)]
+    rules: usize,
+    /// Alarms timed from the point's upload to the receiver.
+    #[arg(long, default_value_t = 200)]
+    latency_samples: usize,
+    /// Monitors subscribed to the whole fleet.
+    #[arg(long, default_value_t = 100)]
+    monitors: usize,
+    /// Seconds of live fleet traffic (one reading per stream and second) for the monitors.
+    #[arg(long, default_value_t = 30)]
+    live_seconds: u64,
+    /// Which parts to run: ingest, latency, monitors.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,latency,monitors")]
+    parts: Vec<String>,
 }
 
 #[derive(Parser)]
@@ -1476,6 +1500,15 @@ fn main() -> Result<()> {
         Cmd::Compare(c) => compare(c),
         Cmd::Scaling(c) => scaling(c),
         Cmd::Simulate(a) => simulate(a),
+        Cmd::Alarms(a) => {
+            let v = alarms(&a)?;
+            let text = serde_json::to_string_pretty(&v)?;
+            if let Some(p) = &a.run.json {
+                std::fs::write(p, &text)?;
+            }
+            println!("{text}");
+            Ok(())
+        }
         Cmd::Agent(a) => {
             let v = meterstream_bench::agent::run(&a)?;
             let text = serde_json::to_string_pretty(&v)?;
@@ -1486,4 +1519,305 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The evaluator's lag in log records, from `/metrics`.
+fn alarm_lag(client: &reqwest::blocking::Client, url: &str) -> Result<u64> {
+    let text = client.get(format!("{url}/metrics")).send()?.text()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("meterstream_alarm_feed_lag_records "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no meterstream_alarm_feed_lag_records in /metrics")
+}
+
+/// One rule for stream `path` of channel `c`: a condition the standard workload rarely meets,
+/// so that the run measures evaluation, not alarms.
+fn rule_for(path: &str, c: usize) -> serde_json::Value {
+    let (op, threshold, reset_op, reset) = match c {
+        0..=2 => ("<", 207.0, ">", 210.0), // undervoltage
+        3..=5 => (">", 100.0, "<", 90.0),  // overcurrent, A
+        8 => ("<", 0.5, ">", 0.6),         // power factor
+        9 => ("<", 49.5, ">", 49.8),       // frequency
+        _ => (">", 1e12, "<", 1e11),
+    };
+    serde_json::json!({
+        "name": format!("rule {path}"),
+        "severity": "major",
+        "scope": {"type": "Resource", "value": path},
+        "rule": {"type": "DataPoint condition",
+                 "fire": {"op": op, "threshold": threshold, "duration_ms": 60000},
+                 "reset": {"op": reset_op, "threshold": reset, "duration_ms": 300000}}
+    })
+}
+
+fn post_json(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let r = client.post(url).json(body).send()?;
+    let status = r.status();
+    let v: serde_json::Value = r.json().unwrap_or(serde_json::Value::Null);
+    ensure!(status.is_success(), "{url}: {status} {v}");
+    Ok(v)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn alarms(args: &AlarmsArgs) -> Result<serde_json::Value> {
+    let a = &args.run;
+    let mut out = serde_json::json!({
+        "machine": "2 cores",
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    let tmp = tempfile::tempdir()?;
+    let extra: Vec<&str> = a.server_args.iter().map(String::as_str).collect();
+    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    if args.parts.iter().any(|p| p == "ingest") {
+        let now = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64)
+            / 1000
+            * 1000;
+        let batches = generate(a, &tmp.path().join("batches"), Format::MessagePack, now)?;
+        let points = (a.meters * 12 * a.seconds) as f64;
+        let mut runs = Vec::new();
+        for rules in [0, args.rules] {
+            let dir = tmp.path().join(format!("data-{rules}"));
+            let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
+            let client = meterstream_bench::server::authorized()
+                .timeout(Duration::from_secs(60))
+                .build()?;
+            let t = Instant::now();
+            let mut made = 0;
+            'm: for m in 0..a.meters {
+                for c in 0..12 {
+                    if made == rules {
+                        break 'm;
+                    }
+                    let path = fleet.stream_path(m, c);
+                    post_json(
+                        &client,
+                        &format!("{}/ws/v1/alerts/inventory", srv.url),
+                        &rule_for(&path, c),
+                    )?;
+                    made += 1;
+                }
+            }
+            let create_s = t.elapsed().as_secs_f64();
+            // Let the evaluator read the rules before the clock starts.
+            std::thread::sleep(Duration::from_millis(500));
+            let cpu0 = srv.cpu_seconds()?;
+            let started = Instant::now();
+            send_all(
+                &batches,
+                a.connections,
+                &format!("{}/ws/v1/streams/history", srv.url),
+                "application/msgpack",
+            )?;
+            let acked = started.elapsed().as_secs_f64();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while alarm_lag(&client, &srv.url)? > 0 {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the evaluator did not catch up in 600 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let evaluated = started.elapsed().as_secs_f64();
+            let cpu = srv.cpu_seconds()? - cpu0;
+            let rss = srv.rss_bytes()?;
+            let metrics = client.get(format!("{}/metrics", srv.url)).send()?.text()?;
+            let figure = |name: &str| -> f64 {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let run = serde_json::json!({
+                "rules": rules,
+                "rules_created_in_s": create_s,
+                "points": points,
+                "acknowledged_s": acked,
+                "evaluated_s": evaluated,
+                "points_per_s_acknowledged": points / acked,
+                "points_per_s_evaluated": points / evaluated,
+                "cpu_s_per_million_points": cpu / points * 1e6,
+                "rss_mb": rss as f64 / 1e6,
+                "points_evaluated": figure("meterstream_alarm_points_evaluated_total "),
+                "transitions": figure("meterstream_alarm_transitions_total "),
+            });
+            eprintln!("ingest with {rules} rules: {run}");
+            runs.push(run);
+            srv.stop()?;
+        }
+        let ratio = runs[1]["points_per_s_evaluated"].as_f64().unwrap_or(0.0)
+            / runs[0]["points_per_s_evaluated"].as_f64().unwrap_or(1.0);
+        out["ingest"] = serde_json::json!({"runs": runs, "rate_ratio_with_rules": ratio});
+    }
+    if args.parts.iter().any(|p| p == "latency") {
+        let mut by_duration = Vec::new();
+        for batch_duration in [0.0, 1.0] {
+            let dir = tmp.path().join(format!("data-latency-{batch_duration}"));
+            let mut e = extra.clone();
+            e.extend(["--allow-private-webhook-targets", "true"]);
+            let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &e)?;
+            let client = meterstream_bench::server::authorized()
+                .timeout(Duration::from_secs(30))
+                .build()?;
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, i64)>();
+            let tx = std::sync::Mutex::new(tx);
+            let receiver = meterstream_bench::receiver::start(move |at, body| {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    return;
+                };
+                for m in v["Document"]["Msg"].as_array().into_iter().flatten() {
+                    if let Some(c) = m["AlarmStatus"]["changed"].as_str() {
+                        if let Ok(t) = meterstream_storage::time::parse_absolute(c) {
+                            let _ = tx.lock().map(|tx| tx.send((at, t)));
+                        }
+                    }
+                }
+            })?;
+            let mut rule = rule_for("lat/m/v", 0);
+            rule["rule"]["fire"]["duration_ms"] = 0.into();
+            rule["rule"]["reset"]["duration_ms"] = 0.into();
+            post_json(
+                &client,
+                &format!("{}/ws/v1/alerts/inventory", srv.url),
+                &rule,
+            )?;
+            post_json(
+                &client,
+                &format!("{}/ws/v1/monitors/inventory", srv.url),
+                &serde_json::json!({"topics": ["AlarmStatus"], "url": receiver.url,
+                                    "batch_duration": batch_duration}),
+            )?;
+            std::thread::sleep(Duration::from_millis(500));
+            let base = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64)
+                / 1000
+                * 1000
+                - 3_600_000;
+            let mut lat = Vec::new();
+            for i in 0..args.latency_samples {
+                let ts = base + i as i64 * 1000;
+                let v = if i % 2 == 0 { 200.0 } else { 215.0 };
+                let sent = Instant::now();
+                post_json(
+                    &client,
+                    &format!("{}/ws/v1/streams/history", srv.url),
+                    &serde_json::json!([{"stream_id": "lat/m/v", "timestamp": ts, "value": v}]),
+                )?;
+                loop {
+                    let (at, t) = rx
+                        .recv_timeout(Duration::from_secs(10))
+                        .context("no alarm reached the receiver within 10 s")?;
+                    if t == ts {
+                        lat.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                        break;
+                    }
+                }
+            }
+            let run = serde_json::json!({
+                "batch_duration_s": batch_duration,
+                "samples": lat.len(),
+                "p50_ms": percentile(&mut lat, 0.5),
+                "p99_ms": percentile(&mut lat, 0.99),
+                "max_ms": percentile(&mut lat, 1.0),
+                "target_p99_ms": 100.0 + batch_duration * 1000.0,
+            });
+            eprintln!("alarm delivery latency: {run}");
+            by_duration.push(run);
+            srv.stop()?;
+        }
+        out["latency"] = by_duration.into();
+    }
+    if args.parts.iter().any(|p| p == "monitors") {
+        let dir = tmp.path().join("data-monitors");
+        let mut e = extra.clone();
+        e.extend(["--allow-private-webhook-targets", "true"]);
+        let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &e)?;
+        let client = meterstream_bench::server::authorized()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (d2, b2) = (delivered.clone(), bytes.clone());
+        let receiver = meterstream_bench::receiver::start(move |_, body| {
+            let n = meterstream_bench::receiver::count(body, b"\"topic\"") as u64;
+            d2.fetch_add(n, Ordering::Relaxed);
+            b2.fetch_add(body.len() as u64, Ordering::Relaxed);
+        })?;
+        for _ in 0..args.monitors {
+            post_json(
+                &client,
+                &format!("{}/ws/v1/monitors/inventory", srv.url),
+                &serde_json::json!({"topics": ["DataPoint/*/*/*"], "url": receiver.url,
+                                    "batch_size": 10000, "batch_duration": 1}),
+            )?;
+        }
+        let cpu0 = srv.cpu_seconds()?;
+        let mut live = Fleet::new(a.meters, a.meters_per_gateway, 7);
+        let started = Instant::now();
+        let mut sent_points = 0u64;
+        let mut per_second = Vec::new();
+        let mut last = 0u64;
+        for tick in 0..args.live_seconds {
+            let now = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64)
+                / 1000
+                * 1000;
+            for body in batch::build(&mut live, a.meters_per_gateway, now, 1, a.batch) {
+                let r = client
+                    .post(format!("{}/ws/v1/streams/history", srv.url))
+                    .header("content-type", "application/msgpack")
+                    .body(body)
+                    .send()?;
+                ensure!(r.status().as_u16() == 201, "upload: {}", r.status());
+            }
+            sent_points += (a.meters * 12) as u64;
+            let next = started + Duration::from_secs(tick + 1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let d = delivered.load(Ordering::Relaxed);
+            per_second.push(d - last);
+            last = d;
+        }
+        let traffic_s = started.elapsed().as_secs_f64();
+        let want = sent_points * args.monitors as u64;
+        let at_end = delivered.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while delivered.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let caught_up_s = started.elapsed().as_secs_f64() - traffic_s;
+        let total = delivered.load(Ordering::Relaxed);
+        // The steady state: the second half of the traffic.
+        let half = &per_second[per_second.len() / 2..];
+        let steady = half.iter().sum::<u64>() as f64 / half.len().max(1) as f64;
+        let run = serde_json::json!({
+            "monitors": args.monitors,
+            "live_seconds": args.live_seconds,
+            "ingest_points_per_s": (a.meters * 12) as f64,
+            "events_wanted_per_s": (a.meters * 12 * args.monitors) as f64,
+            "events_delivered_per_s_steady": steady,
+            "events_wanted": want,
+            "events_delivered_when_traffic_stopped": at_end,
+            "events_delivered": total,
+            "caught_up_after_s": if total >= want { Some(caught_up_s) } else { None },
+            "server_cpu_s_per_s": (srv.cpu_seconds()? - cpu0) / started.elapsed().as_secs_f64(),
+            "server_rss_mb": srv.rss_bytes()? as f64 / 1e6,
+            "webhook_mb_per_s": bytes.load(Ordering::Relaxed) as f64 / 1e6 / started.elapsed().as_secs_f64(),
+        });
+        eprintln!("monitors on the whole fleet: {run}");
+        out["monitors"] = run;
+        srv.stop()?;
+    }
+    Ok(out)
 }
