@@ -284,8 +284,38 @@ impl Rule {
 
 type Key = (Arc<str>, Arc<str>);
 
+/// Where to find the data rules of a path without trying every rule: exact stream paths and
+/// devices are looked up; only patterns with `*` are tried one by one.
+#[derive(Default)]
+struct RuleLookup {
+    exact: HashMap<String, Vec<u32>>,
+    device: HashMap<String, Vec<u32>>,
+    group: HashMap<String, Vec<u32>>,
+    wildcard: Vec<u32>,
+}
+
+impl RuleLookup {
+    fn build(rules: &[Rule]) -> RuleLookup {
+        let mut l = RuleLookup::default();
+        for (i, r) in rules.iter().enumerate() {
+            if !r.on_data() {
+                continue;
+            }
+            let i = i as u32;
+            match &r.alert.scope {
+                AlertScope::Resource(p) if p.split('/').any(|s| s == "*") => l.wildcard.push(i),
+                AlertScope::Resource(p) => l.exact.entry(p.clone()).or_default().push(i),
+                AlertScope::Device(d) => l.device.entry(d.clone()).or_default().push(i),
+                AlertScope::Group(g) => l.group.entry(g.clone()).or_default().push(i),
+            }
+        }
+        l
+    }
+}
+
 struct Worker {
     rules: Vec<Rule>,
+    lookup: RuleLookup,
     by_id: HashMap<Arc<str>, usize>,
     index: HashMap<Arc<str>, Arc<[u32]>>,
     groups: HashMap<String, String>,
@@ -324,6 +354,7 @@ impl Worker {
             .map_err(|e| format!("the evaluator checkpoint cannot be read: {e}"))?;
         let mut w = Worker {
             rules: Vec::new(),
+            lookup: RuleLookup::default(),
             by_id: HashMap::new(),
             index: HashMap::new(),
             groups: HashMap::new(),
@@ -400,6 +431,19 @@ impl Worker {
                 .is_some_and(|u| first || before.get(a) == Some(u))
         });
         self.index.clear();
+        self.lookup = RuleLookup::build(&self.rules);
+        // Without rules the evaluator needs no log: the store keeps none for it, and its feed
+        // costs ingest nothing. Rules start from the present.
+        if self.rules.is_empty() {
+            ev.store
+                .feed_hold(CONSUMER, None)
+                .map_err(|e| e.to_string())?;
+        } else if ev.store.feed_consumer(CONSUMER).is_none() {
+            self.cursor = ev.store.applied_seq();
+            ev.store
+                .feed_hold(CONSUMER, Some(self.cursor))
+                .map_err(|e| e.to_string())?;
+        }
         self.read_groups(ev)?;
         self.seed_clock_rules(ev)?;
         self.dirty = true;
@@ -516,13 +560,21 @@ impl Worker {
         if let Some(r) = self.index.get(path) {
             return r.clone();
         }
-        let list: Arc<[u32]> = self
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.on_data() && r.covers_path(path, &self.groups))
-            .map(|(i, _)| i as u32)
-            .collect();
+        let l = &self.lookup;
+        let device = device_id(path);
+        let mut list: Vec<u32> = Vec::new();
+        list.extend(l.exact.get(&**path).into_iter().flatten());
+        list.extend(l.device.get(device).into_iter().flatten());
+        if let Some(g) = self.groups.get(device) {
+            list.extend(l.group.get(g).into_iter().flatten());
+        }
+        list.extend(
+            l.wildcard
+                .iter()
+                .filter(|&&i| self.rules[i as usize].covers_path(path, &self.groups)),
+        );
+        list.sort_unstable();
+        let list: Arc<[u32]> = list.into();
         self.index.insert(path.clone(), list.clone());
         list
     }
@@ -546,6 +598,13 @@ impl Worker {
         {
             self.read_groups(ev)?;
         }
+        if self.rules.is_empty() {
+            let applied = ev.store.applied_seq();
+            self.dirty |= applied != self.cursor;
+            self.cursor = applied;
+            ev.stats.cursor.store(self.cursor, Ordering::Release);
+            return Ok(false);
+        }
         let feed = ev
             .store
             .feed(self.cursor, FEED_POINTS)
@@ -558,12 +617,6 @@ impl Worker {
             );
         }
         let busy = feed.next != self.cursor;
-        if self.rules.is_empty() {
-            self.cursor = feed.next;
-            self.dirty |= busy;
-            ev.stats.cursor.store(self.cursor, Ordering::Release);
-            return Ok(busy && feed.next < ev.store.applied_seq());
-        }
         let registry = ev.registry.clone();
         for rec in &feed.records {
             let server_ts = rec.server_ts();
@@ -916,9 +969,11 @@ impl Worker {
             .put_meta(CHECKPOINT_KEY, &bytes)
             .map_err(|e| e.to_string())?;
         // Only after the checkpoint is durable may the store drop the log before it.
-        ev.store
-            .feed_hold(CONSUMER, Some(self.cursor))
-            .map_err(|e| e.to_string())?;
+        if !self.rules.is_empty() {
+            ev.store
+                .feed_hold(CONSUMER, Some(self.cursor))
+                .map_err(|e| e.to_string())?;
+        }
         self.dirty = false;
         Ok(())
     }
