@@ -86,6 +86,8 @@ pub struct Evaluator {
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
     generation: AtomicU64,
+    /// The applied sequence number when rules changed, for a reload that starts reading then.
+    rules_from: AtomicU64,
     wake: Mutex<bool>,
     cond: Condvar,
     stop: AtomicBool,
@@ -101,6 +103,7 @@ impl Evaluator {
             store: store.clone(),
             registry,
             generation: AtomicU64::new(1),
+            rules_from: AtomicU64::new(u64::MAX),
             wake: Mutex::new(false),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -122,8 +125,11 @@ impl Evaluator {
         ev
     }
 
-    /// Tells the evaluator that alert rules (or device groups) changed.
+    /// Tells the evaluator that alert rules (or device groups) changed. Points applied from now
+    /// on are evaluated with them, even if the evaluator takes them up later.
     pub fn rules_changed(&self) {
+        self.rules_from
+            .fetch_min(self.store.applied_seq(), Ordering::AcqRel);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.wake();
     }
@@ -396,6 +402,7 @@ impl Worker {
     /// Reads the rules again; states of rules that changed or went are dropped (a changed rule
     /// starts again from its stored statuses).
     fn reload(&mut self, ev: &Evaluator) -> Result<(), String> {
+        let changed_at = ev.rules_from.swap(u64::MAX, Ordering::AcqRel);
         let alerts = ev
             .registry
             .alerts(None, usize::MAX)
@@ -439,7 +446,7 @@ impl Worker {
                 .feed_hold(CONSUMER, None)
                 .map_err(|e| e.to_string())?;
         } else if ev.store.feed_consumer(CONSUMER).is_none() {
-            self.cursor = ev.store.applied_seq();
+            self.cursor = changed_at.min(ev.store.applied_seq());
             ev.store
                 .feed_hold(CONSUMER, Some(self.cursor))
                 .map_err(|e| e.to_string())?;
