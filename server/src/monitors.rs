@@ -237,12 +237,20 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     who.require(Scope::Read)?;
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();
-    let all = web::block(move || st2.devices.registry.monitors()).await??;
-    let list: Vec<Value> = all
-        .iter()
-        .filter(|m| visible(&who, m))
-        .map(monitor_json)
-        .collect();
+    let list = web::block(move || -> Result<Vec<Value>, ApiError> {
+        let reg = &st2.devices.registry;
+        reg.monitors()?
+            .iter()
+            .filter(|m| visible(&who, m))
+            .map(|m| {
+                Ok(with_state(
+                    monitor_json(m),
+                    reg.monitor_state(&m.id)?.as_ref(),
+                ))
+            })
+            .collect()
+    })
+    .await??;
     Ok(HttpResponse::Ok().json(json!({"count": list.len(), "list": list})))
 }
 

@@ -55,7 +55,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200)
         with lock:
             mode = state["mode"]
-        if mode == "hang":
+        hung = mode == "hang"
+        if hung:
+            # Longer than the server waits: the server has given up by the time this answers,
+            # so it is logged as not delivered (status 0).
             time.sleep(5)
             mode = "200"
         body = gzip.decompress(raw) if self.headers.get("content-encoding") == "gzip" else raw
@@ -71,7 +74,7 @@ class Handler(BaseHTTPRequestHandler):
             "authorization": self.headers.get("authorization"),
             "custom": self.headers.get("x-custom"),
             "body": json.loads(body),
-            "status": status,
+            "status": 0 if hung else status,
         }
         with lock:
             with open(LOG, "a") as f:

@@ -473,3 +473,82 @@ fn events_pending_at_a_kill_9_are_delivered_after_the_restart() {
     assert_eq!(msgs.len(), 40, "nothing twice");
     assert!(rx.requests().iter().all(|r| r["verified"] == true));
 }
+
+#[test]
+fn a_limited_owners_monitor_gets_only_its_own_and_slow_receivers_time_out() {
+    let s = TestServer::start_with(|c| {
+        c.allow_private_webhook_targets = true;
+        c.webhook_max_backoff = 0.1;
+        c.webhook_timeout = 0.5;
+    });
+    let rx = Receiver::start();
+    let r = s
+        .client
+        .post(format!("{}/ws/v1/credentials", s.url))
+        .json(&json!({"kind": "api_key", "scopes": ["read", "write"], "prefixes": ["gwa/"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let limited = client_with_key(json_of(r)["key"].as_str().unwrap());
+    // An admin's rule over both devices; the limited owner's monitor takes every topic it may.
+    let mut rule = undervoltage("*/m/v");
+    rule["rule"]["fire"]["duration_ms"] = json!(0);
+    create_alert(&s, &rule);
+    let (st, m) = s.send(
+        &limited,
+        "POST",
+        "/ws/v1/monitors/inventory",
+        Some(
+            &json!({"topics": ["DataPoint/gwa/*/*", "AlarmStatus", "devices"], "url": rx.url,
+                     "batch_duration": 0}),
+        ),
+    );
+    assert_eq!(st, 201, "{m}");
+    rx.secret(m["secret"].as_str().unwrap());
+    // Beyond its prefix it may not subscribe.
+    let (st, _) = s.send(
+        &limited,
+        "POST",
+        "/ws/v1/monitors/inventory",
+        Some(&json!({"topics": ["DataPoint/gwb/*/*"], "url": rx.url})),
+    );
+    assert_eq!(st, 403);
+    let t0 = meterstream_storage::time::now_ms() - 60_000;
+    post(&s, "gwb/m/v", t0, &[(0, 200.0)]);
+    post(&s, "gwa/m/v", t0, &[(0, 200.0)]);
+    let msgs = rx.wait_for(10, |m| m.len() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let msgs2 = rx.delivered();
+    assert_eq!(msgs.len(), msgs2.len(), "nothing more arrives");
+    let topics: Vec<&str> = msgs2.iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    assert!(topics.iter().all(|t| !t.contains("gwb")), "{topics:?}");
+    assert!(
+        topics.contains(&"meterstream/DataPoint/gwa/m/v"),
+        "{topics:?}"
+    );
+    assert!(topics.contains(&"meterstream/devices/gwa"), "{topics:?}");
+    assert!(topics
+        .iter()
+        .any(|t| t.starts_with("meterstream/AlarmStatus/") && t.ends_with("/gwa/m/v")));
+    // A receiver that does not answer in time: the attempt fails as a timeout and is retried.
+    rx.mode("hang");
+    post(&s, "gwa/m/v", t0, &[(1, 230.0)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = m["id"].as_str().unwrap();
+    loop {
+        let (_, h) = s.get_json(&format!("/ws/v1/monitors/history/{id}?failed=true"));
+        if h["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["error"] == "timed out")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rx.mode("200");
+    let msgs = rx.wait_for(15, |m| values_of(m).contains(&230.0));
+    assert!(values_of(&msgs).contains(&230.0));
+}
