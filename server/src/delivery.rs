@@ -177,21 +177,31 @@ impl Dispatcher {
 
     /// Sets up a new monitor's cursors at the present (its events start now) and starts it.
     pub fn created(self: &Arc<Self>, m: &Monitor) -> Result<(), String> {
-        let st = MonitorState {
+        let mut st = MonitorState {
             status: "active".into(),
-            log_cursor: self.store.applied_seq(),
             outbox_cursor: self.registry.outbox_last(),
             ..MonitorState::default()
         };
         if wants_data(m) {
-            self.store
-                .feed_hold(&consumer(&m.id), Some(st.log_cursor))
+            self.data_from_present(&m.id, &mut st)?;
+        } else {
+            self.registry
+                .put_monitor_state(&m.id, &st)
                 .map_err(|e| e.to_string())?;
         }
-        self.registry
-            .put_monitor_state(&m.id, &st)
-            .map_err(|e| e.to_string())?;
         self.reconcile()
+    }
+
+    /// Data point events start at the present: the log cursor and the hold move there, durably.
+    fn data_from_present(&self, id: &str, st: &mut MonitorState) -> Result<(), String> {
+        st.log_cursor = self.store.applied_seq();
+        st.log_offset = 0;
+        self.store
+            .feed_hold(&consumer(id), Some(st.log_cursor))
+            .map_err(|e| e.to_string())?;
+        self.registry
+            .put_monitor_state(id, st)
+            .map_err(|e| e.to_string())
     }
 
     /// A monitor's topics or target changed: a monitor that now wants data points starts
@@ -204,14 +214,7 @@ impl Dispatcher {
             .unwrap_or_default();
         let held = self.store.feed_consumer(&consumer(&m.id)).is_some();
         if wants_data(m) && !held {
-            st.log_cursor = self.store.applied_seq();
-            st.log_offset = 0;
-            self.store
-                .feed_hold(&consumer(&m.id), Some(st.log_cursor))
-                .map_err(|e| e.to_string())?;
-            self.registry
-                .put_monitor_state(&m.id, &st)
-                .map_err(|e| e.to_string())?;
+            self.data_from_present(&m.id, &mut st)?;
         } else if !wants_data(m) && held {
             self.store
                 .feed_hold(&consumer(&m.id), None)

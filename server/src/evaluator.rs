@@ -467,19 +467,13 @@ impl Worker {
             self.groups.clear();
             return Ok(());
         }
-        let mut groups = HashMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = ev
-                .registry
-                .devices(after.as_deref(), 1000)
-                .map_err(|e| e.to_string())?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for d in page {
-                groups.insert(d.id, d.group.unwrap_or_default());
-            }
-        }
+        let groups: HashMap<String, String> = ev
+            .registry
+            .all_devices()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|d| (d.id, d.group.unwrap_or_default()))
+            .collect();
         if groups != self.groups {
             self.index.clear();
             self.groups = groups;
@@ -894,55 +888,46 @@ impl Worker {
             })
             .collect();
         if !device_rules.is_empty() {
-            let mut after: Option<String> = None;
-            loop {
-                let page = ev
-                    .registry
-                    .devices(after.as_deref(), 1000)
-                    .map_err(|e| e.to_string())?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
-                for d in page {
-                    for &ri in &device_rules {
-                        let rule = &self.rules[ri];
-                        if !rule.covers_device(&d.id, &self.groups) {
-                            continue;
+            for d in ev.registry.all_devices().map_err(|e| e.to_string())? {
+                for &ri in &device_rules {
+                    let rule = &self.rules[ri];
+                    if !rule.covers_device(&d.id, &self.groups) {
+                        continue;
+                    }
+                    let st = Self::state(&mut self.states, &*ev.registry, rule, &d.id)?;
+                    let active = st.held.state().active();
+                    let should = match rule.alert.rule {
+                        AlertRule::Offline {
+                            reconnect_window_ms,
+                        } => {
+                            !d.connected
+                                && d.last_disconnect
+                                    .is_some_and(|t| now - t >= reconnect_window_ms)
                         }
-                        let st = Self::state(&mut self.states, &*ev.registry, rule, &d.id)?;
-                        let active = st.held.state().active();
-                        let should = match rule.alert.rule {
-                            AlertRule::Offline {
-                                reconnect_window_ms,
-                            } => {
-                                !d.connected
-                                    && d.last_disconnect
-                                        .is_some_and(|t| now - t >= reconnect_window_ms)
-                            }
-                            AlertRule::ExcessiveDisconnects { count, window_ms } => {
-                                let events = ev
-                                    .registry
-                                    .events(&d.id, st.events_seen, 10_000)
-                                    .map_err(|e| e.to_string())?;
-                                for e in events {
-                                    st.events_seen = e.seq;
-                                    if e.status == "disconnected" {
-                                        st.disconnects.push(e.time);
-                                    }
+                        AlertRule::ExcessiveDisconnects { count, window_ms } => {
+                            let events = ev
+                                .registry
+                                .events(&d.id, st.events_seen, 10_000)
+                                .map_err(|e| e.to_string())?;
+                            for e in events {
+                                st.events_seen = e.seq;
+                                if e.status == "disconnected" {
+                                    st.disconnects.push(e.time);
                                 }
-                                st.disconnects.retain(|t| now - *t < window_ms);
-                                st.disconnects.len() >= count
                             }
-                            _ => active,
-                        };
-                        if should != active {
-                            let to = if should {
-                                State::Triggered
-                            } else {
-                                State::Reset
-                            };
-                            st.held.state = Some(to);
-                            fired.push((ri, d.id.clone(), to));
+                            st.disconnects.retain(|t| now - *t < window_ms);
+                            st.disconnects.len() >= count
                         }
+                        _ => active,
+                    };
+                    if should != active {
+                        let to = if should {
+                            State::Triggered
+                        } else {
+                            State::Reset
+                        };
+                        st.held.state = Some(to);
+                        fired.push((ri, d.id.clone(), to));
                     }
                 }
             }

@@ -431,6 +431,17 @@ pub trait Registry: Send + Sync {
     fn put_device(&self, d: &Device) -> Result<()>;
     /// Devices in id order after `after`, at most `limit`.
     fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>>;
+    /// Every device, in id order.
+    fn all_devices(&self) -> Result<Vec<Device>> {
+        let mut out: Vec<Device> = Vec::new();
+        loop {
+            let page = self.devices(out.last().map(|d| d.id.as_str()), 1000)?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
     /// Appends a connection event to a device's history; returns it with its seq.
     fn add_event(&self, device: &str, event: DeviceEvent) -> Result<DeviceEvent>;
     /// A device's events after seq `after`, oldest first, at most `limit`.

@@ -1,19 +1,9 @@
 //! Alert rules over real HTTP: create, read, list, update, delete; validation naming the field;
 //! no limit on their number; credentials limited to prefixes see and change only their own.
 
+use crate::alarms::undervoltage;
 use crate::support::*;
-use serde_json::{json, Value};
-
-fn undervoltage(pattern: &str) -> Value {
-    json!({
-        "name": "Undervoltage",
-        "severity": "major",
-        "scope": {"type": "Resource", "value": pattern},
-        "rule": {"type": "DataPoint condition",
-                 "fire": {"op": "<", "threshold": 207.0, "duration_ms": 60000},
-                 "reset": {"op": ">", "threshold": 210.0, "duration_ms": 300000}}
-    })
-}
+use serde_json::json;
 
 #[test]
 fn alerts_are_created_read_listed_updated_and_deleted() {
