@@ -306,6 +306,10 @@ fn a_late_backlog_behind_live_points_fires_and_resets_at_the_right_data_times() 
         .collect();
     for chunk in backlog.chunks(35) {
         post(&s, v, t0, chunk);
+        // Each upload evaluated before the next arrives, as a gateway's replay usually is (if
+        // several arrive first, the evaluation sees them together and skips the intermediate
+        // reset below, which is right too).
+        evaluated(&s);
     }
     evaluated(&s);
     // After the second upload the data known then (above 210 V from 410 s, then nothing until
@@ -449,4 +453,37 @@ fn clock_rules_missing_data_offline_and_excessive_disconnects() {
         .map(|t| t["state"].as_str().unwrap())
         .collect();
     assert_eq!(states[..2], ["triggered", "reset"]);
+}
+
+#[test]
+fn on_change_fires_at_a_changed_value_and_resets_at_the_next_unchanged_one() {
+    let s = TestServer::start();
+    let id = create_alert(
+        &s,
+        &json!({"name": "Breaker", "severity": "critical",
+                "scope": {"type": "Resource", "value": "*/relay/state"},
+                "rule": {"type": "DataPoint on change"}}),
+    );
+    let t0 = meterstream_storage::time::now_ms() / 1000 * 1000 - 600_000;
+    let st = "gw/relay/state";
+    let body: Vec<Value> = [
+        (0, "closed"),
+        (10, "closed"),
+        (20, "open"),
+        (30, "open"),
+        (40, "closed"),
+    ]
+    .iter()
+    .map(|(sec, v)| json!({"stream_id": st, "timestamp": t0 + sec * 1000, "value": v}))
+    .collect();
+    assert_eq!(s.post_json(&json!(body)).status().as_u16(), 201);
+    let got = transitions(&s, &id, t0, 3);
+    assert_eq!(
+        got,
+        vec![
+            (st.to_string(), "triggered".to_string(), 20, json!("open")),
+            (st.to_string(), "reset".to_string(), 30, json!("open")),
+            (st.to_string(), "triggered".to_string(), 40, json!("closed")),
+        ]
+    );
 }

@@ -552,3 +552,50 @@ fn a_limited_owners_monitor_gets_only_its_own_and_slow_receivers_time_out() {
     let msgs = rx.wait_for(15, |m| values_of(m).contains(&230.0));
     assert!(values_of(&msgs).contains(&230.0));
 }
+
+#[test]
+fn retry_after_is_honoured_on_429_and_503() {
+    let s = webhook_server(); // backoff at most 0.2 s
+    let rx = Receiver::start();
+    rx.mode("429:0.6");
+    let (id, secret) = create_monitor(
+        &s,
+        json!({"topics": ["DataPoint/gw/m/v"], "url": rx.url, "batch_duration": 0}),
+    );
+    rx.secret(&secret);
+    post(
+        &s,
+        "gw/m/v",
+        meterstream_storage::time::now_ms(),
+        &[(0, 1.0)],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rx.requests().len() < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rx.mode("200");
+    rx.wait_for(10, |m| !m.is_empty());
+    let (_, h) = s.get_json(&format!("/ws/v1/monitors/history/{id}?size=100"));
+    let mut times: Vec<i64> = h["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| ms(d["time"].as_str().unwrap()))
+        .collect();
+    times.sort();
+    // Without Retry-After the retries would come within 0.2 s of each other.
+    for w in times.windows(2) {
+        assert!(w[1] - w[0] >= 550, "{times:?}");
+    }
+    let statuses: Vec<u64> = h["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["status"].as_u64())
+        .collect();
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 2,
+        "{statuses:?}"
+    );
+}
