@@ -258,6 +258,14 @@ pub fn status_json(s: &AlarmStatus, alert: Option<&Alert>) -> Value {
     if s.correction {
         v["correction"] = true.into();
     }
+    // The point that fired or reset it, for data rules (the source is its stream).
+    if let Some(ts) = s.point.filter(|_| s.source.contains('/')) {
+        v["point"] = json!({
+            "id": meterstream_storage::point::point_id(&s.source, ts).to_string(),
+            "stream_id": s.source,
+            "timestamp": format_iso(ts),
+        });
+    }
     if let Some(by) = &s.acknowledged_by {
         v["acknowledged_by"] = by.clone().into();
     }

@@ -267,6 +267,10 @@ pub struct AlarmStatus {
     pub note: Option<String>,
     /// How many transitions it has had (the next history entry's sequence number).
     pub transitions: u64,
+    /// Data time of the point that last fired or reset it (its stream is the source), for
+    /// data rules; kept through an acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<i64>,
     /// Whether this change corrects earlier ones: late data, evaluated again, showed that the
     /// status changed at another time than announced before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -617,6 +621,7 @@ fn next_status(
         acknowledged_by: None,
         note: None,
         transitions: 0,
+        point: None,
         correction: false,
     });
     next.correction = false;
@@ -637,6 +642,7 @@ fn next_status(
             }
             next.changed = *at;
             next.value = value.clone();
+            next.point = value.as_ref().map(|_| *at);
             next.correction = true;
         }
         AlarmChangeKind::Evaluated { to, at, value } => {
@@ -646,6 +652,7 @@ fn next_status(
             next.state = *to;
             next.changed = *at;
             next.value = value.clone();
+            next.point = value.as_ref().map(|_| *at);
             next.acknowledged_by = None;
             next.note = None;
         }
@@ -1582,6 +1589,7 @@ mod tests {
             acknowledged_by: None,
             note: None,
             transitions: 0,
+            point: None,
             correction: false,
         }
     }

@@ -180,6 +180,14 @@ fn acknowledging_keeps_it_active_until_the_reset_rule_and_the_status_list_filter
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "acknowledged");
     assert_eq!(v["note"], "crew sent");
+    // The point that fired it stays named through the acknowledgement.
+    assert_eq!(v["point"]["stream_id"], "gwa/m/voltage_l1");
+    assert_eq!(ms(v["point"]["timestamp"].as_str().unwrap()), t0 + 60_000);
+    let (_, hist) = s.get_json(&format!(
+        "/ws/v1/streams/history/gwa/m/voltage_l1?start_time={}&size=1",
+        t0 + 60_000
+    ));
+    assert_eq!(hist["list"][0]["id"], v["point"]["id"]);
     assert!(v["acknowledged_by"].as_str().is_some_and(|b| !b.is_empty()));
     // Twice: refused, it is not triggered any more.
     let (st, v) = s.send(
