@@ -20,6 +20,7 @@
 //! - [`webhook`]: Standard Webhooks signatures for monitors.
 //! - [`monitors`]: monitors (`/ws/v1/monitors/inventory`): where events are pushed.
 //! - [`delivery`]: the monitors' workers: batches, signatures, retries, statuses.
+//! - [`dashboards`]: the web interface, embedded at build time, served at `/`.
 //! - [`devices`]: devices, connection status, health and commands (`/ws/v1/devices/...`).
 //! - [`Background`]: the server on a thread of its own, for tests (this crate's and the agent's)
 //!   and for embedding.
@@ -28,6 +29,7 @@ pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod csv_export;
+pub mod dashboards;
 pub mod delivery;
 pub mod devices;
 pub mod error;
@@ -190,7 +192,8 @@ async fn authenticate(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     use actix_web::HttpMessage;
-    if req.path() == "/health" {
+    let path = req.path();
+    if path == "/health" || path == "/" || path.starts_with("/assets/") {
         return next.call(req).await.map(|r| r.map_into_left_body());
     }
     let Some(st) = req.app_data::<web::Data<AppState>>().cloned() else {
@@ -375,7 +378,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/ws/v1/credentials/{id}").route(web::delete().to(auth::revoke_credential)),
         )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
-        .service(resource("/health").route(web::get().to(health)));
+        .service(resource("/health").route(web::get().to(health)))
+        .service(resource("/").route(web::get().to(dashboards::index)))
+        .service(resource("/assets/{name:.*}").route(web::get().to(dashboards::file)));
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, finishes the

@@ -6,6 +6,7 @@
 mod access;
 mod alarms;
 mod alerts;
+mod browser;
 mod crash;
 mod csv;
 mod devices;

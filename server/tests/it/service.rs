@@ -135,3 +135,51 @@ fn everything_survives_a_graceful_restart() {
     let wal: Vec<_> = std::fs::read_dir(dir.join("wal")).unwrap().collect();
     assert!(wal.len() <= 1, "{wal:?}");
 }
+
+#[test]
+fn the_dashboards_are_served_without_credentials_with_etags_and_gzip() {
+    let s = TestServer::start();
+    let anon = reqwest::blocking::Client::new(); // no gzip feature: bodies come as sent
+    let r = anon.get(format!("{}/", s.url)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+    assert!(r.text().unwrap().contains("/assets/app.js"));
+    let r = anon
+        .get(format!("{}/assets/app.js", s.url))
+        .header("accept-encoding", "gzip")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let r = anon
+        .get(format!("{}/assets/app.js", s.url))
+        .header("if-none-match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = anon
+        .get(format!("{}/assets/vendor/uPlot.iife.min.js", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("uPlot"));
+    let r = anon
+        .get(format!("{}/assets/nothing.js", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The API still needs credentials.
+    let r = anon
+        .get(format!("{}/ws/v1/streams/inventory", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -1,0 +1,382 @@
+// The meterstream dashboards: a single page, routed by the URL's hash, talking to the server's
+// API with the credentials the user logs in with (kept in sessionStorage for the tab's life).
+// Design: docs/dashboards.md.
+
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const state = { auth: sessionStorage.getItem("meterstream.auth") };
+// What the pages drew, for the browser tests and for debugging.
+window.meterstream = { charts: {} };
+
+const esc = (s) =>
+  String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const enc = (path) => path.split("/").map(encodeURIComponent).join("/");
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (state.auth) headers.Authorization = state.auth;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, {
+    ...options,
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  const text = await r.text();
+  const body = text ? JSON.parse(text) : null;
+  if (r.status === 401) {
+    logout();
+    throw new ApiError(401, "Your session has ended; log in again.");
+  }
+  if (!r.ok) throw new ApiError(r.status, body?.error?.message || `${r.status}`);
+  return body;
+}
+
+function logout() {
+  state.auth = null;
+  sessionStorage.removeItem("meterstream.auth");
+  location.hash = "#/login";
+}
+
+document.getElementById("logout").addEventListener("click", logout);
+
+function fmtTime(iso, tz) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return d.toLocaleString(undefined, { timeZone: tz || undefined, hour12: false });
+}
+
+function fmtValue(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3).replace(/\.?0+$/, "");
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+// ---- Login ----------------------------------------------------------------------------------
+
+function loginPage() {
+  nav.hidden = true;
+  main.innerHTML = `
+    <h1>Log in</h1>
+    <form class="login" id="login">
+      <label>User name <input name="user" autocomplete="username"></label>
+      <label>Password <input name="password" type="password" autocomplete="current-password"></label>
+      <p class="muted">or</p>
+      <label>API key <input name="key" autocomplete="off" placeholder="msk_…"></label>
+      <button class="primary" type="submit">Log in</button>
+      <p class="error" id="login-error" role="alert"></p>
+    </form>`;
+  const form = document.getElementById("login");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(form);
+    const key = f.get("key").trim();
+    state.auth = key ? `Bearer ${key}` : `Basic ${btoa(`${f.get("user")}:${f.get("password")}`)}`;
+    try {
+      await api("/ws/v1/streams/folders?size=1");
+      sessionStorage.setItem("meterstream.auth", state.auth);
+      location.hash = "#/streams/";
+    } catch (err) {
+      state.auth = null;
+      document.getElementById("login-error").textContent =
+        err.status === 401 ? "Those credentials were not accepted." : err.message;
+    }
+  });
+  form.querySelector("input").focus();
+}
+
+// ---- Streams --------------------------------------------------------------------------------
+
+async function streamsPage(prefix) {
+  prefix = prefix.replace(/\/+$/, "");
+  const crumbs = ['<a href="#/streams/">all</a>'];
+  const segs = prefix.split("/").filter(Boolean);
+  segs.forEach((seg, i) => {
+    crumbs.push(`<a href="#/streams/${enc(segs.slice(0, i + 1).join("/"))}">${esc(seg)}</a>`);
+  });
+  main.innerHTML = `<h1>Data streams</h1><p class="crumbs">${crumbs.join(" / ")}</p><div id="list">Loading…</div>`;
+  const folders = [];
+  const streams = [];
+  let cursor = "";
+  for (let i = 0; i < 100; i++) {
+    const page = await api(`/ws/v1/streams/folders${prefix ? `/${enc(prefix)}` : ""}?size=1000${cursor}`);
+    for (const c of page.list) (c.kind === "folder" ? folders : streams).push(c);
+    if (!page.cursor) break;
+    cursor = `&cursor=${encodeURIComponent(page.cursor)}`;
+  }
+  const tree = folders
+    .map((f) => `<li><a class="folder" href="#/streams/${enc(f.path)}">${esc(f.name)}/</a> <span class="muted">${f.stream_count}</span></li>`)
+    .join("");
+  const rows = streams
+    .map(
+      (s) => `<tr data-stream="${esc(s.id)}">
+        <td><a class="stream" href="#/stream/${enc(s.id)}">${esc(s.name)}</a></td>
+        <td class="wide">${esc(fmtTime(s.timestamp))}</td>
+        <td class="num">${esc(fmtValue(s.value))}</td>
+        <td>${esc(s.units || "")}</td>
+        <td class="wide">${esc(s.type)}</td></tr>`,
+    )
+    .join("");
+  document.getElementById("list").innerHTML = `
+    ${folders.length ? `<ul class="tree" aria-label="Folders">${tree}</ul>` : ""}
+    ${
+      streams.length
+        ? `<div class="table-wrap"><table><thead><tr><th>Stream</th><th class="wide">Last updated</th>
+           <th>Current value</th><th>Units</th><th class="wide">Data type</th></tr></thead><tbody>${rows}</tbody></table></div>`
+        : folders.length
+          ? ""
+          : '<p class="muted">No streams here.</p>'
+    }`;
+}
+
+// ---- One stream: chart over a period, raw points ---------------------------------------------
+
+const PERIODS = { hour: 3600e3, day: 86400e3, week: 7 * 86400e3, month: 30 * 86400e3, year: 365 * 86400e3 };
+const INTERVALS = [
+  ["1m", 60e3],
+  ["5m", 300e3],
+  ["15m", 900e3],
+  ["half", 1800e3],
+  ["hour", 3600e3],
+  ["day", 86400e3],
+  ["week", 7 * 86400e3],
+  ["month", 30 * 86400e3],
+];
+
+// The finest interval that gives at most one value per two pixels of the chart.
+function intervalFor(spanMs, widthPx) {
+  const most = Math.max(10, Math.floor(widthPx / 2));
+  for (const [name, ms] of INTERVALS) if (spanMs / ms <= most) return name;
+  return "month";
+}
+
+let uplotLoaded = null;
+function loadUplot() {
+  if (!uplotLoaded) {
+    uplotLoaded = new Promise((resolve, reject) => {
+      const css = document.createElement("link");
+      css.rel = "stylesheet";
+      css.href = "/assets/vendor/uPlot.min.css";
+      document.head.appendChild(css);
+      const s = document.createElement("script");
+      s.src = "/assets/vendor/uPlot.iife.min.js";
+      s.onload = () => resolve(window.uPlot);
+      s.onerror = reject;
+      document.head.appendChild(s);
+    });
+  }
+  return uplotLoaded;
+}
+
+async function allPages(url) {
+  const out = [];
+  let cursor = "";
+  for (let i = 0; i < 1000; i++) {
+    const page = await api(url + cursor);
+    out.push(...page.list);
+    if (!page.cursor) return out;
+    cursor = `&cursor=${encodeURIComponent(page.cursor)}`;
+  }
+  return out;
+}
+
+async function streamPage(path, params) {
+  const info = await api(`/ws/v1/streams/inventory/${enc(path)}`);
+  const period = params.get("period") || "day";
+  const tz = params.get("tz") || Intl.DateTimeFormat().resolvedOptions().timeZone;
+  const end = Number(params.get("end")) || Date.now();
+  const start = Number(params.get("start")) || end - (PERIODS[period] || PERIODS.day);
+  const numeric = ["DOUBLE", "FLOAT", "INTEGER", "LONG"].includes(info.type);
+  const buttons = Object.keys(PERIODS)
+    .map((p) => `<button type="button" data-period="${p}" aria-pressed="${p === period && !params.get("start")}">${p}</button>`)
+    .join("");
+  main.innerHTML = `
+    <h1>${esc(path)}</h1>
+    <p class="muted">${esc(info.type)}${info.units ? `, ${esc(info.units)}` : ""}${info.description ? ` — ${esc(info.description)}` : ""}.
+      Current value <strong>${esc(fmtValue(info.value))}</strong> at ${esc(fmtTime(info.timestamp, tz))}.</p>
+    <div class="bar" role="group" aria-label="Period">${buttons}</div>
+    <div class="bar"><label>From <input id="from" type="datetime-local"></label>
+      <label>To <input id="to" type="datetime-local"></label><button type="button" id="range">Show</button>
+      <label>Time zone <input id="tz" value="${esc(tz)}" size="16"></label></div>
+    ${numeric ? '<div id="chart" role="img" aria-label="Chart"></div><p class="muted" id="chart-note"></p>' : ""}
+    <h2>Raw points</h2>
+    <p><a id="csv" href="#">Download CSV</a></p>
+    <div id="raw"></div>`;
+  const go = (q) => {
+    location.hash = `#/stream/${enc(path)}?${new URLSearchParams({ ...Object.fromEntries(params), ...q })}`;
+  };
+  for (const b of main.querySelectorAll("button[data-period]"))
+    b.addEventListener("click", () => go({ period: b.dataset.period, start: "", end: "" }));
+  document.getElementById("range").addEventListener("click", () => {
+    const f = Date.parse(document.getElementById("from").value);
+    const t = Date.parse(document.getElementById("to").value);
+    if (f < t) go({ start: f, end: t });
+  });
+  document.getElementById("tz").addEventListener("change", (e) => go({ tz: e.target.value }));
+  const range = `start_time=${Math.floor(start)}&end_time=${Math.floor(end)}`;
+  document.getElementById("csv").addEventListener("click", async (e) => {
+    e.preventDefault();
+    const r = await fetch(`/ws/v1/streams/history/${enc(path)}?${range}&format=csv&size=100000`, {
+      headers: { Authorization: state.auth },
+    });
+    const url = URL.createObjectURL(await r.blob());
+    const a = Object.assign(document.createElement("a"), { href: url, download: `${path.replaceAll("/", "_")}.csv` });
+    a.click();
+    URL.revokeObjectURL(url);
+  });
+  rawTable(path, range, "", tz);
+  if (numeric) await chart(path, start, end, tz);
+}
+
+async function rawTable(path, range, cursor, tz) {
+  const page = await api(`/ws/v1/streams/history/${enc(path)}?${range}&order=desc&size=50${cursor}`);
+  const rows = page.list
+    .map((p) => `<tr><td>${esc(fmtTime(p.timestamp, tz))}</td><td class="num">${esc(fmtValue(p.value))}</td><td class="wide">${esc(p.quality ?? "")}</td></tr>`)
+    .join("");
+  const raw = document.getElementById("raw");
+  raw.innerHTML = `<div class="table-wrap"><table><thead><tr><th>Time</th><th>Value</th><th class="wide">Quality</th></tr></thead>
+    <tbody>${rows || '<tr><td colspan="3" class="muted">No points in this range.</td></tr>'}</tbody></table></div>
+    ${page.cursor ? '<p><button type="button" id="older">Older points</button></p>' : ""}`;
+  document.getElementById("older")?.addEventListener("click", () =>
+    rawTable(path, range, `&cursor=${encodeURIComponent(page.cursor)}`, tz),
+  );
+}
+
+async function chart(path, start, end, tz) {
+  const el = document.getElementById("chart");
+  const interval = intervalFor(end - start, el.clientWidth || 800);
+  const base = `/ws/v1/streams/rollups/${enc(path)}?interval=${interval}&start_time=${Math.floor(start)}&end_time=${Math.floor(end)}&timezone=${encodeURIComponent(tz)}&size=100000`;
+  const [avg, min, max, uPlot] = await Promise.all([
+    allPages(`${base}&method=average`),
+    allPages(`${base}&method=min`),
+    allPages(`${base}&method=max`),
+    loadUplot(),
+  ]);
+  const ts = avg.map((p) => Date.parse(p.timestamp) / 1000);
+  const byTs = (list) => new Map(list.map((p) => [p.timestamp, p.value]));
+  const mins = byTs(min);
+  const maxs = byTs(max);
+  const data = [ts, avg.map((p) => p.value), avg.map((p) => mins.get(p.timestamp)), avg.map((p) => maxs.get(p.timestamp))];
+  window.meterstream.charts[path] = { url: `${base}&method=average`, interval, data };
+  document.getElementById("chart-note").textContent = `${interval} averages with their minimum and maximum, ${ts.length} intervals.`;
+  el.innerHTML = "";
+  const opts = {
+    width: el.clientWidth || 800,
+    height: 300,
+    tzDate: (t) => uPlot.tzDate(new Date(t * 1e3), tz),
+    cursor: { drag: { x: true, y: false } },
+    series: [
+      {},
+      { label: "average", stroke: "#0b63c5", width: 1.5 },
+      { label: "min", stroke: "#9bb8dd", width: 1 },
+      { label: "max", stroke: "#9bb8dd", width: 1 },
+    ],
+    bands: [{ series: [3, 2], fill: "rgba(11,99,197,0.12)" }],
+    hooks: {
+      // Dragging a range zooms into it: the page reloads the rollups for that range.
+      setSelect: [
+        (u) => {
+          if (u.select.width < 5) return;
+          const f = u.posToVal(u.select.left, "x") * 1000;
+          const t = u.posToVal(u.select.left + u.select.width, "x") * 1000;
+          location.hash = `#/stream/${enc(path)}?${new URLSearchParams({ start: Math.floor(f), end: Math.ceil(t), tz })}`;
+        },
+      ],
+    },
+  };
+  const u = new uPlot(opts, data, el);
+  window.meterstream.charts[path].plot = u;
+}
+
+// ---- Alarms ---------------------------------------------------------------------------------
+
+async function alarmsPage() {
+  const page = await api("/ws/v1/alerts/status?size=1000");
+  const rows = page.list
+    .map(
+      (s) => `<tr>
+      <td class="sev-${esc(s.severity)}">${esc(s.severity)}</td><td>${esc(s.alert_name || s.alert_id)}</td>
+      <td>${esc(s.source)}</td><td>${esc(s.state)}</td><td class="wide">${esc(fmtTime(s.changed))}</td>
+      <td class="num">${esc(fmtValue(s.value))}</td>
+      <td>${
+        s.state === "triggered"
+          ? `<form class="ack" data-alert="${esc(s.alert_id)}" data-source="${esc(s.source)}">
+               <input name="note" placeholder="note" aria-label="Note for ${esc(s.source)}" size="12">
+               <button type="submit">Acknowledge</button></form>`
+          : esc(s.acknowledged_by ? `by ${s.acknowledged_by}${s.note ? `: ${s.note}` : ""}` : "")
+      }</td></tr>`,
+    )
+    .join("");
+  main.innerHTML = `<h1>Alarms</h1>
+    <div class="table-wrap"><table><thead><tr><th>Severity</th><th>Alert</th><th>Source</th><th>State</th>
+    <th class="wide">Since</th><th>Value</th><th></th></tr></thead>
+    <tbody>${rows || '<tr><td colspan="7" class="muted">No active alarms.</td></tr>'}</tbody></table></div>
+    <p class="error" id="alarm-error" role="alert"></p>`;
+  for (const f of main.querySelectorAll("form.ack")) {
+    f.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const note = new FormData(f).get("note").trim();
+      try {
+        await api(`/ws/v1/alerts/status/${encodeURIComponent(f.dataset.alert)}/${enc(f.dataset.source)}`, {
+          method: "PUT",
+          body: { state: "acknowledged", ...(note ? { note } : {}) },
+        });
+        alarmsPage();
+      } catch (err) {
+        document.getElementById("alarm-error").textContent = err.message;
+      }
+    });
+  }
+}
+
+// ---- Devices --------------------------------------------------------------------------------
+
+async function devicesPage() {
+  const list = await allPages("/ws/v1/devices/inventory?size=1000");
+  const rows = list
+    .map(
+      (d) => `<tr><td><a href="#/streams/${enc(`${d.id}/`)}">${esc(d.id)}</a></td>
+      <td>${d.connected ? "connected" : "disconnected"}</td><td>${esc(d.health || "")}</td>
+      <td class="wide">${esc(fmtTime(d.last_seen))}</td><td class="wide">${esc(d.group || "")}</td></tr>`,
+    )
+    .join("");
+  main.innerHTML = `<h1>Devices</h1><div class="table-wrap"><table><thead><tr><th>Device</th><th>Connection</th>
+    <th>Health</th><th class="wide">Last seen</th><th class="wide">Group</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+}
+
+// ---- Router ---------------------------------------------------------------------------------
+
+async function route() {
+  const [rawPath, query] = (location.hash.slice(1) || "/streams/").split("?");
+  const path = decodeURIComponent(rawPath);
+  const params = new URLSearchParams(query || "");
+  if (!state.auth && path !== "/login") {
+    location.hash = "#/login";
+    return;
+  }
+  for (const a of nav.querySelectorAll("a"))
+    a.toggleAttribute("aria-current", path.startsWith(a.getAttribute("href").slice(1).replace(/\/$/, "")));
+  for (const a of nav.querySelectorAll("a[aria-current]")) a.setAttribute("aria-current", "page");
+  try {
+    if (path === "/login") return loginPage();
+    nav.hidden = false;
+    if (path.startsWith("/streams/")) await streamsPage(path.slice("/streams/".length));
+    else if (path.startsWith("/stream/")) await streamPage(path.slice("/stream/".length), params);
+    else if (path === "/alarms") await alarmsPage();
+    else if (path === "/devices") await devicesPage();
+    else main.innerHTML = '<h1>Not found</h1><p><a href="#/streams/">Streams</a></p>';
+  } catch (err) {
+    if (err.status !== 401) main.innerHTML = `<h1>Something went wrong</h1><p class="error">${esc(err.message)}</p>`;
+  }
+  main.focus({ preventScroll: true });
+}
+
+window.addEventListener("hashchange", route);
+route();

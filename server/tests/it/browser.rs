@@ -1,0 +1,322 @@
+//! The dashboards in a real headless browser: Debian's chromium driven through chromedriver by a
+//! small WebDriver client (W3C WebDriver is JSON over HTTP; reqwest is enough). The tests log
+//! in, browse the tree to a stream, open its chart and check that it drew the values the API
+//! answers for that range; acknowledge an alarm; and check that nothing overflows at 375 px.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+pub struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::blocking::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Chromium, headless, with an empty profile, at `width` × 900 pixels.
+    pub fn start(width: u32) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver) runs");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update",
+                         "--disable-sync", "--disable-dev-shm-usage",
+                         format!("--user-data-dir={}", profile.path().display()),
+                         format!("--window-size={width},900")]
+            }
+        }}});
+        if width < 500 {
+            // Chromium keeps windows at least 500 px wide; a phone's viewport is emulated.
+            caps["capabilities"]["alwaysMatch"]["goog:chromeOptions"]["mobileEmulation"] =
+                json!({"deviceMetrics": {"width": width, "height": 812, "pixelRatio": 2}});
+        }
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url).json(&body),
+        };
+        let v: Value = req.send().unwrap().json().unwrap();
+        v["value"].clone()
+    }
+
+    pub fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", json!({"url": url}));
+    }
+
+    /// The first element matching `css`, waiting up to 10 s for it.
+    pub fn find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.cmd(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            );
+            if let Some(id) = v[ELEMENT].as_str() {
+                return id.to_string();
+            }
+            assert!(Instant::now() < deadline, "no element {css:?}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn click(&self, css: &str) {
+        let id = self.find(css);
+        self.cmd("POST", &format!("/element/{id}/click"), json!({}));
+    }
+
+    pub fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        );
+    }
+
+    /// Runs `script` (a function body) in the page and returns what it returns.
+    pub fn eval(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Waits (up to 10 s) until `script` returns something truthy, and returns it.
+    pub fn wait_for(&self, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.eval(script);
+            if !(v.is_null() || v == json!(false) || v == json!("")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "never true: {script}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine as _;
+        let v = self.cmd("GET", "/screenshot", Value::Null);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.cmd("DELETE", "", Value::Null);
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A server with two hours of a voltage stream (one point a minute) and a status stream.
+fn server_with_data() -> (TestServer, i64) {
+    let s = TestServer::start();
+    let now = meterstream_storage::time::now_ms() / 60_000 * 60_000;
+    let pts: Vec<Value> = (0..120)
+        .map(|i| {
+            json!({"stream_id": "gw-7/pst04/voltage_l1", "timestamp": now - (119 - i) * 60_000,
+                   "value": 230.0 + (i % 7) as f64 * 0.5, "stream_units": "V"})
+        })
+        .chain([json!({"stream_id": "gw-7/pst04/status", "value": "active"})])
+        .collect();
+    assert_eq!(s.post_json(&json!(pts)).status().as_u16(), 201);
+    (s, now)
+}
+
+fn log_in(b: &Browser, s: &TestServer) {
+    b.goto(&format!("{}/", s.url));
+    b.type_into("input[name=key]", ADMIN_KEY);
+    b.click("form.login button[type=submit]");
+    b.find("ul.tree a.folder");
+}
+
+/// Where the tests leave their screenshots: `METERSTREAM_SCREENSHOTS` if set (the README's come
+/// from `METERSTREAM_SCREENSHOTS=$PWD/docs/screenshots cargo test -p meterstream-server browser`),
+/// else a directory under the build's temporary folder.
+fn shots() -> std::path::PathBuf {
+    let d = std::env::var_os("METERSTREAM_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn log_in_browse_to_a_stream_and_its_chart_draws_what_the_api_answers() {
+    let (s, _now) = server_with_data();
+    let b = Browser::start(1280);
+    // Without credentials the app asks for them; wrong ones are refused with a message.
+    b.goto(&format!("{}/", s.url));
+    b.type_into(
+        "input[name=key]",
+        "msk_nobody_000000000000000000000000000000",
+    );
+    b.click("form.login button[type=submit]");
+    let msg = b.wait_for("return document.getElementById('login-error')?.textContent");
+    assert!(msg.as_str().unwrap().contains("not accepted"), "{msg}");
+    b.eval("document.querySelector('input[name=key]').value = ''; return 1;");
+    b.type_into("input[name=key]", ADMIN_KEY);
+    b.click("form.login button[type=submit]");
+    // The tree: gw-7 / pst04 / voltage_l1.
+    b.click("ul.tree a.folder[href='#/streams/gw-7']");
+    b.click("ul.tree a.folder[href='#/streams/gw-7/pst04']");
+    let row = b.wait_for(
+        "const r = document.querySelector('tr[data-stream=\"gw-7/pst04/voltage_l1\"]'); return r && r.innerText;",
+    );
+    let row = row.as_str().unwrap();
+    assert!(
+        row.contains("voltage_l1") && row.contains("V") && row.contains("DOUBLE"),
+        "{row}"
+    );
+    b.screenshot(&shots().join("streams.png"));
+    // The first view's weight, without the API's answers: under 200 KB.
+    let bytes = b.eval(
+        "return performance.getEntriesByType('navigation')[0].transferSize + performance.getEntriesByType('resource').filter(r => !r.name.includes('/ws/')).reduce((a, r) => a + r.transferSize, 0);",
+    );
+    let bytes = bytes.as_f64().unwrap();
+    assert!(bytes > 1000.0 && bytes < 200_000.0, "{bytes} bytes");
+    b.click("a.stream[href='#/stream/gw-7/pst04/voltage_l1']");
+    b.click("button[data-period=day]");
+    let drawn = b.wait_for(
+        "const c = window.meterstream.charts['gw-7/pst04/voltage_l1']; return c && c.plot && {url: c.url, interval: c.interval, ts: c.data[0], avg: c.data[1]};",
+    );
+    // The chart drew exactly what the API answers for the same query.
+    let url = drawn["url"].as_str().unwrap();
+    let (st, api) = s.get_json(url);
+    assert_eq!(st, 200, "{api}");
+    let api_ts: Vec<i64> = api["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ms(p["timestamp"].as_str().unwrap()) / 1000)
+        .collect();
+    let api_avg: Vec<f64> = api["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    let ts: Vec<i64> = drawn["ts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap() as i64)
+        .collect();
+    let avg: Vec<f64> = drawn["avg"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(!api_ts.is_empty());
+    assert_eq!(ts, api_ts);
+    assert_eq!(avg, api_avg);
+    // A day over a 1280 px chart: 5-minute intervals (288 of them fit, 1-minute ones do not).
+    assert_eq!(drawn["interval"], "5m");
+    // uPlot drew it: a canvas of the chart's size.
+    let canvas =
+        b.wait_for("const c = document.querySelector('#chart canvas'); return c && c.width;");
+    assert!(canvas.as_u64().unwrap() > 600);
+    b.screenshot(&shots().join("stream.png"));
+}
+
+#[test]
+fn at_phone_width_nothing_overflows() {
+    let (s, _) = server_with_data();
+    let b = Browser::start(375);
+    log_in(&b, &s);
+    assert_eq!(b.eval("return window.innerWidth;"), json!(375));
+    for hash in [
+        "#/streams/gw-7/pst04",
+        "#/stream/gw-7/pst04/voltage_l1",
+        "#/alarms",
+        "#/devices",
+    ] {
+        b.goto(&format!("{}/{hash}", s.url));
+        b.wait_for("return document.querySelector('main h1') && !document.querySelector('main').innerText.includes('Loading');");
+        let over = b.eval(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        );
+        assert!(over.as_i64().unwrap() <= 0, "{hash} overflows by {over} px");
+    }
+    b.goto(&format!("{}/#/stream/gw-7/pst04/voltage_l1", s.url));
+    b.wait_for("return document.querySelector('#chart canvas');");
+    b.screenshot(&shots().join("phone.png"));
+}
+
+#[test]
+fn an_alarm_acknowledged_in_the_browser_is_acknowledged_in_the_api() {
+    let (s, now) = server_with_data();
+    let mut rule = crate::alarms::undervoltage("*/pst04/voltage_l2");
+    rule["rule"]["fire"]["duration_ms"] = json!(0);
+    let id = crate::alarms::create_alert(&s, &rule);
+    crate::alarms::post(&s, "gw-7/pst04/voltage_l2", now, &[(0, 190.0)]);
+    crate::alarms::evaluated(&s);
+    let b = Browser::start(1280);
+    log_in(&b, &s);
+    b.goto(&format!("{}/#/alarms", s.url));
+    b.type_into("form.ack input[name=note]", "crew on site");
+    b.click("form.ack button[type=submit]");
+    b.wait_for("return !document.querySelector('form.ack') && document.querySelector('main table').innerText.includes('acknowledged');");
+    let (_, v) = s.get_json(&format!("/ws/v1/alerts/status?alert_id={id}"));
+    assert_eq!(v["list"][0]["state"], "acknowledged");
+    assert_eq!(v["list"][0]["note"], "crew on site");
+    b.screenshot(&shots().join("alarms.png"));
+}
