@@ -59,6 +59,52 @@ function fmtValue(v) {
   return String(v);
 }
 
+// ---- Live updates: Server-Sent Events read through fetch (EventSource cannot send the
+// Authorization header). One subscription per page; changing page ends it. ------------------
+
+let live = null;
+function subscribe(query, handlers) {
+  live?.abort();
+  const ctl = new AbortController();
+  live = ctl;
+  (async () => {
+    try {
+      const r = await fetch(`/ws/v1/events?${query}`, { headers: { Authorization: state.auth }, signal: ctl.signal });
+      if (!r.ok || !r.body) return;
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          let event = "message";
+          let data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) event = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data && handlers[event]) handlers[event](JSON.parse(data));
+        }
+      }
+    } catch (e) {
+      if (e.name === "AbortError") return;
+    }
+    // The connection ended (server restart, network): try again in 5 s unless the page changed.
+    if (!ctl.signal.aborted) setTimeout(() => live === ctl && subscribe(query, handlers), 5000);
+  })();
+}
+
+function debounce(f, ms) {
+  let t = null;
+  return () => {
+    if (t === null) t = setTimeout(() => ((t = null), f()), ms);
+  };
+}
+
 // ---- Login ----------------------------------------------------------------------------------
 
 function loginPage() {
@@ -118,8 +164,8 @@ async function streamsPage(prefix) {
     .map(
       (s) => `<tr data-stream="${esc(s.id)}">
         <td><a class="stream" href="#/stream/${enc(s.id)}">${esc(s.name)}</a></td>
-        <td class="wide">${esc(fmtTime(s.timestamp))}</td>
-        <td class="num">${esc(fmtValue(s.value))}</td>
+        <td class="wide time">${esc(fmtTime(s.timestamp))}</td>
+        <td class="num value">${esc(fmtValue(s.value))}</td>
         <td>${esc(s.units || "")}</td>
         <td class="wide">${esc(s.type)}</td></tr>`,
     )
@@ -134,6 +180,20 @@ async function streamsPage(prefix) {
           ? ""
           : '<p class="muted">No streams here.</p>'
     }`;
+  if (streams.length) {
+    const rowsById = new Map([...main.querySelectorAll("tr[data-stream]")].map((r) => [r.dataset.stream, r]));
+    subscribe(`streams=${encodeURIComponent(streams.slice(0, 500).map((s) => s.id).join(","))}`, {
+      points: (e) => {
+        const row = rowsById.get(e.stream_id);
+        const last = e.points.reduce((a, p) => (p[0] > a[0] ? p : a), e.points[0]);
+        const shown = Number(row?.dataset.ts || 0);
+        if (!row || last[0] < shown) return;
+        row.dataset.ts = last[0];
+        row.querySelector(".value").textContent = fmtValue(last[1]);
+        row.querySelector(".time").textContent = fmtTime(new Date(last[0]).toISOString());
+      },
+    });
+  }
 }
 
 // ---- One stream: chart over a period, raw points ---------------------------------------------
@@ -200,7 +260,7 @@ async function streamPage(path, params) {
   main.innerHTML = `
     <h1>${esc(path)}</h1>
     <p class="muted">${esc(info.type)}${info.units ? `, ${esc(info.units)}` : ""}${info.description ? ` — ${esc(info.description)}` : ""}.
-      Current value <strong>${esc(fmtValue(info.value))}</strong> at ${esc(fmtTime(info.timestamp, tz))}.</p>
+      Current value <strong id="current">${esc(fmtValue(info.value))}</strong> at <span id="current-time">${esc(fmtTime(info.timestamp, tz))}</span>.</p>
     <div class="bar" role="group" aria-label="Period">${buttons}</div>
     <div class="bar"><label>From <input id="from" type="datetime-local"></label>
       <label>To <input id="to" type="datetime-local"></label><button type="button" id="range">Show</button>
@@ -233,6 +293,26 @@ async function streamPage(path, params) {
   });
   rawTable(path, range, "", tz);
   if (numeric) await chart(path, start, end, tz);
+  // New points: the current value at once; a chart of the recent past is drawn again, at most
+  // every 5 s, over a period that ends now.
+  const following = !params.get("end");
+  let newest = Date.parse(info.timestamp || 0) || 0;
+  const redraw = debounce(() => {
+    const now = Date.now();
+    if (numeric) chart(path, now - (PERIODS[period] || PERIODS.day), now, tz);
+  }, 5000);
+  subscribe(`streams=${encodeURIComponent(path)}`, {
+    points: (e) => {
+      for (const [ts, v] of e.points) {
+        if (ts >= newest) {
+          newest = ts;
+          document.getElementById("current").textContent = fmtValue(v);
+          document.getElementById("current-time").textContent = fmtTime(new Date(ts).toISOString(), tz);
+        }
+      }
+      if (following) redraw();
+    },
+  });
 }
 
 async function rawTable(path, range, cursor, tz) {
@@ -298,6 +378,11 @@ async function chart(path, start, end, tz) {
 // ---- Alarms ---------------------------------------------------------------------------------
 
 async function alarmsPage() {
+  await renderAlarms();
+  subscribe("alarms=true", { alarm: debounce(renderAlarms, 300) });
+}
+
+async function renderAlarms() {
   const page = await api("/ws/v1/alerts/status?size=1000");
   const rows = page.list
     .map(
@@ -328,7 +413,7 @@ async function alarmsPage() {
           method: "PUT",
           body: { state: "acknowledged", ...(note ? { note } : {}) },
         });
-        alarmsPage();
+        renderAlarms();
       } catch (err) {
         document.getElementById("alarm-error").textContent = err.message;
       }
@@ -364,6 +449,8 @@ async function route() {
   for (const a of nav.querySelectorAll("a"))
     a.toggleAttribute("aria-current", path.startsWith(a.getAttribute("href").slice(1).replace(/\/$/, "")));
   for (const a of nav.querySelectorAll("a[aria-current]")) a.setAttribute("aria-current", "page");
+  live?.abort();
+  live = null;
   try {
     if (path === "/login") return loginPage();
     nav.hidden = false;

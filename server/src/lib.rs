@@ -18,6 +18,7 @@
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
 //! - [`webhook`]: Standard Webhooks signatures for monitors.
+//! - [`live`]: Server-Sent Events of new points and alarm changes, for the dashboards.
 //! - [`monitors`]: monitors (`/ws/v1/monitors/inventory`): where events are pushed.
 //! - [`delivery`]: the monitors' workers: batches, signatures, retries, statuses.
 //! - [`dashboards`]: the web interface, embedded at build time, served at `/`.
@@ -38,6 +39,7 @@ pub mod filter;
 pub mod history;
 pub mod ingest;
 pub mod inventory;
+pub mod live;
 pub mod metrics;
 pub mod monitors;
 pub mod params;
@@ -132,6 +134,8 @@ pub struct AppState {
     pub evaluator: Arc<evaluator::Evaluator>,
     /// The monitors' delivery.
     pub dispatcher: Arc<delivery::Dispatcher>,
+    /// Live updates for the dashboards.
+    pub live: Arc<live::Live>,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -378,6 +382,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/ws/v1/credentials/{id}").route(web::delete().to(auth::revoke_credential)),
         )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
+        .service(resource("/ws/v1/events").route(web::get().to(live::events)))
         .service(resource("/health").route(web::get().to(health)))
         .service(resource("/").route(web::get().to(dashboards::index)))
         .service(resource("/assets/{name:.*}").route(web::get().to(dashboards::file)));
@@ -445,7 +450,14 @@ pub async fn run(
         devices.registry.clone(),
         cfg.webhook_retry_window,
     ));
+    let live = {
+        let (s, r) = (store.clone(), devices.registry.clone());
+        tokio::task::spawn_blocking(move || live::Live::new(s, r))
+            .await
+            .map_err(std::io::Error::other)?
+    };
     let state = web::Data::new(AppState {
+        live,
         dispatcher: dispatcher.clone(),
         evaluator: evaluator.clone(),
         metrics: Metrics::new(&*store),

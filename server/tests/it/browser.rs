@@ -320,3 +320,33 @@ fn an_alarm_acknowledged_in_the_browser_is_acknowledged_in_the_api() {
     assert_eq!(v["list"][0]["note"], "crew on site");
     b.screenshot(&shots().join("alarms.png"));
 }
+
+#[test]
+fn new_points_and_alarms_appear_live_without_polling() {
+    let (s, now) = server_with_data();
+    let mut rule = crate::alarms::undervoltage("*/pst04/voltage_l3");
+    rule["rule"]["fire"]["duration_ms"] = json!(0);
+    crate::alarms::create_alert(&s, &rule);
+    let b = Browser::start(1280);
+    log_in(&b, &s);
+    b.goto(&format!("{}/#/streams/gw-7/pst04", s.url));
+    b.find("tr[data-stream='gw-7/pst04/voltage_l1'] .value");
+    std::thread::sleep(Duration::from_millis(500)); // the subscription is open
+    let fetches = "return performance.getEntriesByType('resource').filter(r => r.name.includes('/ws/v1/streams/folders')).length;";
+    let before = b.eval(fetches);
+    crate::alarms::post(&s, "gw-7/pst04/voltage_l1", now, &[(60, 999.5)]);
+    let shown = b.wait_for(
+        "const c = document.querySelector(\"tr[data-stream='gw-7/pst04/voltage_l1'] .value\"); return c.textContent === '999.5' && c.textContent;",
+    );
+    assert_eq!(shown, "999.5");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.eval(fetches), before, "the page fetched the folder again");
+    // The alarms page shows a new alarm as it happens.
+    b.goto(&format!("{}/#/alarms", s.url));
+    b.wait_for("return document.querySelector('main h1')?.textContent === 'Alarms' && document.querySelector('main table');");
+    std::thread::sleep(Duration::from_millis(500));
+    crate::alarms::post(&s, "gw-7/pst04/voltage_l3", now, &[(0, 180.0)]);
+    b.wait_for(
+        "return document.querySelector('main table').innerText.includes('gw-7/pst04/voltage_l3');",
+    );
+}
