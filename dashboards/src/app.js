@@ -147,7 +147,15 @@ async function streamsPage(prefix) {
   segs.forEach((seg, i) => {
     crumbs.push(`<a href="#/streams/${enc(segs.slice(0, i + 1).join("/"))}">${esc(seg)}</a>`);
   });
-  main.innerHTML = `<h1>Data streams</h1><p class="crumbs">${crumbs.join(" / ")}</p><div id="list">Loading…</div>`;
+  main.innerHTML = `<h1>Data streams</h1>
+    <form class="bar" id="search" role="search"><label>Find <input name="q" placeholder="gw1/ or */pst04/voltage_l1" size="28"></label>
+      <button type="submit">Search</button></form>
+    <p class="crumbs">${crumbs.join(" / ")}</p><div id="list">Loading…</div>`;
+  document.getElementById("search").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new FormData(e.target).get("q").trim();
+    if (q) location.hash = `#/search?q=${encodeURIComponent(q)}`;
+  });
   const folders = [];
   const streams = [];
   let cursor = "";
@@ -160,26 +168,29 @@ async function streamsPage(prefix) {
   const tree = folders
     .map((f) => `<li><a class="folder" href="#/streams/${enc(f.path)}">${esc(f.name)}/</a> <span class="muted">${f.stream_count}</span></li>`)
     .join("");
+  document.getElementById("list").innerHTML = `
+    ${folders.length ? `<ul class="tree" aria-label="Folders">${tree}</ul>` : ""}
+    ${streams.length ? streamTable(streams) : folders.length ? "" : '<p class="muted">No streams here.</p>'}`;
+  followValues(streams);
+}
+
+function streamTable(streams) {
   const rows = streams
     .map(
       (s) => `<tr data-stream="${esc(s.id)}">
-        <td><a class="stream" href="#/stream/${enc(s.id)}">${esc(s.name)}</a></td>
+        <td><a class="stream" href="#/stream/${enc(s.id)}">${esc(s.name || s.id)}</a></td>
         <td class="wide time">${esc(fmtTime(s.timestamp))}</td>
         <td class="num value">${esc(fmtValue(s.value))}</td>
         <td>${esc(s.units || "")}</td>
         <td class="wide">${esc(s.type)}</td></tr>`,
     )
     .join("");
-  document.getElementById("list").innerHTML = `
-    ${folders.length ? `<ul class="tree" aria-label="Folders">${tree}</ul>` : ""}
-    ${
-      streams.length
-        ? `<div class="table-wrap"><table><thead><tr><th>Stream</th><th class="wide">Last updated</th>
-           <th>Current value</th><th>Units</th><th class="wide">Data type</th></tr></thead><tbody>${rows}</tbody></table></div>`
-        : folders.length
-          ? ""
-          : '<p class="muted">No streams here.</p>'
-    }`;
+  return `<div class="table-wrap"><table><thead><tr><th>Stream</th><th class="wide">Last updated</th>
+    <th>Current value</th><th>Units</th><th class="wide">Data type</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+}
+
+// The values of the streams on screen follow new points.
+function followValues(streams) {
   if (streams.length) {
     const rowsById = new Map([...main.querySelectorAll("tr[data-stream]")].map((r) => [r.dataset.stream, r]));
     subscribe(`streams=${encodeURIComponent(streams.slice(0, 500).map((s) => s.id).join(","))}`, {
@@ -194,6 +205,36 @@ async function streamsPage(prefix) {
       },
     });
   }
+}
+
+// A pattern (`*` = one segment) as a test of paths.
+function patternTest(pattern) {
+  const segs = pattern.split("/");
+  return (path) => {
+    const p = path.split("/");
+    return p.length === segs.length && segs.every((s, i) => s === "*" || s === p[i]);
+  };
+}
+
+async function searchPage(params) {
+  const q = params.get("q") || "";
+  main.innerHTML = `<h1>Streams matching ${esc(q)}</h1><div id="list">Loading…</div>`;
+  // The part before the first `*` narrows the listing on the server; the rest is matched here.
+  const prefix = q.split("*")[0];
+  const test = q.includes("*") ? patternTest(q) : () => true;
+  const query = encodeURIComponent(`id startsWith '${prefix.replaceAll("'", "''")}'`);
+  const found = [];
+  let cursor = "";
+  for (let i = 0; i < 20 && found.length < 1000; i++) {
+    const page = await api(`/ws/v1/streams/inventory?size=1000&query=${query}${cursor}`);
+    found.push(...page.list.filter((x) => test(x.id)));
+    if (!page.cursor) break;
+    cursor = `&cursor=${encodeURIComponent(page.cursor)}`;
+  }
+  document.getElementById("list").innerHTML = found.length
+    ? `<p class="muted">${found.length}${found.length >= 1000 ? "+" : ""} streams.</p>${streamTable(found)}`
+    : '<p class="muted">No streams match.</p>';
+  followValues(found);
 }
 
 // ---- One stream: chart over a period, raw points ---------------------------------------------
@@ -265,6 +306,7 @@ async function streamPage(path, params) {
     <div class="bar"><label>From <input id="from" type="datetime-local"></label>
       <label>To <input id="to" type="datetime-local"></label><button type="button" id="range">Show</button>
       <label>Time zone <input id="tz" value="${esc(tz)}" size="16"></label></div>
+    ${numeric ? `<div class="bar"><label>Overlay <input id="overlay" value="${esc(params.get("overlay") || "")}" placeholder="other stream ids, comma-separated" size="36"></label></div>` : ""}
     ${numeric ? '<div id="chart" role="img" aria-label="Chart"></div><p class="muted" id="chart-note"></p>' : ""}
     <h2>Raw points</h2>
     <p><a id="csv" href="#">Download CSV</a></p>
@@ -280,6 +322,8 @@ async function streamPage(path, params) {
     if (f < t) go({ start: f, end: t });
   });
   document.getElementById("tz").addEventListener("change", (e) => go({ tz: e.target.value }));
+  document.getElementById("overlay")?.addEventListener("change", (e) => go({ overlay: e.target.value.replaceAll(" ", "") }));
+  const overlay = (params.get("overlay") || "").split(",").filter(Boolean).slice(0, 8);
   const range = `start_time=${Math.floor(start)}&end_time=${Math.floor(end)}`;
   document.getElementById("csv").addEventListener("click", async (e) => {
     e.preventDefault();
@@ -292,14 +336,14 @@ async function streamPage(path, params) {
     URL.revokeObjectURL(url);
   });
   rawTable(path, range, "", tz);
-  if (numeric) await chart(path, start, end, tz);
+  if (numeric) await chart(path, start, end, tz, overlay);
   // New points: the current value at once; a chart of the recent past is drawn again, at most
   // every 5 s, over a period that ends now.
   const following = !params.get("end");
   let newest = Date.parse(info.timestamp || 0) || 0;
   const redraw = debounce(() => {
     const now = Date.now();
-    if (numeric) chart(path, now - (PERIODS[period] || PERIODS.day), now, tz);
+    if (numeric) chart(path, now - (PERIODS[period] || PERIODS.day), now, tz, overlay);
   }, 5000);
   subscribe(`streams=${encodeURIComponent(path)}`, {
     points: (e) => {
@@ -329,21 +373,29 @@ async function rawTable(path, range, cursor, tz) {
   );
 }
 
-async function chart(path, start, end, tz) {
+const COLORS = ["#c2410c", "#15803d", "#7c3aed", "#be185d", "#0e7490", "#a16207", "#4d7c0f", "#1d4ed8"];
+
+async function chart(path, start, end, tz, overlay = []) {
   const el = document.getElementById("chart");
   const interval = intervalFor(end - start, el.clientWidth || 800);
   const base = `/ws/v1/streams/rollups/${enc(path)}?interval=${interval}&start_time=${Math.floor(start)}&end_time=${Math.floor(end)}&timezone=${encodeURIComponent(tz)}&size=100000`;
-  const [avg, min, max, uPlot] = await Promise.all([
+  const others = (p) => base.replace(`/rollups/${enc(path)}?`, `/rollups/${enc(p)}?`) + "&method=average";
+  const [avg, min, max, uPlot, ...extra] = await Promise.all([
     allPages(`${base}&method=average`),
     allPages(`${base}&method=min`),
     allPages(`${base}&method=max`),
     loadUplot(),
+    ...overlay.map((p) => allPages(others(p)).catch(() => [])),
   ]);
   const ts = avg.map((p) => Date.parse(p.timestamp) / 1000);
   const byTs = (list) => new Map(list.map((p) => [p.timestamp, p.value]));
   const mins = byTs(min);
   const maxs = byTs(max);
   const data = [ts, avg.map((p) => p.value), avg.map((p) => mins.get(p.timestamp)), avg.map((p) => maxs.get(p.timestamp))];
+  for (const list of extra) {
+    const m = byTs(list);
+    data.push(avg.map((p) => m.get(p.timestamp) ?? null));
+  }
   window.meterstream.charts[path] = { url: `${base}&method=average`, interval, data };
   document.getElementById("chart-note").textContent = `${interval} averages with their minimum and maximum, ${ts.length} intervals.`;
   el.innerHTML = "";
@@ -357,6 +409,7 @@ async function chart(path, start, end, tz) {
       { label: "average", stroke: "#0b63c5", width: 1.5 },
       { label: "min", stroke: "#9bb8dd", width: 1 },
       { label: "max", stroke: "#9bb8dd", width: 1 },
+      ...overlay.map((p, i) => ({ label: p, stroke: COLORS[i % COLORS.length], width: 1.5 })),
     ],
     bands: [{ series: [3, 2], fill: "rgba(11,99,197,0.12)" }],
     hooks: {
@@ -427,13 +480,177 @@ async function devicesPage() {
   const list = await allPages("/ws/v1/devices/inventory?size=1000");
   const rows = list
     .map(
-      (d) => `<tr><td><a href="#/streams/${enc(`${d.id}/`)}">${esc(d.id)}</a></td>
+      (d) => `<tr><td><a href="#/device/${encodeURIComponent(d.id)}">${esc(d.id)}</a>
+      <a class="muted" href="#/streams/${enc(d.id)}">streams</a></td>
       <td>${d.connected ? "connected" : "disconnected"}</td><td>${esc(d.health || "")}</td>
       <td class="wide">${esc(fmtTime(d.last_seen))}</td><td class="wide">${esc(d.group || "")}</td></tr>`,
     )
     .join("");
   main.innerHTML = `<h1>Devices</h1><div class="table-wrap"><table><thead><tr><th>Device</th><th>Connection</th>
     <th>Health</th><th class="wide">Last seen</th><th class="wide">Group</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+}
+
+// ---- Fleet: one channel summed (or averaged) across a pattern -----------------------------
+
+async function fleetPage(params) {
+  const pattern = params.get("pattern") || "*/*/active_power";
+  const interval = params.get("interval") || "15m";
+  const mode = params.get("mode") || "sum"; // sum: the fleet's total; energy: increase per interval, summed
+  const period = params.get("period") || "day";
+  const tz = params.get("tz") || Intl.DateTimeFormat().resolvedOptions().timeZone;
+  const end = Date.now();
+  const start = end - (PERIODS[period] || PERIODS.day);
+  const opt = (list, v) => list.map((x) => `<option ${x === v ? "selected" : ""}>${x}</option>`).join("");
+  main.innerHTML = `<h1>Fleet</h1>
+    <form class="bar" id="fleet">
+      <label>Streams <input name="pattern" value="${esc(pattern)}" size="26"></label>
+      <label>Interval <select name="interval">${opt(["1m", "5m", "15m", "half", "hour", "day"], interval)}</select></label>
+      <label>Show <select name="mode">${opt(["sum", "average", "energy"], mode)}</select></label>
+      <label>Period <select name="period">${opt(Object.keys(PERIODS), period)}</select></label>
+      <button type="submit">Show</button></form>
+    <div id="chart" role="img" aria-label="Fleet chart"></div><p class="muted" id="chart-note"></p>`;
+  document.getElementById("fleet").addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#/fleet?${new URLSearchParams([...new FormData(e.target)])}`;
+  });
+  const method = mode === "energy" ? "increase" : "average";
+  const aggregate = mode === "average" ? "average" : "sum";
+  const url = `/ws/v1/streams/rollups/${enc(pattern)}?interval=${interval}&method=${method}&aggregate=${aggregate}&start_time=${start}&end_time=${end}&timezone=${encodeURIComponent(tz)}&size=100000`;
+  const [list, uPlot] = await Promise.all([allPages(url), loadUplot()]);
+  const data = [list.map((p) => Date.parse(p.timestamp) / 1000), list.map((p) => p.value)];
+  window.meterstream.charts.fleet = { url, data };
+  const el = document.getElementById("chart");
+  document.getElementById("chart-note").textContent =
+    `${mode === "energy" ? "Energy per interval (increase of the counters), summed" : `${aggregate} of the ${interval} averages`} over ${pattern}: ${list.length} intervals.`;
+  el.innerHTML = "";
+  const bars = mode === "energy" && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.8] }) : undefined;
+  new uPlot(
+    {
+      width: el.clientWidth || 800,
+      height: 300,
+      tzDate: (t) => uPlot.tzDate(new Date(t * 1e3), tz),
+      series: [{}, { label: mode, stroke: "#0b63c5", fill: bars ? "rgba(11,99,197,0.35)" : undefined, width: 1.5, paths: bars }],
+    },
+    data,
+    el,
+  );
+}
+
+// ---- Monitors -------------------------------------------------------------------------------
+
+async function monitorsPage() {
+  const page = await api("/ws/v1/monitors/inventory");
+  const rows = await Promise.all(
+    page.list.map(async (m) => {
+      const h = await api(`/ws/v1/monitors/history/${encodeURIComponent(m.id)}?size=5`).catch(() => ({ list: [] }));
+      const failures = h.list.filter((d) => !d.ok);
+      return `<tr data-monitor="${esc(m.id)}"><td>${esc(m.id)}</td><td>${esc(m.topics.join(", "))}</td>
+        <td>${esc(m.url)}</td><td>${esc(m.status)}${m.reason ? `<br><span class="muted">${esc(m.reason)}</span>` : ""}</td>
+        <td class="wide">${esc(fmtTime(m.last_sent))}</td>
+        <td class="wide">${failures.map((d) => `${esc(fmtTime(d.time))}: ${esc(d.error || d.status)}
+          <button type="button" class="replay" data-attempt="${d.attempt}">Replay</button>`).join("<br>")}</td>
+        <td><button type="button" class="reset">Reset</button></td></tr>`;
+    }),
+  );
+  main.innerHTML = `<h1>Monitors</h1>
+    <div class="table-wrap"><table><thead><tr><th>Id</th><th>Topics</th><th>URL</th><th>Status</th>
+      <th class="wide">Last delivery</th><th class="wide">Recent failures</th><th></th></tr></thead>
+      <tbody>${rows.join("") || '<tr><td colspan="7" class="muted">No monitors.</td></tr>'}</tbody></table></div>
+    <h2>New monitor</h2>
+    <form id="new-monitor" class="login">
+      <label>Topics <input name="topics" value="AlarmStatus" size="30"></label>
+      <label>URL <input name="url" type="url" required size="30"></label>
+      <label>Batch size <input name="batch_size" type="number" value="100" min="1" max="10000"></label>
+      <label>Batch duration, s <input name="batch_duration" type="number" value="10" min="0" step="0.1"></label>
+      <label><input name="persistent" type="checkbox" checked> Keep events while the receiver fails</label>
+      <button class="primary" type="submit">Create</button>
+      <p id="monitor-out" role="status"></p>
+    </form>`;
+  for (const b of main.querySelectorAll("button.reset, button.replay")) {
+    b.addEventListener("click", async () => {
+      const id = encodeURIComponent(b.closest("tr").dataset.monitor);
+      const url = b.classList.contains("reset")
+        ? `/ws/v1/monitors/inventory/${id}/reset`
+        : `/ws/v1/monitors/history/${id}/${b.dataset.attempt}/replay`;
+      try {
+        await api(url, { method: "POST" });
+        monitorsPage();
+      } catch (err) {
+        document.getElementById("monitor-out").textContent = err.message;
+      }
+    });
+  }
+  document.getElementById("new-monitor").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try {
+      const m = await api("/ws/v1/monitors/inventory", {
+        method: "POST",
+        body: {
+          topics: f.get("topics").split(",").map((t) => t.trim()).filter(Boolean),
+          url: f.get("url"),
+          batch_size: Number(f.get("batch_size")),
+          batch_duration: Number(f.get("batch_duration")),
+          persistent: f.get("persistent") === "on",
+        },
+      });
+      document.getElementById("monitor-out").textContent = `Created ${m.id}. Its signing secret, shown only now: ${m.secret}`;
+    } catch (err) {
+      document.getElementById("monitor-out").textContent = err.message;
+    }
+  });
+}
+
+// ---- One device: status, meters, commands ---------------------------------------------------
+
+async function devicePage(id) {
+  const d = await api(`/ws/v1/devices/inventory/${encodeURIComponent(id)}`);
+  const cmds = await api(`/ws/v1/devices/${encodeURIComponent(id)}/commands?size=20`).catch(() => ({ list: [] }));
+  const meters = (d.meters || [])
+    .map((m) => `<li><a href="#/streams/${enc(`${id}/${m.name}`)}">${esc(m.name)}</a> (${esc(m.model)}) —
+      status <a href="#/stream/${enc(`${id}/${m.name}/status`)}">stream</a></li>`)
+    .join("");
+  const cmdRows = (cmds.list || [])
+    .slice()
+    .reverse()
+    .map((c) => `<tr data-command="${c.id}"><td>${c.id}</td><td>${esc(c.command)}</td><td class="status">${esc(c.status)}</td>
+      <td class="result"><code>${esc(c.result === null || c.result === undefined ? "" : JSON.stringify(c.result))}</code></td></tr>`)
+    .join("");
+  main.innerHTML = `<h1>${esc(id)}</h1>
+    <p>${d.connected ? "Connected" : "Disconnected"}, health <strong>${esc(d.health || "unknown")}</strong>,
+      last seen ${esc(fmtTime(d.last_seen))}${d.location ? `, at ${d.location.latitude}, ${d.location.longitude}` : ""}.</p>
+    <h2>Meters</h2><ul>${meters || '<li class="muted">none reported</li>'}</ul>
+    <h2>Commands</h2>
+    <form class="bar" id="send"><label>Command <select name="command">
+      <option>get_status</option><option>read_now</option><option>reconnect_meter</option><option>set_interval</option></select></label>
+      <label>Parameters <input name="parameters" value="{}" size="20"></label><button type="submit">Send</button></form>
+    <div class="table-wrap"><table><thead><tr><th>Id</th><th>Command</th><th>Status</th><th>Result</th></tr></thead>
+    <tbody id="commands">${cmdRows}</tbody></table></div><p class="error" id="cmd-error" role="alert"></p>`;
+  document.getElementById("send").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try {
+      const c = await api(`/ws/v1/devices/${encodeURIComponent(id)}/commands`, {
+        method: "POST",
+        body: { command: f.get("command"), parameters: JSON.parse(f.get("parameters") || "{}"), lifetime: 300 },
+      });
+      document.getElementById("commands").insertAdjacentHTML(
+        "afterbegin",
+        `<tr data-command="${c.id}"><td>${c.id}</td><td>${esc(c.command)}</td><td class="status">${esc(c.status)}</td><td class="result"></td></tr>`,
+      );
+      // The server answers this request when the command is finished (or after 30 s).
+      for (let i = 0; i < 20; i++) {
+        const done = await api(`/ws/v1/devices/${encodeURIComponent(id)}/commands/${c.id}?wait=30`);
+        const row = main.querySelector(`tr[data-command="${c.id}"]`);
+        if (!row) return;
+        row.querySelector(".status").textContent = done.status;
+        row.querySelector(".result").innerHTML = `<code>${esc(done.result === null || done.result === undefined ? "" : JSON.stringify(done.result))}</code>`;
+        if (!["queued", "sent"].includes(done.status)) return;
+      }
+    } catch (err) {
+      document.getElementById("cmd-error").textContent = err.message;
+    }
+  });
 }
 
 // ---- Router ---------------------------------------------------------------------------------
@@ -456,8 +673,12 @@ async function route() {
     nav.hidden = false;
     if (path.startsWith("/streams/")) await streamsPage(path.slice("/streams/".length));
     else if (path.startsWith("/stream/")) await streamPage(path.slice("/stream/".length), params);
+    else if (path === "/search") await searchPage(params);
     else if (path === "/alarms") await alarmsPage();
     else if (path === "/devices") await devicesPage();
+    else if (path.startsWith("/device/")) await devicePage(path.slice("/device/".length));
+    else if (path === "/fleet") await fleetPage(params);
+    else if (path === "/monitors") await monitorsPage();
     else main.innerHTML = '<h1>Not found</h1><p><a href="#/streams/">Streams</a></p>';
   } catch (err) {
     if (err.status !== 401) main.innerHTML = `<h1>Something went wrong</h1><p class="error">${esc(err.message)}</p>`;

@@ -350,3 +350,81 @@ fn new_points_and_alarms_appear_live_without_polling() {
         "return document.querySelector('main table').innerText.includes('gw-7/pst04/voltage_l3');",
     );
 }
+
+#[test]
+fn search_overlay_fleet_monitors_and_a_command_answered_by_the_gateway() {
+    let (s, now) = server_with_data();
+    // A second phase, for the overlay and the fleet sum.
+    let pts: Vec<Value> = (0..120)
+        .map(|i| json!({"stream_id": "gw-7/pst04/voltage_l2", "timestamp": now - (119 - i) * 60_000, "value": 100.0}))
+        .collect();
+    assert_eq!(s.post_json(&json!(pts)).status().as_u16(), 201);
+    let b = Browser::start(1280);
+    log_in(&b, &s);
+    // Search by pattern.
+    b.type_into("#search input[name=q]", "*/pst04/voltage_l2");
+    b.click("#search button[type=submit]");
+    let ids = b.wait_for("const r = [...document.querySelectorAll('tr[data-stream]')].map(r => r.dataset.stream); return r.length && r;");
+    assert_eq!(ids, json!(["gw-7/pst04/voltage_l2"]));
+    // Overlay: the second stream's averages drawn beside the first's.
+    b.goto(&format!(
+        "{}/#/stream/gw-7/pst04/voltage_l1?period=day&overlay=gw-7/pst04/voltage_l2",
+        s.url
+    ));
+    let series = b.wait_for("const c = window.meterstream.charts['gw-7/pst04/voltage_l1']; return c && c.plot && c.data.length;");
+    assert_eq!(series, 5);
+    let overlaid = b.eval("return window.meterstream.charts['gw-7/pst04/voltage_l1'].data[4].filter(v => v !== null);");
+    assert!(
+        !overlaid.as_array().unwrap().is_empty()
+            && overlaid
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v.as_f64() == Some(100.0)),
+        "{overlaid}"
+    );
+    // Fleet: the sum of the pattern, as the API answers it.
+    b.goto(&format!(
+        "{}/#/fleet?pattern=gw-7/pst04/*&interval=15m&mode=sum&period=day",
+        s.url
+    ));
+    let drawn = b.wait_for(
+        "const c = window.meterstream.charts.fleet; return c && {url: c.url, v: c.data[1]};",
+    );
+    let (_, api) = s.get_json(drawn["url"].as_str().unwrap());
+    let want: Vec<Value> = api["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].clone())
+        .collect();
+    assert_eq!(drawn["v"], json!(want));
+    assert!(!want.is_empty());
+    // Monitors: one made through the API is listed with its status.
+    let (st, _) = s.send(
+        &s.client,
+        "POST",
+        "/ws/v1/monitors/inventory",
+        Some(&json!({"topics": ["AlarmStatus"], "url": "https://93.184.216.34/hook"})),
+    );
+    assert!(st == 201 || st == 400, "{st}"); // 400 where the address cannot be resolved
+    b.goto(&format!("{}/#/monitors", s.url));
+    b.wait_for("return document.querySelector('main h1')?.textContent === 'Monitors' && document.getElementById('new-monitor');");
+    // A command: the page sends it, the gateway (played here through the device API) answers,
+    // and the page shows the result without a reload.
+    b.goto(&format!("{}/#/device/gw-7", s.url));
+    b.click("#send button[type=submit]");
+    let (_, polled) = s.get_json("/ws/v1/devices/gw-7/commands/poll?after=0&wait=10");
+    let cid = polled["list"][0]["id"].as_u64().unwrap();
+    assert_eq!(polled["list"][0]["command"], "get_status");
+    let r = s.put_json(
+        &format!("/ws/v1/devices/gw-7/commands/{cid}"),
+        &json!({"status": "succeeded", "result": {"meters": 1, "uptime_s": 42}}),
+    );
+    assert_eq!(r.status().as_u16(), 200);
+    let row = b.wait_for(&format!(
+        "const r = document.querySelector('tr[data-command=\"{cid}\"]'); return r && r.querySelector('.status').textContent === 'succeeded' && r.innerText;"
+    ));
+    assert!(row.as_str().unwrap().contains("uptime_s"), "{row}");
+    b.screenshot(&shots().join("device.png"));
+}
