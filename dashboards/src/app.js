@@ -431,8 +431,118 @@ async function chart(path, start, end, tz, overlay = []) {
 // ---- Alarms ---------------------------------------------------------------------------------
 
 async function alarmsPage() {
+  main.innerHTML = `<h1>Alarms</h1><div id="statuses">Loading…</div>
+    <p class="error" id="alarm-error" role="alert"></p>
+    <h2>Rules</h2><div id="rules">Loading…</div>`;
+  renderRules();
   await renderAlarms();
   subscribe("alarms=true", { alarm: debounce(renderAlarms, 300) });
+}
+
+const OPS = ["<", "<=", ">", ">=", "=", "<>"];
+
+// The alert rules under the statuses: enable, disable, edit, create (DataPoint conditions in a
+// form; any rule as JSON).
+async function renderRules() {
+  const rules = await allPages("/ws/v1/alerts/inventory?size=500");
+  const rows = rules
+    .map(
+      (a) => `<tr data-alert="${esc(a.id)}"><td>${esc(a.name)}</td><td class="sev-${esc(a.severity)}">${esc(a.severity)}</td>
+      <td>${esc(a.scope.type)} ${esc(a.scope.value)}</td><td class="wide">${esc(a.rule.type)}</td>
+      <td>${a.enabled ? "enabled" : "disabled"}</td>
+      <td><button type="button" class="toggle">${a.enabled ? "Disable" : "Enable"}</button>
+        <button type="button" class="edit">Edit</button>
+        <a href="#/alarms/history/${encodeURIComponent(a.id)}">History</a></td></tr>`,
+    )
+    .join("");
+  const opt = (v) => OPS.map((o) => `<option ${o === v ? "selected" : ""}>${esc(o)}</option>`).join("");
+  document.getElementById("rules").innerHTML = `
+    <div class="table-wrap"><table><thead><tr><th>Rule</th><th>Severity</th><th>Scope</th><th class="wide">Type</th>
+      <th>State</th><th></th></tr></thead><tbody>${rows || '<tr><td colspan="6" class="muted">No rules.</td></tr>'}</tbody></table></div>
+    <h3 id="rule-title">New rule</h3>
+    <form id="rule" class="login">
+      <input type="hidden" name="id">
+      <label>Name <input name="name" required></label>
+      <label>Severity <select name="severity"><option>critical</option><option selected>major</option><option>minor</option><option>warning</option></select></label>
+      <label>Streams (pattern) <input name="pattern" placeholder="*/*/voltage_l1" required></label>
+      <fieldset><legend>Fires when</legend><select name="fire_op" aria-label="Fire operator">${opt("<")}</select>
+        <input name="fire_threshold" type="number" step="any" value="207" aria-label="Fire threshold">
+        for <input name="fire_s" type="number" min="0" value="60" aria-label="Fire duration, seconds" size="5"> s</fieldset>
+      <fieldset><legend>Resets when</legend><select name="reset_op" aria-label="Reset operator">${opt(">")}</select>
+        <input name="reset_threshold" type="number" step="any" value="210" aria-label="Reset threshold">
+        for <input name="reset_s" type="number" min="0" value="300" aria-label="Reset duration, seconds" size="5"> s</fieldset>
+      <button class="primary" type="submit">Save</button>
+      <p class="error" id="rule-error" role="alert"></p>
+    </form>`;
+  const byId = new Map(rules.map((a) => [a.id, a]));
+  const put = (a) =>
+    api(`/ws/v1/alerts/inventory/${encodeURIComponent(a.id)}`, {
+      method: "PUT",
+      body: { name: a.name, description: a.description, enabled: a.enabled, severity: a.severity, scope: a.scope, rule: a.rule },
+    });
+  for (const b of main.querySelectorAll("#rules button.toggle")) {
+    b.addEventListener("click", async () => {
+      const a = byId.get(b.closest("tr").dataset.alert);
+      await put({ ...a, enabled: !a.enabled });
+      renderRules();
+    });
+  }
+  const form = document.getElementById("rule");
+  for (const b of main.querySelectorAll("#rules button.edit")) {
+    b.addEventListener("click", () => {
+      const a = byId.get(b.closest("tr").dataset.alert);
+      if (a.rule.type !== "DataPoint condition" || a.scope.type !== "Resource") {
+        document.getElementById("rule-error").textContent = "Only DataPoint conditions on a pattern are edited here; use the API for the others.";
+        return;
+      }
+      document.getElementById("rule-title").textContent = `Edit ${a.name}`;
+      const set = (n, v) => (form.elements[n].value = v);
+      set("id", a.id);
+      set("name", a.name);
+      set("severity", a.severity);
+      set("pattern", a.scope.value);
+      set("fire_op", a.rule.fire.op);
+      set("fire_threshold", a.rule.fire.threshold);
+      set("fire_s", a.rule.fire.duration_ms / 1000);
+      set("reset_op", a.rule.reset.op);
+      set("reset_threshold", a.rule.reset.threshold);
+      set("reset_s", a.rule.reset.duration_ms / 1000);
+      form.elements.name.focus();
+    });
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(form);
+    const held = (k) => ({ op: f.get(`${k}_op`), threshold: Number(f.get(`${k}_threshold`)), duration_ms: Math.round(Number(f.get(`${k}_s`)) * 1000) });
+    const body = {
+      name: f.get("name"),
+      severity: f.get("severity"),
+      scope: { type: "Resource", value: f.get("pattern") },
+      rule: { type: "DataPoint condition", fire: held("fire"), reset: held("reset") },
+    };
+    try {
+      const id = f.get("id");
+      if (id) await put({ ...byId.get(id), ...body });
+      else await api("/ws/v1/alerts/inventory", { method: "POST", body });
+      renderRules();
+    } catch (err) {
+      document.getElementById("rule-error").textContent = err.message;
+    }
+  });
+}
+
+async function alarmHistoryPage(id, params) {
+  const cursor = params.get("cursor");
+  const page = await api(`/ws/v1/alerts/history/${encodeURIComponent(id)}?size=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const rows = page.list
+    .map((t) => `<tr><td>${esc(t.source)}</td><td>${esc(t.state)}${t.correction ? " (correction)" : ""}</td>
+      <td>${esc(fmtTime(t.changed))}</td><td class="num">${esc(fmtValue(t.value))}</td>
+      <td class="wide">${esc(t.acknowledged_by ? `${t.acknowledged_by}${t.note ? `: ${t.note}` : ""}` : "")}</td></tr>`)
+    .join("");
+  main.innerHTML = `<h1>History of ${esc(id)}</h1><p><a href="#/alarms">Alarms</a></p>
+    <div class="table-wrap"><table><thead><tr><th>Source</th><th>State</th><th>Changed</th><th>Value</th><th class="wide">Acknowledged</th></tr></thead>
+    <tbody>${rows || '<tr><td colspan="5" class="muted">No transitions.</td></tr>'}</tbody></table></div>
+    ${page.cursor ? `<p><a href="#/alarms/history/${encodeURIComponent(id)}?cursor=${encodeURIComponent(page.cursor)}">Next page</a></p>` : ""}`;
 }
 
 async function renderAlarms() {
@@ -452,12 +562,13 @@ async function renderAlarms() {
       }</td></tr>`,
     )
     .join("");
-  main.innerHTML = `<h1>Alarms</h1>
+  const box = document.getElementById("statuses");
+  if (!box) return;
+  box.innerHTML = `
     <div class="table-wrap"><table><thead><tr><th>Severity</th><th>Alert</th><th>Source</th><th>State</th>
     <th class="wide">Since</th><th>Value</th><th></th></tr></thead>
-    <tbody>${rows || '<tr><td colspan="7" class="muted">No active alarms.</td></tr>'}</tbody></table></div>
-    <p class="error" id="alarm-error" role="alert"></p>`;
-  for (const f of main.querySelectorAll("form.ack")) {
+    <tbody>${rows || '<tr><td colspan="7" class="muted">No active alarms.</td></tr>'}</tbody></table></div>`;
+  for (const f of box.querySelectorAll("form.ack")) {
     f.addEventListener("submit", async (e) => {
       e.preventDefault();
       const note = new FormData(f).get("note").trim();
@@ -675,6 +786,7 @@ async function route() {
     else if (path.startsWith("/stream/")) await streamPage(path.slice("/stream/".length), params);
     else if (path === "/search") await searchPage(params);
     else if (path === "/alarms") await alarmsPage();
+    else if (path.startsWith("/alarms/history/")) await alarmHistoryPage(path.slice("/alarms/history/".length), params);
     else if (path === "/devices") await devicesPage();
     else if (path.startsWith("/device/")) await devicePage(path.slice("/device/".length));
     else if (path === "/fleet") await fleetPage(params);

@@ -472,6 +472,7 @@ pub async fn run(
         Duration::from_secs(cfg.retention_sweep_interval),
     ));
     let devices = state.devices.clone();
+    let live = state.live.clone();
     let mut server = HttpServer::new(move || {
         let m = state.metrics.clone();
         App::new()
@@ -524,6 +525,7 @@ pub async fn run(
         tracing::info!("shutting down");
         // Long-polls answer now instead of holding the shutdown for their whole wait.
         devices.close();
+        live.close();
         handle.stop(true).await;
     };
     let (r, ()) = tokio::join!(server, stop);

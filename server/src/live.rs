@@ -34,6 +34,7 @@ pub struct Live {
     registry: Arc<dyn Registry>,
     applied: Arc<Notify>,
     clients: Mutex<usize>,
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// One connected client; the last one to go turns the ring off.
@@ -64,7 +65,16 @@ impl Live {
             registry,
             applied,
             clients: Mutex::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Ends every stream (the server is stopping: its graceful shutdown would otherwise wait
+    /// for them).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.applied.notify_waiters();
     }
 
     fn connect(self: &Arc<Self>) -> Result<Client, ApiError> {
@@ -213,6 +223,9 @@ pub async fn events(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
             // New points wake the connection; alarm changes are looked for twice a second (an
             // in-memory counter), and a comment goes out after 15 s of quiet.
             let _ = tokio::time::timeout(Duration::from_millis(500), wait).await;
+            if c.live.closing.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
             let (conn, text) = match web::block(move || {
                 let r = read(&mut c);
                 (c, r)

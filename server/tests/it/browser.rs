@@ -314,7 +314,7 @@ fn an_alarm_acknowledged_in_the_browser_is_acknowledged_in_the_api() {
     b.goto(&format!("{}/#/alarms", s.url));
     b.type_into("form.ack input[name=note]", "crew on site");
     b.click("form.ack button[type=submit]");
-    b.wait_for("return !document.querySelector('form.ack') && document.querySelector('main table').innerText.includes('acknowledged');");
+    b.wait_for("return !document.querySelector('form.ack') && document.querySelector('#statuses table').innerText.includes('acknowledged');");
     let (_, v) = s.get_json(&format!("/ws/v1/alerts/status?alert_id={id}"));
     assert_eq!(v["list"][0]["state"], "acknowledged");
     assert_eq!(v["list"][0]["note"], "crew on site");
@@ -343,11 +343,11 @@ fn new_points_and_alarms_appear_live_without_polling() {
     assert_eq!(b.eval(fetches), before, "the page fetched the folder again");
     // The alarms page shows a new alarm as it happens.
     b.goto(&format!("{}/#/alarms", s.url));
-    b.wait_for("return document.querySelector('main h1')?.textContent === 'Alarms' && document.querySelector('main table');");
+    b.wait_for("return document.querySelector('main h1')?.textContent === 'Alarms' && document.querySelector('#statuses table');");
     std::thread::sleep(Duration::from_millis(500));
     crate::alarms::post(&s, "gw-7/pst04/voltage_l3", now, &[(0, 180.0)]);
     b.wait_for(
-        "return document.querySelector('main table').innerText.includes('gw-7/pst04/voltage_l3');",
+        "return document.querySelector('#statuses table').innerText.includes('gw-7/pst04/voltage_l3');",
     );
 }
 
@@ -427,4 +427,65 @@ fn search_overlay_fleet_monitors_and_a_command_answered_by_the_gateway() {
     ));
     assert!(row.as_str().unwrap().contains("uptime_s"), "{row}");
     b.screenshot(&shots().join("device.png"));
+}
+
+#[test]
+fn rules_are_made_disabled_and_edited_and_a_limited_user_sees_only_their_streams() {
+    let (s, now) = server_with_data();
+    crate::alarms::post(&s, "gw-8/pst04/voltage_l1", now, &[(0, 231.0)]);
+    let b = Browser::start(1280);
+    log_in(&b, &s);
+    b.goto(&format!("{}/#/alarms", s.url));
+    b.type_into("#rule input[name=name]", "Overvoltage");
+    b.type_into("#rule input[name=pattern]", "*/pst04/voltage_l1");
+    b.eval("const f = document.getElementById('rule'); f.elements.fire_op.value = '>'; f.elements.fire_threshold.value = '253'; f.elements.reset_op.value = '<'; f.elements.reset_threshold.value = '250'; return 1;");
+    b.click("#rule button[type=submit]");
+    b.wait_for("return document.querySelector('#rules tr[data-alert]');");
+    let (_, list) = s.get_json("/ws/v1/alerts/inventory");
+    let a = &list["list"][0];
+    assert_eq!(a["name"], "Overvoltage");
+    assert_eq!(a["rule"]["fire"]["op"], ">");
+    assert_eq!(a["rule"]["fire"]["threshold"], 253.0);
+    assert_eq!(a["rule"]["fire"]["duration_ms"], 60000);
+    assert_eq!(a["rule"]["reset"]["threshold"], 250.0);
+    assert_eq!(a["enabled"], true);
+    // Disable, then edit the threshold.
+    b.click("#rules button.toggle");
+    b.wait_for(
+        "return document.querySelector('#rules tr[data-alert]')?.innerText.includes('disabled');",
+    );
+    let id = a["id"].as_str().unwrap();
+    let (_, got) = s.get_json(&format!("/ws/v1/alerts/inventory/{id}"));
+    assert_eq!(got["enabled"], false);
+    b.click("#rules button.edit");
+    b.eval("document.getElementById('rule').elements.fire_threshold.value = '255'; return 1;");
+    b.click("#rule button[type=submit]");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, got) = s.get_json(&format!("/ws/v1/alerts/inventory/{id}"));
+        if got["rule"]["fire"]["threshold"] == 255.0 {
+            assert_eq!(got["enabled"], false, "editing keeps it disabled");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(b);
+    // A user limited to gw-8 logs in with a password and sees only gw-8.
+    let r = s
+        .client
+        .post(format!("{}/ws/v1/credentials", s.url))
+        .json(&json!({"kind": "user", "name": "ines", "password": "correct horse battery", "scopes": ["read"], "prefixes": ["gw-8/"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let b = Browser::start(1280);
+    b.goto(&format!("{}/", s.url));
+    b.type_into("input[name=user]", "ines");
+    b.type_into("input[name=password]", "correct horse battery");
+    b.click("form.login button[type=submit]");
+    b.find("ul.tree a.folder");
+    let folders = b
+        .eval("return [...document.querySelectorAll('ul.tree a.folder')].map(a => a.textContent);");
+    assert_eq!(folders, json!(["gw-8/"]));
 }

@@ -183,3 +183,50 @@ fn the_dashboards_are_served_without_credentials_with_etags_and_gzip() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[test]
+fn server_sent_events_carry_new_points_and_end_when_the_server_stops() {
+    use std::io::Read;
+    let s = TestServer::start();
+    s.post_json(&json!([{"stream_id": "gw/m/v", "value": 1.0}]));
+    let mut r = s
+        .get("/ws/v1/events?streams=gw/m/v&alarms=true")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut buf = [0u8; 4096];
+    let n = r.read(&mut buf).unwrap();
+    assert!(std::str::from_utf8(&buf[..n])
+        .unwrap()
+        .starts_with(": connected"));
+    s.post_json(
+        &json!([{"stream_id": "gw/m/v", "timestamp": 1_795_000_000_000i64, "value": 42.5},
+                        {"stream_id": "gw/m/other", "value": 7.0}]),
+    );
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !text.contains("42.5") && std::time::Instant::now() < deadline {
+        let n = r.read(&mut buf).unwrap();
+        text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    assert!(
+        text.contains(
+            "event: points\ndata: {\"points\":[[1795000000000,42.5]],\"stream_id\":\"gw/m/v\"}"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("gw/m/other"));
+    // Streams outside the caller's scope or malformed are refused, naming the parameter.
+    let (st, v) = s.get_json("/ws/v1/events?streams=gw//v");
+    assert_eq!(st, 400);
+    assert!(error_message(&v, 400).contains("streams"), "{v}");
+    // Stopping the server ends the stream at once instead of waiting out the graceful period.
+    let started = std::time::Instant::now();
+    drop(s);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
