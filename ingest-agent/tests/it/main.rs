@@ -5,6 +5,7 @@
 
 mod commands;
 mod crash;
+mod dashboards;
 mod meters;
 mod support;
 mod upload;
