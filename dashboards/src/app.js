@@ -302,7 +302,8 @@ async function streamPage(path, params) {
     <h1>${esc(path)}</h1>
     <p class="muted">${esc(info.type)}${info.units ? `, ${esc(info.units)}` : ""}${info.description ? ` — ${esc(info.description)}` : ""}.
       Current value <strong id="current">${esc(fmtValue(info.value))}</strong> at <span id="current-time">${esc(fmtTime(info.timestamp, tz))}</span>.</p>
-    <div class="bar" role="group" aria-label="Period">${buttons}</div>
+    <div class="bar" role="group" aria-label="Period">${buttons}
+      <button type="button" id="earlier" aria-label="Earlier">←</button><button type="button" id="later" aria-label="Later">→</button></div>
     <div class="bar"><label>From <input id="from" type="datetime-local"></label>
       <label>To <input id="to" type="datetime-local"></label><button type="button" id="range">Show</button>
       <label>Time zone <input id="tz" value="${esc(tz)}" size="16"></label></div>
@@ -322,6 +323,13 @@ async function streamPage(path, params) {
     if (f < t) go({ start: f, end: t });
   });
   document.getElementById("tz").addEventListener("change", (e) => go({ tz: e.target.value }));
+  // Half a range earlier or later (the keyboard's way of panning).
+  for (const [id, dir] of [["earlier", -1], ["later", 1]]) {
+    document.getElementById(id).addEventListener("click", () => {
+      const half = ((end - start) / 2) * dir;
+      go({ start: Math.floor(start + half), end: Math.floor(end + half) });
+    });
+  }
   document.getElementById("overlay")?.addEventListener("change", (e) => go({ overlay: e.target.value.replaceAll(" ", "") }));
   const overlay = (params.get("overlay") || "").split(",").filter(Boolean).slice(0, 8);
   const range = `start_time=${Math.floor(start)}&end_time=${Math.floor(end)}`;
@@ -403,6 +411,8 @@ async function chart(path, start, end, tz, overlay = []) {
     width: el.clientWidth || 800,
     height: 300,
     tzDate: (t) => uPlot.tzDate(new Date(t * 1e3), tz),
+    // The chart spans the period asked for, even where the data covers only part of it.
+    scales: { x: { time: true, auto: false, min: start / 1000, max: end / 1000 } },
     cursor: { drag: { x: true, y: false } },
     series: [
       {},
@@ -426,6 +436,33 @@ async function chart(path, start, end, tz, overlay = []) {
   };
   const u = new uPlot(opts, data, el);
   window.meterstream.charts[path].plot = u;
+  panByDragging(u, (f, t) => {
+    location.hash = `#/stream/${enc(path)}?${new URLSearchParams({ start: Math.floor(f), end: Math.ceil(t), tz, overlay: overlay.join(",") })}`;
+  });
+}
+
+// Dragging with Shift held moves the range sideways (plain dragging zooms into it); on release
+// `go(from ms, to ms)` loads the new range.
+function panByDragging(u, go) {
+  let from = null;
+  u.over.addEventListener("mousedown", (e) => {
+    if (!e.shiftKey) return;
+    e.stopPropagation();
+    from = { x: e.clientX, min: u.scales.x.min, max: u.scales.x.max };
+  }, true);
+  let to = null;
+  window.addEventListener("mousemove", (e) => {
+    if (!from) return;
+    const shift = ((e.clientX - from.x) / u.over.clientWidth) * (from.max - from.min);
+    to = { min: from.min - shift, max: from.max - shift };
+    u.setScale("x", to);
+  });
+  window.addEventListener("mouseup", () => {
+    if (!from) return;
+    from = null;
+    if (to) go(to.min * 1000, to.max * 1000);
+    to = null;
+  });
 }
 
 // ---- Alarms ---------------------------------------------------------------------------------
@@ -545,8 +582,11 @@ async function alarmHistoryPage(id, params) {
     ${page.cursor ? `<p><a href="#/alarms/history/${encodeURIComponent(id)}?cursor=${encodeURIComponent(page.cursor)}">Next page</a></p>` : ""}`;
 }
 
+const SEVERITY = { critical: 0, major: 1, minor: 2, warning: 3 };
+
 async function renderAlarms() {
   const page = await api("/ws/v1/alerts/status?size=1000");
+  page.list.sort((a, b) => (SEVERITY[a.severity] ?? 9) - (SEVERITY[b.severity] ?? 9) || b.changed.localeCompare(a.changed));
   const rows = page.list
     .map(
       (s) => `<tr>

@@ -132,6 +132,27 @@ impl Browser {
         );
     }
 
+    /// Drags across the element matching `css` by `dx` pixels from its centre, with Shift held
+    /// if `shift`.
+    pub fn drag(&self, css: &str, dx: i64, shift: bool) {
+        let id = self.find(css);
+        let el = json!({"element-6066-11e4-a52e-4f735466cecf": id});
+        let key = if shift { "\u{E008}" } else { "\u{E000}" };
+        let actions = json!({"actions": [
+            {"type": "key", "id": "keys", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "pause"}, {"type": "pause"},
+                {"type": "pause"}, {"type": "keyUp", "value": key}]},
+            {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [
+                {"type": "pointerMove", "origin": el, "x": 0, "y": 0},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerMove", "origin": "pointer", "x": dx, "y": 0, "duration": 200},
+                {"type": "pointerUp", "button": 0},
+                {"type": "pause"}]}
+        ]});
+        self.cmd("POST", "/actions", actions);
+        self.cmd("DELETE", "/actions", Value::Null);
+    }
+
     /// Runs `script` (a function body) in the page and returns what it returns.
     pub fn eval(&self, script: &str) -> Value {
         self.cmd(
@@ -146,7 +167,7 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let v = self.eval(script);
-            if !(v.is_null() || v == json!(false) || v == json!("")) {
+            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
                 return v;
             }
             assert!(Instant::now() < deadline, "never true: {script}");

@@ -117,6 +117,41 @@ fn log_in_browse_to_a_stream_and_its_chart_draws_what_the_api_answers() {
         b.wait_for("const c = document.querySelector('#chart canvas'); return c && c.width;");
     assert!(canvas.as_u64().unwrap() > 600);
     b.screenshot(&shots().join("stream.png"));
+    // Panning: the keyboard's buttons move the range by half; dragging with Shift moves it
+    // with the mouse; plain dragging zooms into the dragged range.
+    let range = |b: &Browser| -> (i64, i64) {
+        let v = b.eval("const p = new URLSearchParams(location.hash.split('?')[1]); return [Number(p.get('start')), Number(p.get('end'))];");
+        (v[0].as_i64().unwrap(), v[1].as_i64().unwrap())
+    };
+    b.click("#earlier");
+    b.wait_for("return location.hash.includes('start=');");
+    let (s1, e1) = range(&b);
+    assert!((e1 - s1 - 86_400_000).abs() < 1000, "{s1} {e1}");
+    b.wait_for(&format!(
+        "const c = window.meterstream.charts['gw-7/pst04/voltage_l1']; return c && c.plot && c.url.includes('start_time={s1}');"
+    ));
+    b.click("#later");
+    b.wait_for(&format!("return !location.hash.includes('start={s1}');"));
+    let (s2, e2) = range(&b);
+    assert_eq!((s2 - s1, e2 - e1), (43_200_000, 43_200_000));
+    b.wait_for("return document.querySelector('#chart .u-over');");
+    std::thread::sleep(Duration::from_millis(300));
+    b.drag("#chart .u-over", 200, true);
+    b.wait_for(&format!("return !location.hash.includes('start={s2}');"));
+    let (s3, e3) = range(&b);
+    assert!(
+        s3 < s2 && (e3 - s3 - (e2 - s2)).abs() < 60_000,
+        "a pan keeps the span: {s3} {e3}"
+    );
+    b.wait_for("return document.querySelector('#chart .u-over');");
+    std::thread::sleep(Duration::from_millis(300));
+    b.drag("#chart .u-over", 150, false);
+    b.wait_for(&format!("return !location.hash.includes('start={s3}');"));
+    let (s4, e4) = range(&b);
+    assert!(
+        e4 - s4 < (e3 - s3) / 2,
+        "a zoom narrows the span: {s4} {e4}"
+    );
 }
 
 #[test]
@@ -206,7 +241,7 @@ fn search_overlay_fleet_monitors_and_a_command_answered_by_the_gateway() {
     // Search by pattern.
     b.type_into("#search input[name=q]", "*/pst04/voltage_l2");
     b.click("#search button[type=submit]");
-    let ids = b.wait_for("const r = [...document.querySelectorAll('tr[data-stream]')].map(r => r.dataset.stream); return r.length && r;");
+    let ids = b.wait_for("const r = [...document.querySelectorAll('tr[data-stream]')].map(r => r.dataset.stream); return document.querySelector('main h1').textContent.startsWith('Streams matching') && r.length > 0 && r;");
     assert_eq!(ids, json!(["gw-7/pst04/voltage_l2"]));
     // Overlay: the second stream's averages drawn beside the first's.
     b.goto(&format!(
@@ -234,13 +269,19 @@ fn search_overlay_fleet_monitors_and_a_command_answered_by_the_gateway() {
         "const c = window.meterstream.charts.fleet; return c && {url: c.url, v: c.data[1]};",
     );
     let (_, api) = s.get_json(drawn["url"].as_str().unwrap());
-    let want: Vec<Value> = api["list"]
+    let want: Vec<f64> = api["list"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["value"].clone())
+        .map(|p| p["value"].as_f64().unwrap())
         .collect();
-    assert_eq!(drawn["v"], json!(want));
+    let got: Vec<f64> = drawn["v"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got, want);
     assert!(!want.is_empty());
     // Monitors: one made through the API is listed with its status.
     let (st, _) = s.send(
