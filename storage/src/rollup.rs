@@ -317,12 +317,24 @@ fn civil_next(start: DateTime, interval: Interval) -> DateTime {
 }
 
 /// Resolves a civil time in `tz` to epoch ms: a time in a gap moves to the gap's later side,
-/// a time in a fold takes its earlier occurrence.
+/// a time in a fold takes its earlier occurrence. A fold's end is its exception: jiff counts it
+/// in the fold (Lord Howe's 02:00, when +11 turns into +10:30), but the earlier instant is the
+/// transition itself, which the clock shows as 01:30; the later one is when it shows 02:00.
 fn resolve(dt: DateTime, tz: &TimeZone) -> Result<i64> {
-    let z = tz
-        .to_ambiguous_zoned(dt)
-        .compatible()
-        .map_err(|e| StorageError::invalid("timestamp", e.to_string()))?;
+    let err = |e: jiff::Error| StorageError::invalid("timestamp", e.to_string());
+    let amb = tz.to_ambiguous_zoned(dt);
+    let z = if amb.is_ambiguous() {
+        let earlier = amb.clone().earlier().map_err(err)?;
+        // What the zone's clock shows at that instant (the Zoned itself keeps the offset it
+        // was resolved with).
+        if earlier.timestamp().to_zoned(tz.clone()).datetime() == dt {
+            earlier
+        } else {
+            amb.later().map_err(err)?
+        }
+    } else {
+        amb.compatible().map_err(err)?
+    };
     Ok(z.timestamp().as_millisecond())
 }
 
@@ -330,22 +342,60 @@ fn resolve(dt: DateTime, tz: &TimeZone) -> Result<i64> {
 const HALF_YEAR_MS: i64 = 183 * 86_400_000;
 
 /// The length of a UTC-aligned interval, if the zone keeps it aligned: every offset the zone uses
-/// around `ms` (now and half a year either way, so both sides of its DST) is a whole multiple of
-/// it. Decided per zone, not per instant, so that boundaries never mix the two rules across a
+/// around `ms` (a year either way, so both sides of its DST) is a whole multiple of it. Decided per zone, not per instant, so that boundaries never mix the two rules across a
 /// shift (Lord Howe is +10:30 in winter and +11 in summer: its hours are local all year).
 fn utc_aligned(ms: i64, interval: Interval, tz: &TimeZone) -> Result<Option<i64>> {
     let Some(len) = interval.fixed_ms() else {
         return Ok(None);
     };
-    for probe in [ms, ms - HALF_YEAR_MS, ms + HALF_YEAR_MS] {
-        let Ok(t) = Timestamp::from_millisecond(probe) else {
-            continue;
-        };
-        if (tz.to_offset(t).seconds() as i64 * 1000) % len != 0 {
-            return Ok(None);
-        }
+    if offset_step_ms(ms, tz) % len != 0 {
+        return Ok(None);
     }
     Ok(Some(len))
+}
+
+/// The greatest common divisor of the offsets (ms) the zone uses within a year either side of
+/// `ms`, probed every 15 days: intervals that divide it keep UTC-aligned boundaries. Probing
+/// only now and half a year either way missed Lord Howe's +10:30 (both probes from early April
+/// land in its October summer time). The last zone and year are remembered, as boundaries are
+/// computed for every rolled-up point.
+fn offset_step_ms(ms: i64, tz: &TimeZone) -> i64 {
+    use std::cell::RefCell;
+    thread_local! {
+        /// The last zone and year asked for, with the answer (queries ask for one zone).
+        static LAST: RefCell<Option<(String, i64, i64)>> = const { RefCell::new(None) };
+    }
+    const YEAR_MS: i64 = 2 * HALF_YEAR_MS;
+    let year = ms.div_euclid(YEAR_MS);
+    let named = tz.iana_name();
+    let hit = LAST.with(|l| match (&*l.borrow(), named) {
+        (Some((n, y, step)), Some(name)) if *y == year && n == name => Some(*step),
+        _ => None,
+    });
+    if let Some(step) = hit {
+        return step;
+    }
+    fn gcd(a: i64, b: i64) -> i64 {
+        if b == 0 {
+            a.abs()
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    // A zone at UTC all year has step 0, which every interval divides.
+    let base = year * YEAR_MS;
+    let mut step = 0i64;
+    let mut probe = base - YEAR_MS;
+    while probe <= base + 2 * YEAR_MS {
+        if let Ok(t) = Timestamp::from_millisecond(probe) {
+            step = gcd(step, tz.to_offset(t).seconds() as i64 * 1000);
+        }
+        probe += 15 * 86_400_000;
+    }
+    if let Some(name) = named {
+        LAST.with(|l| *l.borrow_mut() = Some((name.to_string(), year, step)));
+    }
+    step
 }
 
 /// Start (epoch ms) of the interval holding `ms` in zone `tz`.
@@ -883,6 +933,20 @@ mod tests {
         ])
         .unwrap();
         assert!((sd.value(Method::StandardDev, None) - 2.138_089_935_299_395).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lord_howes_half_hour_fold_tiles_its_hours() {
+        // 7 April 2024, 02:00 +11 becomes 01:30 +10:30: local 01:00-02:00 lasts 90 minutes.
+        let tz = zone("Australia/Lord_Howe").unwrap();
+        let at = |iso: &str| crate::time::parse_absolute(iso).unwrap();
+        let one = at("2024-04-06T14:00:00Z");
+        let next = next_start(one, Interval::Hour, &tz).unwrap();
+        assert_eq!(next, at("2024-04-06T15:30:00Z"));
+        for probe in [one, at("2024-04-06T15:00:00Z"), next - 1] {
+            assert_eq!(bucket_start(probe, Interval::Hour, &tz).unwrap(), one);
+        }
+        assert_eq!(bucket_start(next, Interval::Hour, &tz).unwrap(), next);
     }
 
     proptest! {

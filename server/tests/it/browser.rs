@@ -7,6 +7,17 @@ use meterstream_testkit::Browser;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+/// The numbers of a JSON array (its items' `field`, or the items themselves for ""), as f64:
+/// a browser writes 330.0 as 330.
+fn numbers(list: &Value, field: &str) -> Vec<f64> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| if field.is_empty() { v } else { &v[field] })
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 /// A server with two hours of a voltage stream (one point a minute) and a status stream.
 fn server_with_data() -> (TestServer, i64) {
     let s = TestServer::start();
@@ -89,24 +100,12 @@ fn log_in_browse_to_a_stream_and_its_chart_draws_what_the_api_answers() {
         .iter()
         .map(|p| ms(p["timestamp"].as_str().unwrap()) / 1000)
         .collect();
-    let api_avg: Vec<f64> = api["list"]
-        .as_array()
-        .unwrap()
+    let api_avg = numbers(&api["list"], "value");
+    let ts: Vec<i64> = numbers(&drawn["ts"], "")
         .iter()
-        .map(|p| p["value"].as_f64().unwrap())
+        .map(|t| *t as i64)
         .collect();
-    let ts: Vec<i64> = drawn["ts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_f64().unwrap() as i64)
-        .collect();
-    let avg: Vec<f64> = drawn["avg"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let avg = numbers(&drawn["avg"], "");
     assert!(!api_ts.is_empty());
     assert_eq!(ts, api_ts);
     assert_eq!(avg, api_avg);
@@ -269,19 +268,8 @@ fn search_overlay_fleet_monitors_and_a_command_answered_by_the_gateway() {
         "const c = window.meterstream.charts.fleet; return c && {url: c.url, v: c.data[1]};",
     );
     let (_, api) = s.get_json(drawn["url"].as_str().unwrap());
-    let want: Vec<f64> = api["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["value"].as_f64().unwrap())
-        .collect();
-    let got: Vec<f64> = drawn["v"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(got, want);
+    let want = numbers(&api["list"], "value");
+    assert_eq!(numbers(&drawn["v"], ""), want);
     assert!(!want.is_empty());
     // Monitors: one made through the API is listed with its status.
     let (st, _) = s.send(
