@@ -493,7 +493,12 @@ impl Auth {
 
     /// (credential id, secret) of an `Authorization` header value.
     fn parse_header(h: &str) -> Option<(String, String)> {
-        if let Some(key) = h.strip_prefix("Bearer ").map(str::trim) {
+        // `Token` is how InfluxDB 2 clients (Telegraf, the client libraries) send theirs.
+        if let Some(key) = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("Token "))
+            .map(str::trim)
+        {
             let (id, _) = split_key(key)?;
             Some((id.to_string(), key.to_string()))
         } else {

@@ -51,6 +51,10 @@ pub struct Config {
     pub webhook_max_backoff: f64,
     /// Seconds a webhook request may take. Default 15.
     pub webhook_timeout: f64,
+    /// Where InfluxDB line protocol writes land: `{tags}` (the tag values in the order the line
+    /// writes them), `{measurement}`, `{field}` and `{<tag name>}`. Default
+    /// `{tags}/{measurement}/{field}`.
+    pub line_protocol_template: String,
     /// The tenant named in monitor topics (`<tenant>/DataPoint/<stream>`). Default
     /// `meterstream`.
     pub tenant: String,
@@ -75,6 +79,7 @@ impl Default for Config {
             webhook_max_backoff: 900.0,
             webhook_timeout: 15.0,
             tenant: "meterstream".into(),
+            line_protocol_template: crate::lineproto::DEFAULT_TEMPLATE.into(),
         }
     }
 }
@@ -308,6 +313,15 @@ impl Config {
         }
         if !(self.webhook_timeout.is_finite() && self.webhook_timeout >= 0.1) {
             return bad("webhook_timeout", "must be at least 0.1 seconds");
+        }
+        if !self.line_protocol_template.contains("{field}")
+            || self.line_protocol_template.matches('{').count()
+                != self.line_protocol_template.matches('}').count()
+        {
+            return bad(
+                "line_protocol_template",
+                "must name {field} and close every '{'",
+            );
         }
         if self.tenant.is_empty() || self.tenant.contains('/') {
             return bad("tenant", "must be a non-empty name without '/'");

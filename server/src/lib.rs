@@ -18,6 +18,7 @@
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
 //! - [`webhook`]: Standard Webhooks signatures for monitors.
+//! - [`lineproto`]: InfluxDB line protocol writes (`/write`, `/api/v2/write`).
 //! - [`live`]: Server-Sent Events of new points and alarm changes, for the dashboards.
 //! - [`monitors`]: monitors (`/ws/v1/monitors/inventory`): where events are pushed.
 //! - [`delivery`]: the monitors' workers: batches, signatures, retries, statuses.
@@ -39,6 +40,7 @@ pub mod filter;
 pub mod history;
 pub mod ingest;
 pub mod inventory;
+pub mod lineproto;
 pub mod live;
 pub mod metrics;
 pub mod monitors;
@@ -136,6 +138,8 @@ pub struct AppState {
     pub dispatcher: Arc<delivery::Dispatcher>,
     /// Live updates for the dashboards.
     pub live: Arc<live::Live>,
+    /// Path template of InfluxDB line protocol writes.
+    pub line_protocol_template: String,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -383,6 +387,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
         .service(resource("/ws/v1/events").route(web::get().to(live::events)))
+        .service(resource("/write").route(web::post().to(lineproto::write)))
+        .service(resource("/api/v2/write").route(web::post().to(lineproto::write)))
         .service(resource("/health").route(web::get().to(health)))
         .service(resource("/").route(web::get().to(dashboards::index)))
         .service(resource("/assets/{name:.*}").route(web::get().to(dashboards::file)));
@@ -457,6 +463,7 @@ pub async fn run(
             .map_err(std::io::Error::other)?
     };
     let state = web::Data::new(AppState {
+        line_protocol_template: cfg.line_protocol_template.clone(),
         live,
         dispatcher: dispatcher.clone(),
         evaluator: evaluator.clone(),

@@ -13,6 +13,7 @@ mod devices;
 mod history;
 mod ingest;
 mod inventory;
+mod lineproto;
 mod monitors;
 mod readme;
 mod rollups;
