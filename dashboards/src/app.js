@@ -754,6 +754,21 @@ async function monitorsPage() {
 
 // ---- One device: status, meters, commands ---------------------------------------------------
 
+// Adds or updates a command's row on a device's page.
+function showCommand(c) {
+  const result = `<code>${esc(c.result === null || c.result === undefined ? "" : JSON.stringify(c.result))}</code>`;
+  const row = main.querySelector(`tr[data-command="${c.id}"]`);
+  if (row) {
+    row.querySelector(".status").textContent = c.status;
+    row.querySelector(".result").innerHTML = result;
+  } else {
+    document.getElementById("commands")?.insertAdjacentHTML(
+      "afterbegin",
+      `<tr data-command="${c.id}"><td>${c.id}</td><td>${esc(c.command)}</td><td class="status">${esc(c.status)}</td><td class="result">${result}</td></tr>`,
+    );
+  }
+}
+
 async function devicePage(id) {
   const d = await api(`/ws/v1/devices/inventory/${encodeURIComponent(id)}`);
   const cmds = await api(`/ws/v1/devices/${encodeURIComponent(id)}/commands?size=20`).catch(() => ({ list: [] }));
@@ -785,23 +800,13 @@ async function devicePage(id) {
         method: "POST",
         body: { command: f.get("command"), parameters: JSON.parse(f.get("parameters") || "{}"), lifetime: 300 },
       });
-      document.getElementById("commands").insertAdjacentHTML(
-        "afterbegin",
-        `<tr data-command="${c.id}"><td>${c.id}</td><td>${esc(c.command)}</td><td class="status">${esc(c.status)}</td><td class="result"></td></tr>`,
-      );
-      // The server answers this request when the command is finished (or after 30 s).
-      for (let i = 0; i < 20; i++) {
-        const done = await api(`/ws/v1/devices/${encodeURIComponent(id)}/commands/${c.id}?wait=30`);
-        const row = main.querySelector(`tr[data-command="${c.id}"]`);
-        if (!row) return;
-        row.querySelector(".status").textContent = done.status;
-        row.querySelector(".result").innerHTML = `<code>${esc(done.result === null || done.result === undefined ? "" : JSON.stringify(done.result))}</code>`;
-        if (!["queued", "sent"].includes(done.status)) return;
-      }
+      if (!main.querySelector(`tr[data-command="${c.id}"]`)) showCommand(c);
     } catch (err) {
       document.getElementById("cmd-error").textContent = err.message;
     }
   });
+  // Commands change status (sent, succeeded...) as the gateway takes and answers them.
+  subscribe(`commands=${encodeURIComponent(id)}`, { command: showCommand });
 }
 
 // ---- Router ---------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 //!   written group of a listed stream, read from the store's change feed as it is applied;
 //! - `event: alarm`, `data: <an alarm status, as /ws/v1/alerts/status shows it>` for each status
 //!   change the caller may see, read from the outbox;
+//! - with `commands=<device id>`, `event: command`, `data: <the command>` each time one of the
+//!   device's commands made after the connection opened changes status;
 //! - a comment line every 15 s keeps proxies from closing the connection.
 //!
 //! While any client is connected the feed keeps its in-memory ring (a hold named `live` at the
@@ -93,6 +95,8 @@ struct Conn {
     who: crate::auth::Principal,
     streams: Arc<HashSet<String>>,
     alarms: bool,
+    /// The device whose commands are followed, with each command's last status sent.
+    commands: Option<(String, u64, std::collections::HashMap<u64, String>)>,
     cursor: u64,
     outbox: u64,
     last_sent: Instant,
@@ -138,6 +142,28 @@ fn read(c: &mut Conn) -> Result<String, ApiError> {
         c.cursor = feed.next;
     } else {
         c.cursor = c.live.store.applied_seq();
+    }
+    if let Some((device, after, seen)) = &mut c.commands {
+        for cmd in c.live.registry.commands(device, *after, 1000)? {
+            let v = crate::devices::command_json(&cmd);
+            let status = v["status"].as_str().unwrap_or_default().to_string();
+            if seen.get(&cmd.id) != Some(&status) {
+                seen.insert(cmd.id, status);
+                sse("command", &v, &mut out);
+            }
+        }
+        // Finished commands are not read again.
+        let finished: Vec<u64> = seen
+            .iter()
+            .filter(|(_, s)| !matches!(s.as_str(), "queued" | "sent"))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in finished {
+            if seen.keys().all(|k| *k >= id) {
+                *after = id;
+                seen.remove(&id);
+            }
+        }
     }
     if c.alarms && c.live.registry.outbox_last() > c.outbox {
         for ev in c.live.registry.outbox_after(c.outbox, 1000)? {
@@ -189,7 +215,11 @@ pub async fn events(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
             ))
         }
     };
-    p.finish(&["streams", "alarms"])?;
+    let commands = p.take("commands")?;
+    p.finish(&["streams", "alarms", "commands"])?;
+    if let Some(d) = &commands {
+        who.require_device(d)?;
+    }
     if streams.len() > MAX_STREAMS {
         return Err(ApiError::param(
             "streams",
@@ -202,7 +232,27 @@ pub async fn events(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
         who.require_path(s)?;
     }
     let live = st.live.clone();
+    let commands = match commands {
+        Some(d) => {
+            // Commands made from now on: start after the newest one.
+            let (reg, d2) = (live.registry.clone(), d.clone());
+            let newest = web::block(move || -> Result<u64, ApiError> {
+                let mut after = 0;
+                loop {
+                    let page = reg.commands(&d2, after, 1000)?;
+                    match page.last() {
+                        Some(c) => after = c.id,
+                        None => return Ok(after),
+                    }
+                }
+            })
+            .await??;
+            Some((d, newest, std::collections::HashMap::new()))
+        }
+        None => None,
+    };
     let conn = Conn {
+        commands,
         _client: live.connect()?,
         cursor: live.store.applied_seq(),
         outbox: live.registry.outbox_last(),
