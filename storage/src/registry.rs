@@ -752,12 +752,26 @@ fn remove_key(db: &sled::Db, tree: &sled::Tree, key: &[u8]) -> Result<bool> {
 impl SledRegistry {
     /// Opens (or creates) the registry in directory `path`.
     pub fn open(path: &Path) -> Result<SledRegistry> {
-        let db = sled::Config::new()
+        let cfg = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
-            .cache_capacity(1 << 20)
-            .open()
-            .map_err(db_err)?;
+            .cache_capacity(1 << 20);
+        // sled releases its file lock from a background thread after the previous handle is
+        // dropped; a reopen right after a close may find it still held for a moment.
+        let mut waited = std::time::Duration::ZERO;
+        let db = loop {
+            match cfg.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && waited < std::time::Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    waited += std::time::Duration::from_millis(20);
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        };
         let t = |n: &str| db.open_tree(n).map_err(db_err);
         SledRegistry {
             devices: t("devices")?,
