@@ -18,6 +18,7 @@
 //! - [`error`]: the one mapping of errors to HTTP answers. [`metrics`]: Prometheus metrics.
 //! - [`retention`]: the background retention sweep.
 //! - [`webhook`]: Standard Webhooks signatures for monitors.
+//! - [`csv_upload`]: device CSV uploads in Digi's column order (`/ws/v1/streams/csv`).
 //! - [`lineproto`]: InfluxDB line protocol writes (`/write`, `/api/v2/write`).
 //! - [`live`]: Server-Sent Events of new points and alarm changes, for the dashboards.
 //! - [`monitors`]: monitors (`/ws/v1/monitors/inventory`): where events are pushed.
@@ -31,6 +32,7 @@ pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod csv_export;
+pub mod csv_upload;
 pub mod dashboards;
 pub mod delivery;
 pub mod devices;
@@ -388,6 +390,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/metrics").route(web::get().to(metrics_text)))
         .service(resource("/ws/v1/events").route(web::get().to(live::events)))
         .service(resource("/write").route(web::post().to(lineproto::write)))
+        .service(resource("/ws/v1/streams/csv").route(web::post().to(csv_upload::upload)))
+        .service(
+            resource("/ws/v1/streams/csv/{stream_id:.*}").route(web::post().to(csv_upload::upload)),
+        )
         .service(resource("/api/v2/write").route(web::post().to(lineproto::write)))
         .service(resource("/health").route(web::get().to(health)))
         .service(resource("/").route(web::get().to(dashboards::index)))

@@ -9,6 +9,7 @@ mod alerts;
 mod browser;
 mod crash;
 mod csv;
+mod csv_upload;
 mod devices;
 mod history;
 mod ingest;
