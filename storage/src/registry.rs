@@ -500,16 +500,6 @@ pub trait Registry: Send + Sync {
     fn monitors(&self) -> Result<Vec<Monitor>>;
     /// Deletes a monitor; whether it existed.
     fn delete_monitor(&self, id: &str) -> Result<bool>;
-    /// Changes the status of (alert, source) with `f`, atomically with respect to every other
-    /// change of that pair, and appends the result to the pair's history when `f` changed it.
-    /// `f` gets the current status (`None` before the first transition) and returns the new
-    /// one, or `None` for no change. Returns the status after.
-    fn transition(
-        &self,
-        alert_id: &str,
-        source: &str,
-        f: &mut dyn FnMut(Option<&AlarmStatus>) -> Option<AlarmStatus>,
-    ) -> Result<Option<AlarmStatus>>;
     /// The statuses of every pair, in (alert, source) order.
     fn statuses(&self) -> Result<Vec<AlarmStatus>>;
     /// The transitions of one alert after history key `after` (as returned), oldest first.
@@ -1035,48 +1025,6 @@ impl Registry for SledRegistry {
 
     fn delete_monitor(&self, id: &str) -> Result<bool> {
         remove_key(&self.db, &self.monitors, id.as_bytes())
-    }
-
-    fn transition(
-        &self,
-        alert_id: &str,
-        source: &str,
-        f: &mut dyn FnMut(Option<&AlarmStatus>) -> Option<AlarmStatus>,
-    ) -> Result<Option<AlarmStatus>> {
-        let mut k = alert_id.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(source.as_bytes());
-        // Serialized with every other registry change that reads before it writes.
-        let _g = self.lock.lock();
-        let current: Option<AlarmStatus> = self
-            .statuses
-            .get(&k)
-            .map_err(db_err)?
-            .map(|v| decode(&v))
-            .transpose()?;
-        let Some(mut next) = f(current.as_ref()) else {
-            return Ok(current);
-        };
-        next.alert_id = alert_id.into();
-        next.source = source.into();
-        next.transitions = current.as_ref().map_or(0, |c| c.transitions) + 1;
-        let mut h = alert_id.as_bytes().to_vec();
-        h.push(0);
-        h.extend_from_slice(source.as_bytes());
-        h.push(0);
-        h.extend_from_slice(&next.transitions.to_be_bytes());
-        // The status and its history entry in one batch each way: sled applies a transaction
-        // across both trees atomically.
-        let (sv, hv) = (encode(&next)?, encode(&next)?);
-        (&self.statuses, &self.alarm_history)
-            .transaction(|(st, hi)| {
-                st.insert(k.as_slice(), sv.as_slice())?;
-                hi.insert(h.as_slice(), hv.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| db_err(format!("{e:?}")))?;
-        self.flush()?;
-        Ok(Some(next))
     }
 
     fn statuses(&self) -> Result<Vec<AlarmStatus>> {
@@ -1608,6 +1556,27 @@ mod tests {
         }
     }
 
+    /// One evaluated change with event id `id`.
+    fn change(
+        alert: &str,
+        source: &str,
+        to: crate::alarm::State,
+        at: i64,
+        id: String,
+    ) -> AlarmChange {
+        AlarmChange {
+            event_id: id,
+            alert_id: alert.into(),
+            source: source.into(),
+            device: "gw-1".into(),
+            kind: AlarmChangeKind::Evaluated {
+                to,
+                at,
+                value: status(to, at).value,
+            },
+        }
+    }
+
     #[test]
     fn concurrent_triggers_of_one_pair_make_one_active_status() {
         use crate::alarm::State;
@@ -1617,13 +1586,16 @@ mod tests {
             .map(|i| {
                 let r = r.clone();
                 std::thread::spawn(move || {
-                    r.transition("a1", "gw-1/m/v", &mut |cur| {
-                        if cur.is_some_and(|c| c.state.active()) {
-                            None
-                        } else {
-                            Some(status(State::Triggered, i))
-                        }
-                    })
+                    r.alarm_changes(
+                        &[change(
+                            "a1",
+                            "gw-1/m/v",
+                            State::Triggered,
+                            i,
+                            format!("t{i}"),
+                        )],
+                        i,
+                    )
                     .unwrap()
                 })
             })
@@ -1643,19 +1615,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = std::sync::Arc::new(SledRegistry::open(dir.path()).unwrap());
         let threads: Vec<_> = (0..4)
-            .map(|_| {
+            .map(|t| {
                 let r = r.clone();
                 std::thread::spawn(move || {
-                    for _ in 0..25 {
-                        r.transition("a1", "s", &mut |cur| {
-                            let flip = if cur.is_some_and(|c| c.state.active()) {
-                                State::Reset
-                            } else {
-                                State::Triggered
-                            };
-                            Some(status(flip, 0))
-                        })
-                        .unwrap();
+                    // Each call fires and resets: both apply only if no other call interleaves.
+                    for n in 0..25 {
+                        let out = r
+                            .alarm_changes(
+                                &[
+                                    change("a1", "s", State::Triggered, 0, format!("{t}/{n}/t")),
+                                    change("a1", "s", State::Reset, 0, format!("{t}/{n}/r")),
+                                ],
+                                0,
+                            )
+                            .unwrap();
+                        assert!(out.iter().all(|o| matches!(o, ChangeOutcome::Applied(_))));
                     }
                 })
             })
@@ -1663,11 +1637,11 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // Every change saw the one before it: 100 transitions, strictly alternating.
+        // Every change saw the one before it: 200 transitions, strictly alternating.
         let h = r.alarm_history("a1", None, 1000).unwrap();
-        assert_eq!(h.len(), 100);
+        assert_eq!(h.len(), 200);
         assert!(h.windows(2).all(|w| w[0].1.state != w[1].1.state));
-        assert_eq!(r.statuses().unwrap()[0].transitions, 100);
+        assert_eq!(r.statuses().unwrap()[0].transitions, 200);
     }
 
     #[test]
@@ -1685,23 +1659,33 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                let got = r
-                    .transition("a1", "gw-1/m/v", &mut |_| Some(status(st, i as i64)))
-                    .unwrap()
-                    .unwrap();
+                let mut c = change("a1", "gw-1/m/v", st, i as i64, format!("e{i}"));
+                if st == State::Acknowledged {
+                    c.kind = AlarmChangeKind::Acknowledge {
+                        by: "ops".into(),
+                        note: None,
+                        at: i as i64,
+                    };
+                }
+                let got = match r.alarm_changes(&[c], 0).unwrap().remove(0) {
+                    ChangeOutcome::Applied(s) => s,
+                    other => panic!("{other:?}"),
+                };
                 assert_eq!(got.transitions, i as u64 + 1);
             }
-            r.transition("a1", "gw-2/m/v", &mut |_| Some(status(State::Triggered, 9)))
-                .unwrap();
-            r.transition("a10", "gw-1/m/v", &mut |_| {
-                Some(status(State::Triggered, 9))
-            })
+            let two = |to, id: &str| change("a1", "gw-2/m/v", to, 9, id.into());
+            r.alarm_changes(&[two(State::Triggered, "g2")], 0).unwrap();
+            r.alarm_changes(
+                &[change("a10", "gw-1/m/v", State::Triggered, 9, "a10".into())],
+                0,
+            )
             .unwrap();
             // No change: nothing written.
-            let same = r
-                .transition("a1", "gw-2/m/v", &mut |_| None)
-                .unwrap()
+            let out = r
+                .alarm_changes(&[two(State::Triggered, "g2-again")], 0)
                 .unwrap();
+            assert!(matches!(out[0], ChangeOutcome::Refused(_)));
+            let same = r.status("a1", "gw-2/m/v").unwrap().unwrap();
             assert_eq!(same.transitions, 1);
         }
         let r = SledRegistry::open(dir.path()).unwrap();
