@@ -260,12 +260,12 @@ impl Rule {
 
     /// The source a point of `path` counts for: the device for device-wide Missing rules, the
     /// stream otherwise.
-    fn source<'a>(&self, path: &'a str) -> &'a str {
+    fn source(&self, path: &Arc<str>) -> Arc<str> {
         match (&self.alert.rule, &self.alert.scope) {
             (AlertRule::Missing { .. }, AlertScope::Device(_) | AlertScope::Group(_)) => {
-                device_id(path)
+                Arc::from(device_id(path))
             }
-            _ => path,
+            _ => path.clone(),
         }
     }
 
@@ -482,31 +482,33 @@ impl Worker {
         Ok(())
     }
 
-    /// The state of (rule, source), made from the stored status the first time.
+    /// The state of (rule, source), made from the stored status the first time. Called per
+    /// group of points and rule: the key is two reference-counted names, no copy.
     fn state<'a>(
         states: &'a mut HashMap<Key, SourceState>,
         registry: &dyn Registry,
         rule: &Rule,
-        source: &str,
+        source: Arc<str>,
     ) -> Result<&'a mut SourceState, String> {
-        let key: Key = (rule.id.clone(), Arc::from(source));
-        if !states.contains_key(&key) {
-            let stored = registry
-                .status(&rule.id, source)
-                .map_err(|e| e.to_string())?;
-            let st = SourceState {
-                held: HeldState {
-                    state: stored
-                        .filter(|s| s.state.active())
-                        .map(|_| State::Triggered),
-                    run_since: None,
-                    last_ts: None,
-                },
-                ..SourceState::default()
-            };
-            states.insert(key.clone(), st);
-        }
-        Ok(states.get_mut(&key).expect("inserted above"))
+        use std::collections::hash_map::Entry;
+        Ok(match states.entry((rule.id.clone(), source)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let stored = registry
+                    .status(&rule.id, &v.key().1)
+                    .map_err(|e| e.to_string())?;
+                v.insert(SourceState {
+                    held: HeldState {
+                        state: stored
+                            .filter(|s| s.state.active())
+                            .map(|_| State::Triggered),
+                        run_since: None,
+                        last_ts: None,
+                    },
+                    ..SourceState::default()
+                })
+            }
+        })
     }
 
     /// Missing DataPoint sources that have not sent anything yet start their wait when the
@@ -548,7 +550,12 @@ impl Worker {
                 }
             }
             for (source, last) in sources {
-                let st = Self::state(&mut self.states, &*ev.registry, rule, &source)?;
+                let st = Self::state(
+                    &mut self.states,
+                    &*ev.registry,
+                    rule,
+                    Arc::from(source.as_str()),
+                )?;
                 if st.last_arrival.is_none() {
                     st.last_arrival = Some(last);
                 }
@@ -626,16 +633,15 @@ impl Worker {
                 if rules.is_empty() {
                     continue;
                 }
-                let mut late: Vec<(usize, String, i64, i64)> = Vec::new();
+                let mut late: Vec<(usize, Arc<str>, i64, i64)> = Vec::new();
                 ev.stats
                     .evaluated
                     .fetch_add(points.len() as u64, Ordering::Relaxed);
                 for &ri in rules.iter() {
                     let ri = ri as usize;
-                    let source: &str = self.rules[ri].source(path);
-                    let source = source.to_string();
+                    let source = self.rules[ri].source(path);
                     let rule = &self.rules[ri];
-                    let st = Self::state(&mut self.states, &*registry, rule, &source)?;
+                    let st = Self::state(&mut self.states, &*registry, rule, source.clone())?;
                     let mut out: Vec<(State, i64, Option<Observed>)> = Vec::new();
                     let value_rule = matches!(
                         rule.alert.rule,
@@ -797,7 +803,12 @@ impl Worker {
             _ => return Ok(()),
         }
         held.last_ts = Some(to);
-        let st = Self::state(&mut self.states, &*ev.registry, &self.rules[ri], source)?;
+        let st = Self::state(
+            &mut self.states,
+            &*ev.registry,
+            &self.rules[ri],
+            Arc::from(source),
+        )?;
         st.held = held.clone();
         if last_value.is_some() {
             st.last_value = last_value;
@@ -894,7 +905,12 @@ impl Worker {
                     if !rule.covers_device(&d.id, &self.groups) {
                         continue;
                     }
-                    let st = Self::state(&mut self.states, &*ev.registry, rule, &d.id)?;
+                    let st = Self::state(
+                        &mut self.states,
+                        &*ev.registry,
+                        rule,
+                        Arc::from(d.id.as_str()),
+                    )?;
                     let active = st.held.state().active();
                     let should = match rule.alert.rule {
                         AlertRule::Offline {
@@ -915,8 +931,14 @@ impl Worker {
                                     st.disconnects.push(e.time);
                                 }
                             }
+                            // Only those within the window are kept: they are what counts.
                             st.disconnects.retain(|t| now - *t < window_ms);
-                            st.disconnects.len() >= count
+                            meterstream_storage::alarm::excessive(
+                                &st.disconnects,
+                                count,
+                                window_ms,
+                                now,
+                            )
                         }
                         _ => active,
                     };
