@@ -132,17 +132,23 @@ pub async fn create(
         created: now,
         updated: now,
     };
+    store(&st, &who, &a).await?;
+    Ok(HttpResponse::Created().json(alert_json(&a)))
+}
+
+/// Checks an alert (the error names the field; 403 outside the caller's scope), stores it and
+/// tells the evaluator: shared by create and update.
+async fn store(st: &web::Data<AppState>, who: &Principal, a: &Alert) -> Result<(), ApiError> {
     a.validate().map_err(ApiError::BadRequest)?;
-    if !covers(&who, &a.scope) {
+    if !covers(who, &a.scope) {
         return Err(ApiError::Forbidden(
             "the alert's scope reaches outside this credential's scope".into(),
         ));
     }
-    let st2 = st.clone();
-    let a2 = a.clone();
+    let (st2, a2) = (st.clone(), a.clone());
     web::block(move || st2.devices.registry.put_alert(&a2)).await??;
     st.evaluator.rules_changed();
-    Ok(HttpResponse::Created().json(alert_json(&a)))
+    Ok(())
 }
 
 /// `GET /ws/v1/alerts/inventory/{id}`.
@@ -189,16 +195,7 @@ pub async fn put(
         created: old.created,
         updated: now_ms(),
     };
-    a.validate().map_err(ApiError::BadRequest)?;
-    if !covers(&who, &a.scope) {
-        return Err(ApiError::Forbidden(
-            "the alert's scope reaches outside this credential's scope".into(),
-        ));
-    }
-    let st2 = st.clone();
-    let a2 = a.clone();
-    web::block(move || st2.devices.registry.put_alert(&a2)).await??;
-    st.evaluator.rules_changed();
+    store(&st, &who, &a).await?;
     Ok(HttpResponse::Ok().json(alert_json(&a)))
 }
 
