@@ -423,7 +423,8 @@ impl Dispatcher {
         }
         let mut outbox: Vec<Item> = Vec::new();
         let mut outbox_end = st.outbox_cursor;
-        if alarms || devices {
+        // The newest outbox number is in memory: an idle monitor reads nothing.
+        if (alarms || devices) && self.registry.outbox_last() > st.outbox_cursor {
             let evs = self
                 .registry
                 .outbox_after(st.outbox_cursor, limit)
