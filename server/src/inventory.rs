@@ -107,6 +107,10 @@ pub async fn put(
             )));
         }
     }
+    // Copies land in the targets, so the caller must be allowed to write there too.
+    for f in b.forward_to.iter().flatten() {
+        who.require_path(f)?;
+    }
     let stream_type = match &b.r#type {
         None => None,
         Some(t) => Some(StreamType::parse(t).ok_or_else(|| {

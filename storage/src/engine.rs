@@ -118,6 +118,8 @@ impl Config {
 struct Entry {
     id: u64,
     ty: StreamType,
+    /// Whether the stream's `forward_to` lists streams (then each write is copied to them).
+    forwards: bool,
 }
 
 fn shard_of_id(id: u64) -> usize {
@@ -1125,6 +1127,7 @@ impl Inner {
                         Entry {
                             id: r.id,
                             ty: r.meta.stream_type,
+                            forwards: !r.meta.forward_to.is_empty(),
                         },
                     );
                     reg.next_counter = reg.next_counter.max((r.id >> SHARD_BITS) + 1);
@@ -1334,6 +1337,7 @@ impl Inner {
                 Entry {
                     id: rec.id,
                     ty: rec.meta.stream_type,
+                    forwards: !rec.meta.forward_to.is_empty(),
                 },
             );
             reg.next_counter = reg.next_counter.max((rec.id >> SHARD_BITS) + 1);
@@ -1688,6 +1692,39 @@ impl Engine {
 
     /// Finds the stream or creates it with `ty`; the creation is logged before the stream becomes
     /// visible, so every record that uses it comes after it in the log.
+    /// Adds copies of `points`, just accepted for the stream of `e`, for each stream its
+    /// `forward_to` lists, creating a missing target with the source's type and units. Copies
+    /// are not forwarded again (so two streams forwarding to each other cannot loop), and a
+    /// target whose values are of another kind (its type was changed after the forward was
+    /// set) is skipped and counted in `meterstream_forward_skipped_total`.
+    fn forward(
+        &self,
+        e: Entry,
+        points: &[PointRec],
+        now: i64,
+        out: &mut Vec<(u64, Vec<PointRec>)>,
+    ) -> Result<()> {
+        let (targets, units) = {
+            let sh = self.inner.shards[shard_of_id(e.id)].lock();
+            match sh.streams.get(&e.id) {
+                Some(st) => (st.rec.meta.forward_to.clone(), st.rec.meta.units.clone()),
+                None => return Ok(()),
+            }
+        };
+        for t in targets {
+            let te = self.get_or_create(&t, e.ty, Some(units.clone()), now)?;
+            if te.ty.kind() != e.ty.kind() {
+                self.inner
+                    .metrics
+                    .forward_skipped
+                    .inc_by(points.len() as u64);
+                continue;
+            }
+            out.push((te.id, points.to_vec()));
+        }
+        Ok(())
+    }
+
     fn get_or_create(
         &self,
         path: &str,
@@ -1715,7 +1752,11 @@ impl Engine {
             None,
         )?;
         reg.next_counter += 1;
-        let e = Entry { id, ty };
+        let e = Entry {
+            id,
+            ty,
+            forwards: false,
+        };
         reg.by_path.insert(Arc::from(path), e);
         Ok(e)
     }
@@ -1940,6 +1981,9 @@ impl Store for Engine {
             }
             if let (Some(e), false) = (entry, points.is_empty()) {
                 stored += points.len();
+                if e.forwards {
+                    self.forward(e, &points, now, &mut out)?;
+                }
                 out.push((e.id, points));
             }
         }
@@ -2020,6 +2064,28 @@ impl Store for Engine {
                 meta.rollup_ttl = t;
             }
             let ty = meta.stream_type;
+            // A copy must fit its target: the target may not be the stream itself, and an
+            // existing target must hold the same kind of value.
+            for f in &meta.forward_to {
+                if f == path {
+                    return Err(StorageError::Conflict {
+                        path: path.into(),
+                        message: "forward_to may not name the stream itself".into(),
+                    });
+                }
+                if let Some(t) = reg.by_path.get(f.as_str()) {
+                    if t.ty.kind() != ty.kind() {
+                        return Err(StorageError::Conflict {
+                            path: path.into(),
+                            message: format!(
+                                "forward_to {f:?} is a {} stream and cannot take copies of {ty} points",
+                                t.ty
+                            ),
+                        });
+                    }
+                }
+            }
+            let forwards = !meta.forward_to.is_empty();
             self.wal.append(
                 Record::PutStream(StreamRecord {
                     id,
@@ -2029,7 +2095,8 @@ impl Store for Engine {
                 }),
                 Some(tx),
             )?;
-            reg.by_path.insert(Arc::from(path), Entry { id, ty });
+            reg.by_path
+                .insert(Arc::from(path), Entry { id, ty, forwards });
         }
         rx.recv().map_err(|_| StorageError::Closed)??;
         self.stream(path)

@@ -26,6 +26,9 @@ pub struct StoreMetrics {
     /// Rollup queries answered from raw points because an interval boundary was off the stored
     /// 1-minute grid (`meterstream_storage_rollup_raw_fallbacks_total`).
     pub rollup_raw_fallbacks: IntCounter,
+    /// Copies a stream's `forward_to` could not make because the target holds another kind of
+    /// value (`meterstream_storage_forward_skipped_total`).
+    pub forward_skipped: IntCounter,
 }
 
 fn hist(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -76,6 +79,10 @@ impl StoreMetrics {
                 "meterstream_storage_rollup_raw_fallbacks_total",
                 "Rollup queries answered from raw points (an interval boundary off the 1-minute grid).",
             ),
+            forward_skipped: counter(
+                "meterstream_storage_forward_skipped_total",
+                "Forwarded copies skipped because the target stream holds another kind of value.",
+            ),
         }
     }
 
@@ -90,6 +97,7 @@ impl StoreMetrics {
             Box::new(self.late_points.clone()),
             Box::new(self.rollup_recomputes.clone()),
             Box::new(self.rollup_raw_fallbacks.clone()),
+            Box::new(self.forward_skipped.clone()),
         ]
     }
 }

@@ -477,3 +477,71 @@ fn stores_keep_their_sled_compression_setting() {
         );
     }
 }
+
+#[test]
+fn forward_to_copies_writes_once_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let upd = |f: &[&str]| StreamUpdate {
+        forward_to: Some(f.iter().map(|s| s.to_string()).collect()),
+        ..StreamUpdate::default()
+    };
+    {
+        let s = Engine::open(small_config(dir.path())).unwrap();
+        s.write(vec![group("gw/m/v", &[(1000, 1.0)])], 5).unwrap();
+        // Two streams forwarding to each other must not loop: copies are not forwarded again.
+        s.put_stream("gw/m/v", upd(&["site/v", "gw/m/v_copy"]), 5)
+            .unwrap();
+        s.put_stream("site/v", upd(&["gw/m/v"]), 5).unwrap();
+        let out = s
+            .write(vec![group("gw/m/v", &[(2000, 2.0), (3000, 3.0)])], 6)
+            .unwrap();
+        assert_eq!(
+            out.stored, 2,
+            "the answer counts the points sent, not copies"
+        );
+        assert_eq!(all(&s, "site/v"), vec![(2000, 2.0), (3000, 3.0)]);
+        assert_eq!(all(&s, "gw/m/v_copy"), vec![(2000, 2.0), (3000, 3.0)]);
+        assert_eq!(
+            s.stream("gw/m/v_copy").unwrap().meta.stream_type,
+            StreamType::Double
+        );
+        // A write to site/v goes back to gw/m/v only.
+        s.write(vec![group("site/v", &[(4000, 4.0)])], 7).unwrap();
+        assert_eq!(
+            all(&s, "gw/m/v"),
+            vec![(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)]
+        );
+        assert_eq!(all(&s, "gw/m/v_copy").len(), 2);
+        // Forwarding to itself, or to a stream of another kind, is refused.
+        assert!(matches!(
+            s.put_stream("gw/m/v", upd(&["gw/m/v"]), 8),
+            Err(StorageError::Conflict { .. })
+        ));
+        s.write(
+            vec![GroupIn {
+                stream_type: Some(StreamType::String),
+                points: vec![PointIn {
+                    timestamp: Some(1),
+                    value: InValue::Str("x".into()),
+                    extras: None,
+                }],
+                ..group("gw/m/text", &[])
+            }],
+            8,
+        )
+        .unwrap();
+        assert!(matches!(
+            s.put_stream("gw/m/v", upd(&["gw/m/text"]), 8),
+            Err(StorageError::Conflict { .. })
+        ));
+        s.close();
+    }
+    // After a reopen the forward still applies (the flag is rebuilt from the stream records).
+    let s = Engine::open(small_config(dir.path())).unwrap();
+    s.write(vec![group("gw/m/v", &[(5000, 5.0)])], 9).unwrap();
+    assert_eq!(all(&s, "site/v").last(), Some(&(5000, 5.0)));
+    // Clearing the list stops the copies.
+    s.put_stream("gw/m/v", upd(&[]), 10).unwrap();
+    s.write(vec![group("gw/m/v", &[(6000, 6.0)])], 11).unwrap();
+    assert_eq!(all(&s, "site/v").last(), Some(&(5000, 5.0)));
+}
