@@ -208,38 +208,22 @@ pub async fn upload(
     };
     let body = crate::read_body(&req, payload, st.body_limit).await?;
     let st2 = st.clone();
+    let address = req.peer_addr().map(|a| a.ip().to_string());
     let (stored, mut errors) = web::block(move || -> Result<_, ApiError> {
         let text = std::str::from_utf8(&body)
             .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
-        let mut p = parse(text, stream.as_deref(), meterstream_storage::time::now_ms());
-        // Lines outside the caller's scope are refused line by line.
-        let mut refused = Vec::new();
-        p.groups.retain(|g| {
-            if who.covers_path(&g.stream) {
-                return true;
-            }
-            for i in 0..g.points.len() {
-                refused.push(LineError {
-                    line: p.lines[g.first_index + i],
-                    status: 403,
-                    message: format!("{:?} is outside this credential's scope", g.stream),
-                });
-            }
-            false
-        });
-        p.errors.extend(refused);
-        let outcome = st2
-            .store
-            .write(p.groups, meterstream_storage::time::now_ms())?;
-        for e in outcome.errors {
+        let now = meterstream_storage::time::now_ms();
+        let mut p = parse(text, stream.as_deref(), now);
+        let out = crate::ingest::store_for(&st2, &who, p.groups, address.as_deref(), now)?;
+        st2.metrics.points_rejected.inc_by(p.errors.len() as u64);
+        for f in out.faults {
             p.errors.push(LineError {
-                line: p.lines.get(e.index).copied().unwrap_or(0),
-                status: crate::error::storage_status(&e.error).as_u16(),
-                message: e.error.to_string(),
+                line: p.lines.get(f.index).copied().unwrap_or(0),
+                status: f.status,
+                message: f.message,
             });
         }
-        st2.metrics.points_ingested.inc_by(outcome.stored as u64);
-        Ok((outcome.stored, p.errors))
+        Ok((out.stored, p.errors))
     })
     .await??;
     errors.sort_by_key(|e| e.line);

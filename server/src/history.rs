@@ -1,7 +1,7 @@
 //! Handlers of `/ws/v1/streams/history`: ingest (POST), raw history (GET), range delete (DELETE).
 
-use crate::error::{storage_status, ApiError};
-use crate::ingest::{parse_json, parse_msgpack, Format, ItemFault};
+use crate::error::ApiError;
+use crate::ingest::{parse_json, parse_msgpack, Format};
 use crate::params::Params;
 use crate::{stream_id, wire, AppState};
 use actix_web::http::StatusCode;
@@ -45,61 +45,23 @@ pub async fn post(
             Format::MsgPack => parse_msgpack(&body)?,
         };
         drop(body);
-        let mut faults = parsed.faults;
-        let mut parsed_groups = parsed.groups;
-        // Points outside the caller's scope (a device key writing into another device's
-        // subtree) are refused item by item; the others are stored.
-        parsed_groups.retain(|g| {
-            if who.covers_path(&g.stream) {
-                return true;
-            }
-            faults.extend((0..g.points.len()).map(|i| ItemFault {
-                index: g.first_index + i,
-                status: 403,
-                message: format!("{:?} is outside this credential's scope", g.stream),
-            }));
-            false
-        });
-        let mut devices: Vec<String> = Vec::new();
-        for g in &parsed_groups {
-            let d = meterstream_storage::path::device_id(&g.stream);
-            if !d.is_empty()
-                && devices.last().is_none_or(|l| l != d)
-                && !devices.iter().any(|x| x == d)
-            {
-                devices.push(d.to_string());
-            }
-        }
-        let outcome = st2.store.write(parsed_groups, now)?;
-        faults.extend(outcome.errors.into_iter().map(|e| ItemFault {
-            index: e.index,
-            status: storage_status(&e.error).as_u16(),
-            message: e.error.to_string(),
-        }));
-        // Contact from the devices whose points were stored; the points are durable already,
-        // so a registry failure is logged, not answered.
+        let mut out = crate::ingest::store_for(&st2, &who, parsed.groups, address.as_deref(), now)?;
+        st2.metrics
+            .points_rejected
+            .inc_by(parsed.faults.len() as u64);
+        out.faults.extend(parsed.faults);
+        // Commands ride back only to a gateway that wrote for itself alone.
         let mut commands = None;
-        if outcome.stored > 0 {
-            for d in &devices {
-                if meterstream_storage::path::validate_path(d).is_ok() {
-                    if let Err(e) = st2.devices.seen(d, address.as_deref(), now) {
-                        tracing::error!(device = %d, "recording contact: {e}");
-                    }
-                }
-            }
-            if let (Some(after), [d]) = (commands_after, devices.as_slice()) {
-                match st2.devices.registry.deliver(d, after, now) {
-                    Ok(c) => commands = Some(c),
-                    Err(e) => tracing::error!(device = %d, "delivering commands: {e}"),
-                }
+        if let (Some(after), [d]) = (commands_after, out.devices.as_slice()) {
+            match st2.devices.registry.deliver(d, after, now) {
+                Ok(c) => commands = Some(c),
+                Err(e) => tracing::error!(device = %d, "delivering commands: {e}"),
             }
         }
-        Ok((faults, outcome.stored, parsed.single, commands))
+        Ok((out.faults, out.stored, parsed.single, commands))
     })
     .await??;
     faults.sort_by_key(|f| f.index);
-    st.metrics.points_ingested.inc_by(stored as u64);
-    st.metrics.points_rejected.inc_by(faults.len() as u64);
     let commands = commands.map(|c| {
         c.iter()
             .map(crate::devices::command_json)

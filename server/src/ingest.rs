@@ -351,6 +351,72 @@ fn group_items(items: Vec<RawItem>, single: bool) -> Parsed {
     p
 }
 
+/// What [`store_for`] stored.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Points stored.
+    pub stored: usize,
+    /// Items refused: outside the caller's scope (403) or refused by the store.
+    pub faults: Vec<ItemFault>,
+    /// The devices (first path segments) that points were stored for, in first-seen order.
+    pub devices: Vec<String>,
+}
+
+/// Stores parsed groups on behalf of `who`, as every ingest format does: groups outside the
+/// caller's scope (a device key writing into another device's subtree) are refused item by item,
+/// the others are written; each device whose points were stored is recorded as in contact from
+/// `address` (the points are durable already, so a registry failure is logged, not answered);
+/// the ingest metrics are counted. Blocking.
+pub fn store_for(
+    st: &crate::AppState,
+    who: &crate::auth::Principal,
+    mut groups: Vec<GroupIn>,
+    address: Option<&str>,
+    now: i64,
+) -> Result<Stored, ApiError> {
+    let mut out = Stored::default();
+    groups.retain(|g| {
+        if who.covers_path(&g.stream) {
+            return true;
+        }
+        out.faults.extend((0..g.points.len()).map(|i| ItemFault {
+            index: g.first_index + i,
+            status: 403,
+            message: format!("{:?} is outside this credential's scope", g.stream),
+        }));
+        false
+    });
+    let mut devices: Vec<String> = Vec::new();
+    for g in &groups {
+        let d = meterstream_storage::path::device_id(&g.stream);
+        if !d.is_empty() && !devices.iter().any(|x| x == d) {
+            devices.push(d.to_string());
+        }
+    }
+    let outcome = st.store.write(groups, now)?;
+    out.faults
+        .extend(outcome.errors.into_iter().map(|e| ItemFault {
+            index: e.index,
+            status: crate::error::storage_status(&e.error).as_u16(),
+            message: e.error.to_string(),
+        }));
+    out.faults.sort_by_key(|f| f.index);
+    out.stored = outcome.stored;
+    if out.stored > 0 {
+        for d in &devices {
+            if meterstream_storage::path::validate_path(d).is_ok() {
+                if let Err(e) = st.devices.seen(d, address, now) {
+                    tracing::error!(device = %d, "recording contact: {e}");
+                }
+            }
+        }
+        out.devices = devices;
+    }
+    st.metrics.points_ingested.inc_by(out.stored as u64);
+    st.metrics.points_rejected.inc_by(out.faults.len() as u64);
+    Ok(out)
+}
+
 fn first_significant(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
 }

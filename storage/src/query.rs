@@ -206,6 +206,8 @@ pub enum Condition {
     IdStartsWith(String),
     /// The path starts with one of these prefixes (a credential's scope).
     Within(Vec<String>),
+    /// The path is this one or lies under it (`p` or `p/...`): Digi's `/ws/DataStream/{p}`.
+    Subtree(String),
     /// The path contains this text.
     IdContains(String),
     /// Compares the path.
@@ -234,6 +236,10 @@ impl StreamFilter {
         self.conditions.iter().all(|c| match c {
             Condition::IdStartsWith(p) => s.path.starts_with(p.as_str()),
             Condition::Within(ps) => ps.iter().any(|p| s.path.starts_with(p.as_str())),
+            Condition::Subtree(p) => {
+                s.path.starts_with(p.as_str())
+                    && (s.path.len() == p.len() || s.path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
             Condition::IdContains(p) => s.path.contains(p.as_str()),
             Condition::Id(op, v) => op.test(&s.path.as_str(), &v.as_str()),
             Condition::Type(op, t) => match op {
@@ -255,7 +261,7 @@ impl StreamFilter {
         self.conditions
             .iter()
             .filter_map(|c| match c {
-                Condition::IdStartsWith(p) => Some(p.as_str()),
+                Condition::IdStartsWith(p) | Condition::Subtree(p) => Some(p.as_str()),
                 _ => None,
             })
             .max_by_key(|p| p.len())
