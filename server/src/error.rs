@@ -56,6 +56,23 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The message a client may see: the error itself for client errors; for server errors a
+    /// generic text, the details going to the log.
+    pub fn public_message(&self) -> String {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => "the store is not accepting writes".to_string(),
+                _ => "internal error; see the server log".to_string(),
+            }
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(e.to_string())
@@ -102,15 +119,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let message = if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => "the store is not accepting writes".to_string(),
-                _ => "internal error; see the server log".to_string(),
-            }
-        } else {
-            self.to_string()
-        };
+        let message = self.public_message();
         let mut r = HttpResponse::build(status);
         match self {
             ApiError::Unauthorized(_) => {

@@ -86,15 +86,15 @@ impl Format {
 /// One point object as sent; every field is taken as any value and checked afterwards, so that a
 /// field of the wrong kind is an error of that item, not of the whole body.
 #[derive(Debug, Default, Deserialize)]
-struct RawItem {
-    stream_id: Option<InValue>,
-    stream_type: Option<InValue>,
-    stream_units: Option<InValue>,
-    value: Option<InValue>,
-    timestamp: Option<InValue>,
-    quality: Option<InValue>,
-    location: Option<InValue>,
-    description: Option<InValue>,
+pub(crate) struct RawItem {
+    pub(crate) stream_id: Option<InValue>,
+    pub(crate) stream_type: Option<InValue>,
+    pub(crate) stream_units: Option<InValue>,
+    pub(crate) value: Option<InValue>,
+    pub(crate) timestamp: Option<InValue>,
+    pub(crate) quality: Option<InValue>,
+    pub(crate) location: Option<InValue>,
+    pub(crate) description: Option<InValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,15 +311,15 @@ fn item_parts(raw: RawItem) -> Result<ItemParts, String> {
 }
 
 /// Groups single items: consecutive items of the same stream (and declared type and units) share
-/// a group.
-fn group_items(items: Vec<RawItem>, single: bool) -> Parsed {
+/// a group. An item that could not even be read (`Err`) is a fault with that message.
+pub(crate) fn group_items(items: Vec<Result<RawItem, String>>, single: bool) -> Parsed {
     let mut p = Parsed {
         single,
         items: items.len(),
         ..Parsed::default()
     };
     for (index, raw) in items.into_iter().enumerate() {
-        match item_parts(raw) {
+        match raw.and_then(item_parts) {
             Ok(it) => {
                 let same = p.groups.last().is_some_and(|g| {
                     g.stream == it.stream
@@ -430,11 +430,15 @@ pub fn parse_json(body: &[u8]) -> Result<Parsed, ApiError> {
     };
     match first_significant(body) {
         Some(b'[') => Ok(group_items(
-            serde_json::from_slice::<Vec<RawItem>>(body).map_err(bad)?,
+            serde_json::from_slice::<Vec<RawItem>>(body)
+                .map_err(bad)?
+                .into_iter()
+                .map(Ok)
+                .collect(),
             false,
         )),
         Some(b'{') => Ok(group_items(
-            vec![serde_json::from_slice::<RawItem>(body).map_err(bad)?],
+            vec![Ok(serde_json::from_slice::<RawItem>(body).map_err(bad)?)],
             true,
         )),
         _ => Err(ApiError::BadRequest(
@@ -595,7 +599,11 @@ pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
     let is_map = matches!(first, 0x80..=0x8f | 0xde | 0xdf);
     if is_array {
         return Ok(group_items(
-            rmp_serde::from_slice::<Vec<RawItem>>(body).map_err(bad)?,
+            rmp_serde::from_slice::<Vec<RawItem>>(body)
+                .map_err(bad)?
+                .into_iter()
+                .map(Ok)
+                .collect(),
             false,
         ));
     }
@@ -606,7 +614,7 @@ pub fn parse_msgpack(body: &[u8]) -> Result<Parsed, ApiError> {
     }
     if !is_compact(body) {
         return Ok(group_items(
-            vec![rmp_serde::from_slice::<RawItem>(body).map_err(bad)?],
+            vec![Ok(rmp_serde::from_slice::<RawItem>(body).map_err(bad)?)],
             true,
         ));
     }

@@ -42,6 +42,7 @@ pub mod filter;
 pub mod history;
 pub mod ingest;
 pub mod inventory;
+pub mod legacy;
 pub mod lineproto;
 pub mod live;
 pub mod metrics;
@@ -386,6 +387,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             resource("/ws/v1/credentials/{id}").route(web::delete().to(auth::revoke_credential)),
+        )
+        .service(
+            resource("/ws/DataStream")
+                .route(web::get().to(legacy::get_streams))
+                .route(web::post().to(legacy::post_streams))
+                .route(web::put().to(legacy::put_streams)),
+        )
+        .service(
+            resource("/ws/DataStream/{path:.*}")
+                .route(web::get().to(legacy::get_streams))
+                .route(web::post().to(legacy::post_streams))
+                .route(web::put().to(legacy::put_streams))
+                .route(web::delete().to(legacy::delete_stream)),
+        )
+        .service(resource("/ws/DataPoint").route(web::post().to(legacy::post_points)))
+        .service(
+            resource("/ws/DataPoint/{stream_id:.*}")
+                .route(web::get().to(legacy::get_points))
+                .route(web::post().to(legacy::post_points))
+                .route(web::delete().to(legacy::delete_points)),
         )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
         .service(resource("/ws/v1/events").route(web::get().to(live::events)))

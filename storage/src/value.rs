@@ -290,7 +290,9 @@ impl InValue {
     }
 }
 
-fn parse_float_text(s: &str) -> Option<f64> {
+/// A number written as text: decimal or exponent notation, `NaN`, `Infinity`/`inf` (Java's and
+/// Rust's spellings), `-Infinity`/`-inf`.
+pub fn parse_float_text(s: &str) -> Option<f64> {
     match s.trim() {
         "NaN" => Some(f64::NAN),
         "Infinity" | "inf" => Some(f64::INFINITY),

@@ -14,6 +14,7 @@ mod devices;
 mod history;
 mod ingest;
 mod inventory;
+mod legacy;
 mod lineproto;
 mod monitors;
 mod readme;
