@@ -131,6 +131,10 @@ pub struct Args {
     /// Allow monitors to push to loopback, private and link-local addresses.
     #[arg(long, env = "METERSTREAM_ALLOW_PRIVATE_WEBHOOK_TARGETS")]
     pub allow_private_webhook_targets: Option<bool>,
+    /// Path template of InfluxDB line protocol writes (`{tags}/{measurement}/{field}` by
+    /// default; `{<tag key>}` names one tag).
+    #[arg(long, env = "METERSTREAM_LINE_PROTOCOL_TEMPLATE")]
+    pub line_protocol_template: Option<String>,
     /// Instead of serving: manage credentials in the data directory.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -265,6 +269,9 @@ impl Config {
         }
         if let Some(v) = args.workers {
             c.workers = v;
+        }
+        if let Some(v) = &args.line_protocol_template {
+            c.line_protocol_template = v.clone();
         }
         if let Some(v) = args.allow_private_webhook_targets {
             c.allow_private_webhook_targets = v;

@@ -20,7 +20,7 @@
 
 use crate::error::ApiError;
 use meterstream_storage::{GroupIn, InValue, PointIn, StreamType};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 /// The default path template.
 pub const DEFAULT_TEMPLATE: &str = "{tags}/{measurement}/{field}";
@@ -111,13 +111,8 @@ fn field_value(v: &str) -> Result<InValue, String> {
     }
 }
 
-/// Parses one line (without its newline).
-pub fn parse_line(line: &str) -> Result<Line, String> {
-    let (key, stop, rest) = split_unescaped(line, b" ", false);
-    if stop.is_none() {
-        return Err("missing fields".into());
-    }
-    // Measurement and tags.
+/// The measurement and tags of a line's series key (the text before its first unescaped space).
+fn parse_series(key: &str) -> Result<(String, Vec<(String, String)>), String> {
     let mut parts = Vec::new();
     let mut k = key;
     loop {
@@ -143,23 +138,17 @@ pub fn parse_line(line: &str) -> Result<Line, String> {
             unescape(tv, &[',', ' ', '=', '\\']),
         ));
     }
-    // Fields, then an optional timestamp.
+    Ok((measurement, tags))
+}
+
+/// The timestamp after a line's fields, and each field as (its key as written, its value), in
+/// order; `rest` is the text after the series key.
+fn parse_fields<'a>(
+    rest: &'a str,
+    mut each: impl FnMut(&'a str, InValue) -> Result<(), String>,
+) -> Result<Option<i64>, String> {
     let rest = rest.trim_start_matches(' ');
     let (fields_text, _, ts_text) = split_unescaped(rest, b" ", true);
-    let mut fields = Vec::new();
-    let mut f = fields_text;
-    loop {
-        let (head, stop, tail) = split_unescaped(f, b",", true);
-        let (fk, eq, fv) = split_unescaped(head, b"=", false);
-        if eq.is_none() || fk.is_empty() || fv.is_empty() {
-            return Err(format!("invalid field {head:?}"));
-        }
-        fields.push((unescape(fk, &[',', ' ', '=', '\\']), field_value(fv)?));
-        if stop.is_none() {
-            break;
-        }
-        f = tail;
-    }
     let ts_text = ts_text.trim();
     let timestamp = if ts_text.is_empty() {
         None
@@ -170,6 +159,38 @@ pub fn parse_line(line: &str) -> Result<Line, String> {
                 .map_err(|_| format!("invalid timestamp {ts_text:?}"))?,
         )
     };
+    let mut f = fields_text;
+    loop {
+        let (head, stop, tail) = split_unescaped(f, b",", true);
+        let (fk, eq, fv) = split_unescaped(head, b"=", false);
+        if eq.is_none() || fk.is_empty() || fv.is_empty() {
+            return Err(format!("invalid field {head:?}"));
+        }
+        each(fk, field_value(fv)?)?;
+        if stop.is_none() {
+            break;
+        }
+        f = tail;
+    }
+    Ok(timestamp)
+}
+
+fn field_key(raw: &str) -> String {
+    unescape(raw, &[',', ' ', '=', '\\'])
+}
+
+/// Parses one line (without its newline).
+pub fn parse_line(line: &str) -> Result<Line, String> {
+    let (key, stop, rest) = split_unescaped(line, b" ", false);
+    if stop.is_none() {
+        return Err("missing fields".into());
+    }
+    let (measurement, tags) = parse_series(key)?;
+    let mut fields = Vec::new();
+    let timestamp = parse_fields(rest, |k, v| {
+        fields.push((field_key(k), v));
+        Ok(())
+    })?;
     Ok(Line {
         measurement,
         tags,
@@ -253,48 +274,93 @@ pub struct Parsed {
 }
 
 /// Parses a whole body. Errors name the line (from 1).
+///
+/// A series key (measurement and tags) repeats on many lines of a batch, one line per time: its
+/// tags are parsed, and each of its fields' stream path made and checked, once per body (the
+/// profile of the peer benchmark's line-protocol run showed the per-line paths and their
+/// allocations as the largest cost).
 pub fn parse_body(text: &str, template: &str, precision: i64, now: i64) -> Result<Parsed, String> {
     let mut groups: Vec<GroupIn> = Vec::new();
     let mut group_lines: Vec<Vec<usize>> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    // Group of each stream path (two series keys may map to one path).
+    let mut index: HashMap<String, usize> = HashMap::new();
+    // Per series key as written: its parsed head, and the group of each field key as written.
+    type Series<'a> = (Line, Vec<(&'a str, usize)>);
+    let mut series: HashMap<&str, Series> = HashMap::new();
+    // One line's (group, value) pairs, kept until its timestamp is known; reused line to line.
+    let mut points: Vec<(usize, InValue)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let fail = |e: String| format!("unable to parse line {}: {e}: {raw:?}", i + 1);
-        let l = parse_line(line).map_err(fail)?;
-        let ts = match l.timestamp {
+        let (key, stop, rest) = split_unescaped(line, b" ", false);
+        if stop.is_none() {
+            return Err(fail("missing fields".into()));
+        }
+        let entry = match series.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (measurement, tags) = parse_series(key).map_err(fail)?;
+                e.insert((
+                    Line {
+                        measurement,
+                        tags,
+                        fields: Vec::new(),
+                        timestamp: None,
+                    },
+                    Vec::new(),
+                ))
+            }
+        };
+        let ts = parse_fields(rest, |fk, value| {
+            let g = match entry.1.iter().find(|(k, _)| *k == fk) {
+                Some(&(_, g)) => g,
+                None => {
+                    let path = path_of(template, &entry.0, &field_key(fk))?;
+                    let g = match index.get(&path) {
+                        Some(&g) => g,
+                        None => {
+                            // The first value's type gives a new stream its type.
+                            let ty = match value {
+                                InValue::Bool(_) => StreamType::Integer,
+                                InValue::Int(_) | InValue::UInt(_) => StreamType::Long,
+                                InValue::Str(_) => StreamType::String,
+                                _ => StreamType::Double,
+                            };
+                            index.insert(path.clone(), groups.len());
+                            groups.push(GroupIn {
+                                stream: path,
+                                stream_type: Some(ty),
+                                stream_units: None,
+                                points: Vec::new(),
+                                first_index: 0,
+                            });
+                            group_lines.push(Vec::new());
+                            groups.len() - 1
+                        }
+                    };
+                    entry.1.push((fk, g));
+                    g
+                }
+            };
+            let value = match value {
+                InValue::Bool(b) => InValue::Int(i64::from(b)),
+                v => v,
+            };
+            points.push((g, value));
+            Ok(())
+        })
+        .map_err(fail)?;
+        let ts = match ts {
             None => now,
             Some(t) if precision > 0 => t.div_euclid(precision),
             Some(t) => t
                 .checked_mul(-precision)
                 .ok_or_else(|| fail("timestamp out of range".into()))?,
         };
-        for (field, value) in &l.fields {
-            let path = path_of(template, &l, field).map_err(fail)?;
-            // The field's type gives a new stream its type.
-            let (value, ty) = match value {
-                InValue::Bool(b) => (InValue::Int(i64::from(*b)), StreamType::Integer),
-                InValue::Int(_) | InValue::UInt(_) => (value.clone(), StreamType::Long),
-                InValue::Str(_) => (value.clone(), StreamType::String),
-                v => (v.clone(), StreamType::Double),
-            };
-            let g = match index.get(&path) {
-                Some(&g) => g,
-                None => {
-                    index.insert(path.clone(), groups.len());
-                    groups.push(GroupIn {
-                        stream: path,
-                        stream_type: Some(ty),
-                        stream_units: None,
-                        points: Vec::new(),
-                        first_index: 0,
-                    });
-                    group_lines.push(Vec::new());
-                    groups.len() - 1
-                }
-            };
+        for (g, value) in points.drain(..) {
             groups[g].points.push(PointIn {
                 timestamp: Some(ts),
                 value,

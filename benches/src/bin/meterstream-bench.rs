@@ -682,6 +682,7 @@ fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
     drop(batches);
     if a.peer {
         let lines = generate(a, &batches_path, Format::Lines, now)?;
+        figures["meterstream_line_protocol"] = meterstream_lines(a, &lines, now, points)?;
         figures["victoria_metrics"] = victoria(a, &lines, start_ms, now, points)?;
         figures["influxdb"] = influx(a, &lines, start_ms, now, points)?;
     }
@@ -1399,6 +1400,52 @@ fn influx(
 }
 
 /// The same workload into VictoriaMetrics, measured the same way.
+/// Ingest of the peers' line-protocol bytes into meterstream (`POST /write?precision=s`), with
+/// a path template that gives the same stream paths as the MessagePack run.
+fn meterstream_lines(
+    a: &IngestArgs,
+    lines: &Arc<BatchFile>,
+    now: i64,
+    points: f64,
+) -> Result<serde_json::Value> {
+    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    let mut extra: Vec<&str> = vec!["--line-protocol-template", "{gw}/{dev}/{field}"];
+    extra.extend(a.server_args.iter().map(String::as_str));
+    let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
+    let cpu0 = srv.cpu_seconds()?;
+    let started = Instant::now();
+    send_all(
+        lines,
+        a.connections,
+        &format!("{}/write?precision=s", srv.url),
+        "text/plain",
+    )?;
+    // Acknowledged means applied, as with MessagePack: the last point is there now.
+    let client = meterstream_bench::server::authorized().build()?;
+    let probe = fleet.stream_path(a.meters - 1, 11);
+    let v = newest_point(&client, &srv.url, &probe)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let last = meterstream_storage::time::format_iso((now - 1000) / 1000 * 1000);
+    ensure!(
+        v["count"] == 1 && v["list"][0]["timestamp"] == last.as_str(),
+        "line protocol: last point not queryable: {v}"
+    );
+    let cpu = srv.cpu_seconds()? - cpu0;
+    let rss = srv.rss_bytes()?;
+    srv.stop()?;
+    let disk = dir_bytes(&dir);
+    Ok(serde_json::json!({
+        "points_per_second": points / elapsed,
+        "seconds": elapsed,
+        "server_cpu_seconds_per_million_points": cpu / (points / 1e6),
+        "rss_bytes_after_ingest": rss,
+        "bytes_per_point": disk as f64 / points,
+        "wire_bytes_per_point": lines.bytes() as f64 / points,
+    }))
+}
+
 fn victoria(
     a: &IngestArgs,
     lines: &Arc<BatchFile>,
