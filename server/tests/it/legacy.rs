@@ -317,6 +317,39 @@ fn json_values_are_strings_and_every_page_carries_a_cursor_to_an_empty_last_page
         v["items"][0]["data"], "26",
         "a whole sum of an INTEGER stream: {v}"
     );
+    // The server timeline answers the same points (all were stored in one request).
+    let (_, v) = get_json_accept(&s, "/ws/DataPoint/gw/m/n?timeline=server&size=10");
+    assert_eq!(v["resultSize"], "4", "{v}");
+    // Day rollups follow `timezone`: 23:30 and 00:30 UTC are one day in Berlin, two in UTC.
+    let r = s
+        .client
+        .post(format!("{}/ws/DataPoint/gw/m/d", s.url))
+        .body(
+            "<list><DataPoint><data>1</data><timestamp>2026-11-20T23:30:00Z</timestamp></DataPoint>\
+             <DataPoint><data>2</data><timestamp>2026-11-21T00:30:00Z</timestamp></DataPoint></list>",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, v) = get_json_accept(
+        &s,
+        "/ws/DataPoint/gw/m/d?rollupInterval=day&rollupMethod=count&timezone=Europe/Berlin",
+    );
+    assert_eq!(v["resultSize"], "1", "{v}");
+    assert_eq!(
+        v["items"][0]["timestamp"],
+        ms("2026-11-20T23:00:00Z").to_string(),
+        "{v}"
+    );
+    assert_eq!(
+        v["items"][0]["data"], "2.0",
+        "a DOUBLE stream's rollup is a float: {v}"
+    );
+    let (_, v) = get_json_accept(
+        &s,
+        "/ws/DataPoint/gw/m/d?rollupInterval=day&rollupMethod=count",
+    );
+    assert_eq!(v["resultSize"], "2", "{v}");
     // Streams in JSON, under a prefix, with paging.
     let r = s
         .client
@@ -326,10 +359,13 @@ fn json_values_are_strings_and_every_page_carries_a_cursor_to_an_empty_last_page
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
-    let (st, v) = get_json_accept(&s, "/ws/DataStream/gw?size=1");
+    let (st, v) = get_json_accept(&s, "/ws/DataStream/gw/m/n?size=1");
     assert_eq!(st, 200);
     assert_eq!(v["items"][0]["streamId"], "gw/m/n", "{v}");
-    assert_eq!(v["items"][0]["currentValue"]["data"], "8", "{v}");
+    let (st, v) = get_json_accept(&s, "/ws/DataStream/gw?size=2");
+    assert_eq!(st, 200);
+    assert_eq!(v["items"][1]["streamId"], "gw/m/n", "{v}");
+    assert_eq!(v["items"][1]["currentValue"]["data"], "8", "{v}");
     let c = v["pageCursor"].as_str().unwrap();
     let (_, v) = get_json_accept(&s, &format!("/ws/DataStream/gw?size=1&pageCursor={c}"));
     assert_eq!(v["items"][0]["streamId"], "gw/m/other", "{v}");
