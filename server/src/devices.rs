@@ -200,6 +200,15 @@ impl Devices {
         Ok(())
     }
 
+    /// Whether device `d` is connected and its last known address, with the contact the
+    /// server saw since the registry was last written.
+    pub fn connection(&self, d: &Device) -> (bool, Option<String>) {
+        match self.live(&d.id) {
+            Some(l) => (l.connected, l.address.or_else(|| d.last_address.clone())),
+            None => (d.connected, d.last_address.clone()),
+        }
+    }
+
     /// The freshest last-seen time and address of a device.
     fn live(&self, id: &str) -> Option<Live> {
         self.live.lock().get(id).cloned()

@@ -1308,3 +1308,95 @@ async fn delete_points_inner(
         vec![("deleted", deleted.to_string())],
     ))
 }
+
+/// `GET /ws/DeviceCore`: the devices in Digi's legacy fields and offset paging (`start`,
+/// `size`; `remainingSize` tells a client whether to ask again). Digi's Python client calls
+/// it to check credentials (`has_valid_credentials`) and to list devices. Digi's `condition`
+/// query language is not supported and is refused by name.
+pub async fn device_core(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
+    legacy(&req, device_core_inner(&req, st)).await
+}
+
+async fn device_core_inner(
+    req: &HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let n = answer_notation(req);
+    let who = crate::auth::principal(req)?;
+    who.require(crate::auth::Scope::Read)?;
+    let mut p = Params::parse(req.query_string())?;
+    let size = p.size()?;
+    let start = match p.take("start")? {
+        None => 0,
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| ApiError::param("start", format!("{s:?} is not a whole number")))?,
+    };
+    // Digi's `embed=true` inlines related records; these records have none.
+    let _ = p.take("embed")?;
+    if p.take("condition")?.is_some() {
+        return Err(ApiError::param(
+            "condition",
+            "Digi's condition language is not supported here; /ws/v1/devices/inventory takes query=",
+        ));
+    }
+    p.finish(&["start", "size", "embed"])?;
+    let st2 = st.clone();
+    let (items, total) = web::block(move || -> Result<_, ApiError> {
+        let dv = &st2.devices;
+        let mut items: Vec<Fields> = Vec::new();
+        let mut total = 0usize;
+        let mut after: Option<String> = None;
+        loop {
+            let page = dv.registry.devices(after.as_deref(), 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for d in page.iter().filter(|d| who.covers_device(&d.id)) {
+                total += 1;
+                if total <= start || items.len() == size {
+                    continue;
+                }
+                let (connected, address) = dv.connection(d);
+                let time = |t: Option<i64>| t.map(format_iso).unwrap_or_default();
+                let mut f: Fields = vec![
+                    ("id", Out::Object(vec![("devId", t(&d.id))])),
+                    ("devConnectwareId", t(&d.id)),
+                    ("dpConnectionStatus", t(if connected { "1" } else { "0" })),
+                    ("dpLastConnectTime", t(time(d.last_connect))),
+                    ("dpLastDisconnectTime", t(time(d.last_disconnect))),
+                    ("dpLastKnownIp", t(address.unwrap_or_default())),
+                    ("dpDeviceType", t(d.model.clone().unwrap_or_default())),
+                    (
+                        "dpFirmwareLevelDesc",
+                        t(d.agent_version.clone().unwrap_or_default()),
+                    ),
+                    ("devRecordStartDate", t(format_iso(d.registered))),
+                    ("grpPath", t(d.group.clone().unwrap_or_default())),
+                    ("dpTags", t(d.tags.join(","))),
+                ];
+                if let Some((lat, lon)) = d.location {
+                    f.push(("dpMapLat", t(lat.to_string())));
+                    f.push(("dpMapLong", t(lon.to_string())));
+                }
+                items.push(f);
+            }
+        }
+        Ok((items, total))
+    })
+    .await??;
+    let remaining = total.saturating_sub(start + items.len());
+    Ok(envelope(
+        n,
+        StatusCode::OK,
+        vec![
+            ("resultTotalRows", t(total.to_string())),
+            ("requestedStartRow", t(start.to_string())),
+            ("resultSize", t(items.len().to_string())),
+            ("requestedSize", t(size.to_string())),
+            ("remainingSize", t(remaining.to_string())),
+        ],
+        "DeviceCore",
+        &items,
+    ))
+}

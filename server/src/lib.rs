@@ -402,6 +402,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(legacy::delete_stream)),
         )
         .service(resource("/ws/DataPoint").route(web::post().to(legacy::post_points)))
+        .service(resource("/ws/DeviceCore").route(web::get().to(legacy::device_core)))
         .service(
             resource("/ws/DataPoint/{stream_id:.*}")
                 .route(web::get().to(legacy::get_points))

@@ -30,6 +30,11 @@ def check(cond, what):
         raise AssertionError(what)
 
 
+# Credentials: checked the way the library does it (GET /ws/DeviceCore?size=1).
+check(dc.has_valid_credentials(), "valid credentials")
+check(not DeviceCloud(user, password + "x", base_url=base).has_valid_credentials(),
+      "a wrong password is not valid")
+
 # Create streams.
 volt = dc.streams.create_stream(
     "dev1/pst04/voltage", STREAM_TYPE_DOUBLE, description="L1 voltage",
@@ -91,6 +96,11 @@ for p, (h, vs) in zip(roll, sorted(expected.items())):
     check(abs(p.get_data() - sum(vs) / len(vs)) < 1e-9, "rollup average")
 counts = list(count.read(rollup_interval="day", rollup_method="count"))
 check([p.get_data() for p in counts] == [200], "count rollup %r" % [p.get_data() for p in counts])
+
+# The device that wrote them, through DeviceCore.
+devices = list(dc.devicecore.get_devices())
+check([d.get_connectware_id() for d in devices] == ["dev1"], "devices %r" % devices)
+check(devices[0].is_connected(), "dev1 is connected")
 
 # Streams under a prefix, one stream, a missing one.
 listed = sorted(s.get_stream_id() for s in dc.streams.get_streams("dev1"))
