@@ -659,6 +659,22 @@ fn tail(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(crate::path_tail(req)?.trim_matches('/').to_string())
 }
 
+/// The caller, checked for `scope`, and the path after the resource in the URL; without one,
+/// a 400 that shows `usage`.
+fn caller_and_tail(
+    req: &HttpRequest,
+    scope: crate::auth::Scope,
+    usage: &str,
+) -> Result<(crate::auth::Principal, String), ApiError> {
+    let who = crate::auth::principal(req)?;
+    who.require(scope)?;
+    let t = tail(req)?;
+    if t.is_empty() {
+        return Err(ApiError::BadRequest(format!("name the stream: {usage}")));
+    }
+    Ok((who, t))
+}
+
 /// `GET /ws/DataStream[/{path}]`: every stream, or the stream `path` and the streams under it
 /// (404 when there are none), in path order, paged with `size` and `pageCursor`.
 pub async fn get_streams(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
@@ -962,14 +978,11 @@ async fn delete_stream_inner(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let n = answer_notation(req);
-    let who = crate::auth::principal(req)?;
-    who.require(crate::auth::Scope::Write)?;
-    let path = tail(req)?;
-    if path.is_empty() {
-        return Err(ApiError::BadRequest(
-            "name the stream to delete: DELETE /ws/DataStream/{streamId}".into(),
-        ));
-    }
+    let (who, path) = caller_and_tail(
+        req,
+        crate::auth::Scope::Write,
+        "DELETE /ws/DataStream/{streamId}",
+    )?;
     validate_path(&path)?;
     who.require_path(&path)?;
     Params::parse(req.query_string())?.finish(&[])?;
@@ -1088,14 +1101,11 @@ async fn get_points_inner(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let n = answer_notation(req);
-    let who = crate::auth::principal(req)?;
-    who.require(crate::auth::Scope::Read)?;
-    let path = tail(req)?;
-    if path.is_empty() {
-        return Err(ApiError::BadRequest(
-            "name the stream: GET /ws/DataPoint/{streamId}".into(),
-        ));
-    }
+    let (who, path) = caller_and_tail(
+        req,
+        crate::auth::Scope::Read,
+        "GET /ws/DataPoint/{streamId}",
+    )?;
     validate_path(&path)?;
     who.require_path(&path)?;
     let now = now_ms();
@@ -1257,14 +1267,11 @@ async fn delete_points_inner(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let n = answer_notation(req);
-    let who = crate::auth::principal(req)?;
-    who.require(crate::auth::Scope::Write)?;
-    let full = tail(req)?;
-    if full.is_empty() {
-        return Err(ApiError::BadRequest(
-            "name the stream: DELETE /ws/DataPoint/{streamId}[/{pointId}]".into(),
-        ));
-    }
+    let (who, full) = caller_and_tail(
+        req,
+        crate::auth::Scope::Write,
+        "DELETE /ws/DataPoint/{streamId}[/{pointId}]",
+    )?;
     let now = now_ms();
     let mut p = Params::parse(req.query_string())?;
     let start = p.time("startTime", now)?;
