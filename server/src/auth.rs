@@ -283,6 +283,27 @@ fn sha(s: &str) -> [u8; 32] {
 }
 
 /// (credential id, secret) of a key `msk_<id>_<secret>` or `msd_<id>_<secret>`.
+/// Digi's API-key headers, `X-API-KEY-ID` and `X-API-KEY-SECRET` (what Digi's Python client
+/// sends with `api_key_id`/`api_key_secret`), as the `Authorization` value of the same key:
+/// the id is the key's id (`msk_<id>_...`), the secret either the whole key or the part after
+/// the id. `None` without both headers.
+pub fn api_key_headers(h: &actix_web::http::header::HeaderMap) -> Option<String> {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (id, secret) = (get("x-api-key-id")?, get("x-api-key-secret")?);
+    let key = if split_key(secret).is_some() {
+        secret.to_string()
+    } else {
+        format!("msk_{id}_{secret}")
+    };
+    // A whole key that names another id is not this id's key: it fails as a wrong secret would.
+    let named = split_key(&key).map(|(i, _)| i == id).unwrap_or(false);
+    Some(if named {
+        format!("Bearer {key}")
+    } else {
+        "Bearer invalid".to_string()
+    })
+}
+
 fn split_key(key: &str) -> Option<(&str, &str)> {
     let rest = key
         .strip_prefix("msk_")

@@ -215,7 +215,8 @@ async fn authenticate(
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(str::to_string)
+        .or_else(|| auth::api_key_headers(req.headers()));
     // A secret verified before: no blocking work at all (unless it is limited to groups, whose
     // devices are looked up per request).
     if let Some(p) = st.auth.remembered(header.as_deref()) {

@@ -1,7 +1,7 @@
 """Digi's own Python client (devicecloud, from PyPI) against meterstream's legacy services.
 
 Run by the `legacy::digis_python_library_works_with_a_new_base_url` test as
-`python digi_client.py <base url> <user> <password>`. Nothing but the base URL and the
+`python digi_client.py <base url> <user> <password> <api key id> <api key secret>`. Nothing but the base URL and the
 credentials differ from a script written for Digi Device Cloud. Every step checks values;
 any mismatch raises, and the script exits non-zero. On success it prints one JSON line of
 what it wrote, for the Rust test to check through the v1 API.
@@ -19,7 +19,7 @@ from devicecloud.streams import (
     STREAM_TYPE_INTEGER,
 )
 
-base, user, password = sys.argv[1:4]
+base, user, password, key_id, key_secret = sys.argv[1:6]
 dc = DeviceCloud(user, password, base_url=base)
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 1, 5, 0, 0, 0, tzinfo=UTC)
@@ -109,6 +109,14 @@ check(len(list(dc.streams.get_streams())) == 2, "all streams")
 check(dc.streams.get_stream_if_exists("dev1/pst04/nope") is None, "missing stream is None")
 cur = volt.get_current_value()
 check(cur.get_data() == values[-1], "current value")
+
+# Digi's API-key credentials (X-API-KEY-ID/X-API-KEY-SECRET) work too; this key only reads.
+by_key = DeviceCloud(api_key_id=key_id, api_key_secret=key_secret, base_url=base)
+check(by_key.has_valid_credentials(), "API key credentials")
+check(len(list(by_key.streams.get_stream("dev1/pst04/voltage").read(page_size=1000))) == 601,
+      "read with an API key")
+check(not DeviceCloud(api_key_id=key_id, api_key_secret=key_secret + "x",
+                      base_url=base).has_valid_credentials(), "a wrong API key secret")
 
 # Deletes: one point by id, then a range, then the stream.
 volt.delete_datapoint(got[5])

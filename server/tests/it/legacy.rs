@@ -42,9 +42,22 @@ fn user_password(s: &TestServer, name: &str) -> String {
 fn digis_python_library_works_with_a_new_base_url() {
     let s = TestServer::start();
     let pw = user_password(&s, "integrator");
+    // A read-only API key, sent the way Digi's client sends API keys: its id and its secret.
+    let r = s
+        .client
+        .post(format!("{}/ws/v1/credentials", s.url))
+        .json(&json!({"kind": "api_key", "scopes": ["read"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = json_of(r)["key"].as_str().unwrap().to_string();
+    let (key_id, key_secret) = key
+        .strip_prefix("msk_")
+        .and_then(|k| k.split_once('_'))
+        .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/digi_client.py");
     let out = Command::new(digi_python())
-        .args([script, &s.url, "integrator", &pw])
+        .args([script, &s.url, "integrator", &pw, key_id, key_secret])
         .output()
         .expect("the Digi client script runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
