@@ -6,8 +6,9 @@
 //! 15-minute grid (`docs/rollups.md`), so an interval is the merge of the cells it covers.
 //!
 //! Encoding (integers are LEB128 varints, `z` = zigzag first; `ints` is a column of n integers
-//! in the smallest of three forms: one value for all, n zvarints, or the zigzagged values bit
-//! packed at the width of the largest, see `codec::put_ints`):
+//! in the smallest of four forms: one value for all, n zvarints, the zigzagged values bit packed
+//! at the width of the largest, or their distances from the smallest packed the same way, see
+//! `codec::put_ints`):
 //!
 //! ```text
 //! u8      format (4)

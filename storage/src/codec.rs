@@ -76,48 +76,68 @@ pub(crate) fn put_zvarint(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-/// Writes a column of integers in the smallest of three forms: `u8 0, zvarint v` when every value
+/// Writes a column of integers in the smallest of four forms: `u8 0, zvarint v` when every value
 /// is `v`; `u8 1, n × zvarint`; `u8 2, u8 w, ceil(n·w/8) bytes` of the zigzagged values packed `w`
-/// bits each, least significant bit first. The reader must know `n`.
+/// bits each, least significant bit first; `u8 3, zvarint min, u8 w, ceil(n·w/8) bytes` of each
+/// value minus the column's minimum, packed the same way (frame of reference: a column that
+/// never goes below zero, or sits around an offset, packs without zigzag's extra bit). The
+/// reader must know `n`.
 pub(crate) fn put_ints(out: &mut Vec<u8>, col: &[i64]) {
     let zz = |v: i64| ((v << 1) ^ (v >> 63)) as u64;
-    if let Some(&v) = col.first() {
-        if col.iter().all(|x| *x == v) {
-            out.push(0);
-            put_zvarint(out, v);
-            return;
-        }
-    }
-    let width = col
+    let bits = |u: u64| 64 - u.leading_zeros();
+    let Some(&first) = col.first() else {
+        out.push(1);
+        return;
+    };
+    let (min, max) = col
         .iter()
-        .map(|v| 64 - zz(*v).leading_zeros())
-        .max()
-        .unwrap_or(0);
+        .fold((first, first), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    if min == max {
+        out.push(0);
+        put_zvarint(out, first);
+        return;
+    }
+    let width = col.iter().map(|v| bits(zz(*v))).max().unwrap_or(0);
     let varint_len: usize = col
         .iter()
-        .map(|v| (64 - zz(*v).leading_zeros()).max(1).div_ceil(7) as usize)
+        .map(|v| bits(zz(*v)).max(1).div_ceil(7) as usize)
         .sum();
     let packed_len = 1 + (col.len() * width as usize).div_ceil(8);
-    if varint_len <= packed_len {
+    let range_width = bits(max.wrapping_sub(min) as u64);
+    let mut base = Vec::new();
+    put_zvarint(&mut base, min);
+    let for_len = base.len() + 1 + (col.len() * range_width as usize).div_ceil(8);
+    if varint_len <= packed_len && varint_len <= for_len {
         out.push(1);
         for v in col {
             put_zvarint(out, *v);
         }
         return;
     }
-    out.push(2);
-    out.push(width as u8);
-    let (mut acc, mut bits) = (0u128, 0u32);
+    let (w, offset) = if for_len < packed_len {
+        out.push(3);
+        out.extend_from_slice(&base);
+        (range_width, Some(min))
+    } else {
+        out.push(2);
+        (width, None)
+    };
+    out.push(w as u8);
+    let (mut acc, mut nbits) = (0u128, 0u32);
     for v in col {
-        acc |= u128::from(zz(*v)) << bits;
-        bits += width;
-        while bits >= 8 {
+        let u = match offset {
+            Some(m) => v.wrapping_sub(m) as u64,
+            None => zz(*v),
+        };
+        acc |= u128::from(u) << nbits;
+        nbits += w;
+        while nbits >= 8 {
             out.push(acc as u8);
             acc >>= 8;
-            bits -= 8;
+            nbits -= 8;
         }
     }
-    if bits > 0 {
+    if nbits > 0 {
         out.push(acc as u8);
     }
 }
@@ -201,10 +221,16 @@ impl<'a> Reader<'a> {
     /// Reads `n` integers written by [`put_ints`].
     pub(crate) fn ints(&mut self, n: usize) -> Result<Vec<i64>> {
         let unzz = |u: u64| ((u >> 1) as i64) ^ -((u & 1) as i64);
-        match self.u8()? {
+        let form = self.u8()?;
+        match form {
             0 => Ok(vec![self.zvarint()?; n]),
             1 => (0..n).map(|_| self.zvarint()).collect(),
-            2 => {
+            2 | 3 => {
+                let base = if form == 3 {
+                    Some(self.zvarint()?)
+                } else {
+                    None
+                };
                 let width = u32::from(self.u8()?);
                 if width > 64 {
                     return Err(self.err("bit width over 64"));
@@ -231,7 +257,11 @@ impl<'a> Reader<'a> {
                         next += 1;
                         bits += 8;
                     }
-                    out.push(unzz(acc as u64 & mask));
+                    let u = acc as u64 & mask;
+                    out.push(match base {
+                        Some(b) => b.wrapping_add(u as i64),
+                        None => unzz(u),
+                    });
                     acc >>= width;
                     bits -= width;
                 }
@@ -645,7 +675,18 @@ mod tests {
         let mut out = Vec::new();
         put_ints(&mut out, &(0..40).map(|i| i % 8 - 4).collect::<Vec<_>>());
         assert_eq!((out[0], out[1], out.len()), (2, 3, 2 + 15));
+        // Frame of reference: values that never go below zero pack without zigzag's extra bit,
+        // and values around an offset pack as their distance from the minimum.
+        let mut out = Vec::new();
+        put_ints(&mut out, &(0..40).map(|i| i % 16).collect::<Vec<_>>());
+        assert_eq!((out[0], out[1], out[2], out.len()), (3, 0, 4, 3 + 20));
+        let mut out = Vec::new();
+        let around: Vec<i64> = (0..40).map(|i| 1_000_000 + i % 16).collect();
+        put_ints(&mut out, &around);
+        assert_eq!(out[0], 3);
+        assert_eq!(Reader::new(&out, "t").ints(40).unwrap(), around);
         // Damage is an error, never a panic.
+        assert!(Reader::new(&[3, 0, 65], "t").ints(3).is_err());
         assert!(Reader::new(&[2, 65], "t").ints(3).is_err());
         assert!(Reader::new(&[2, 8, 1], "t").ints(3).is_err());
         assert!(Reader::new(&[9], "t").ints(3).is_err());
@@ -804,6 +845,19 @@ mod tests {
             prop_assert_eq!(h.n, s.len());
             prop_assert_eq!(h.first_ts, s.ts[0]);
             prop_assert_eq!(h.last_ts, *s.ts.last().unwrap());
+        }
+
+        #[test]
+        fn integer_columns_round_trip(col in proptest::collection::vec(
+            prop_oneof![any::<i64>(), -1000i64..1000, 1_000_000i64..1_000_100, Just(i64::MIN), Just(i64::MAX)],
+            0..200,
+        )) {
+            let mut out = Vec::new();
+            put_ints(&mut out, &col);
+            out.push(0xAB);
+            let mut r = Reader::new(&out, "test");
+            prop_assert_eq!(r.ints(col.len()).unwrap(), col);
+            prop_assert_eq!(r.u8().unwrap(), 0xAB, "the column's length is exact");
         }
 
         #[test]
