@@ -1497,16 +1497,28 @@ fn apply_loop(inner: Arc<Inner>, wal: Arc<Wal>, rx: Receiver<Vec<Pending>>, mut 
     }
 }
 
-/// Whether sled compresses its pages (zstd level 1): yes for a new store; an existing one keeps
-/// what it was created with (sled refuses to open with the other setting).
-fn sled_compression(sled_dir: &std::path::Path) -> bool {
+/// A setting sled recorded in `dir/conf` when it created the store there: `Ok(None)` for a new
+/// store. sled refuses to open an existing store with other values of some settings
+/// (compression, segment size), so new defaults apply to new stores only.
+pub(crate) fn sled_setting(dir: &std::path::Path, key: &str) -> std::io::Result<Option<String>> {
     // sled's `conf` is text lines followed by a binary checksum.
-    match std::fs::read(sled_dir.join("conf")) {
-        Ok(conf) => String::from_utf8_lossy(&conf)
+    match std::fs::read(dir.join("conf")) {
+        Ok(conf) => Ok(String::from_utf8_lossy(&conf)
             .lines()
-            .find_map(|l| l.strip_prefix("use_compression:"))
-            .is_some_and(|v| v.trim() == "true"),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether sled compresses its pages (zstd level 1): yes for a new store; an existing one keeps
+/// what it was created with.
+fn sled_compression(sled_dir: &std::path::Path) -> bool {
+    match sled_setting(sled_dir, "use_compression") {
+        Ok(Some(v)) => v == "true",
+        Ok(None) => true,
+        Err(_) => false,
     }
 }
 

@@ -742,9 +742,17 @@ fn remove_key(db: &sled::Db, tree: &sled::Tree, key: &[u8]) -> Result<bool> {
 impl SledRegistry {
     /// Opens (or creates) the registry in directory `path`.
     pub fn open(path: &Path) -> Result<SledRegistry> {
+        // A new registry takes 64 KiB segments: it holds little (devices, credentials, alarm
+        // states), and sled's default 512 KiB segment was 1 % of a standard-workload store.
+        let segment = match crate::engine::sled_setting(path, "segment_size") {
+            Ok(Some(v)) => v.parse().unwrap_or(512 << 10),
+            Ok(None) => 64 << 10,
+            Err(e) => return Err(StorageError::io(path, e)),
+        };
         let cfg = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
+            .segment_size(segment)
             .cache_capacity(1 << 20);
         // sled releases its file lock from a background thread after the previous handle is
         // dropped; a reopen right after a close may find it still held for a moment.
@@ -1308,6 +1316,35 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn new_registries_take_small_segments_and_older_ones_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, old) = (dir.path().join("new"), dir.path().join("old"));
+        let conf = |p: &Path| crate::engine::sled_setting(p, "segment_size").unwrap();
+        {
+            let r = SledRegistry::open(&new).unwrap();
+            r.put_meta("k", b"v").unwrap();
+        }
+        assert_eq!(conf(&new).as_deref(), Some("65536"));
+        let db_len = std::fs::metadata(new.join("db")).unwrap().len();
+        assert!(
+            db_len <= 128 << 10,
+            "a nearly empty registry file is {db_len} bytes"
+        );
+        // A registry made before (sled's default segment) still opens, with its data.
+        {
+            let db = sled::Config::new().path(&old).open().unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("k", &b"v"[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(conf(&old).as_deref(), Some("524288"));
+        let r = SledRegistry::open(&old).unwrap();
+        assert_eq!(r.get_meta("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
 
     fn evaluated(id: &str, source: &str, to: crate::alarm::State, at: i64) -> AlarmChange {
         AlarmChange {
