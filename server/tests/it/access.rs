@@ -6,22 +6,6 @@ use base64::Engine as _;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-fn create(s: &TestServer, body: Value) -> String {
-    let r = s
-        .client
-        .post(format!("{}/ws/v1/credentials", s.url))
-        .json(&body)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v = json_of(r);
-    v["key"]
-        .as_str()
-        .or(v["password"].as_str())
-        .unwrap()
-        .to_string()
-}
-
 fn basic_client(user: &str, pw: &str) -> Client {
     let mut h = reqwest::header::HeaderMap::new();
     let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
@@ -106,14 +90,23 @@ fn without_valid_credentials_only_health_answers() {
 fn kinds_scopes_and_endpoints() {
     let s = TestServer::start();
     seed(&s);
-    let reader = client_with_key(&create(&s, json!({"kind": "api_key", "scopes": ["read"]})));
-    let writer = client_with_key(&create(&s, json!({"kind": "api_key", "scopes": ["write"]})));
-    let limited = client_with_key(&create(
+    let reader = client_with_key(&create_credential(
+        &s,
+        json!({"kind": "api_key", "scopes": ["read"]}),
+    ));
+    let writer = client_with_key(&create_credential(
+        &s,
+        json!({"kind": "api_key", "scopes": ["write"]}),
+    ));
+    let limited = client_with_key(&create_credential(
         &s,
         json!({"kind": "api_key", "scopes": ["read", "write"], "prefixes": ["gw-17/"]}),
     ));
-    let device = client_with_key(&create(&s, json!({"kind": "device", "device_id": "gw-17"})));
-    let pw = create(
+    let device = client_with_key(&create_credential(
+        &s,
+        json!({"kind": "device", "device_id": "gw-17"}),
+    ));
+    let pw = create_credential(
         &s,
         json!({"kind": "user", "name": "ana", "password": "correct horse battery"}),
     );
@@ -397,7 +390,10 @@ fn kinds_scopes_and_endpoints() {
 #[test]
 fn a_device_key_cannot_write_into_another_devices_subtree() {
     let s = TestServer::start();
-    let device = client_with_key(&create(&s, json!({"kind": "device", "device_id": "gw-17"})));
+    let device = client_with_key(&create_credential(
+        &s,
+        json!({"kind": "device", "device_id": "gw-17"}),
+    ));
     let (st, v) = status(
         &device,
         "POST",
@@ -448,7 +444,7 @@ fn a_scoped_key_pages_through_only_its_subtree() {
         }
     }
     assert_eq!(s.post_json(&json!(items)).status(), 201);
-    let limited = client_with_key(&create(
+    let limited = client_with_key(&create_credential(
         &s,
         json!({"kind": "api_key", "prefixes": ["gw-17/"]}),
     ));
@@ -478,7 +474,7 @@ fn a_scoped_key_pages_through_only_its_subtree() {
 fn out_of_scope_answers_do_not_reveal_whether_a_stream_exists() {
     let s = TestServer::start();
     seed(&s);
-    let limited = client_with_key(&create(
+    let limited = client_with_key(&create_credential(
         &s,
         json!({"kind": "api_key", "prefixes": ["gw-17/"]}),
     ));
@@ -666,8 +662,14 @@ fn a_key_limited_to_a_group_sees_the_devices_in_it_as_they_change() {
     };
     group("gw-1", "north");
     group("gw-17", "south");
-    let north = client_with_key(&create(&s, json!({"kind": "api_key", "groups": ["north"]})));
-    let empty = client_with_key(&create(&s, json!({"kind": "api_key", "groups": ["west"]})));
+    let north = client_with_key(&create_credential(
+        &s,
+        json!({"kind": "api_key", "groups": ["north"]}),
+    ));
+    let empty = client_with_key(&create_credential(
+        &s,
+        json!({"kind": "api_key", "groups": ["west"]}),
+    ));
     let ids = |c: &Client, path: &str| -> Vec<String> {
         let (st, v) = status(c, "GET", format!("{}{path}", s.url), None);
         assert_eq!(st, 200, "{v}");

@@ -27,30 +27,16 @@ fn digi_python() -> String {
     venv.to_string()
 }
 
-fn user_password(s: &TestServer, name: &str) -> String {
-    let r = s
-        .client
-        .post(format!("{}/ws/v1/credentials", s.url))
-        .json(&json!({"kind": "user", "name": name, "password": "a long enough password 1", "scopes": ["read", "write"]}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    "a long enough password 1".to_string()
-}
-
 #[test]
 fn digis_python_library_works_with_a_new_base_url() {
     let s = TestServer::start();
-    let pw = user_password(&s, "integrator");
+    let pw = create_credential(
+        &s,
+        json!({"kind": "user", "name": "integrator", "password": "a long enough password 1",
+               "scopes": ["read", "write"]}),
+    );
     // A read-only API key, sent the way Digi's client sends API keys: its id and its secret.
-    let r = s
-        .client
-        .post(format!("{}/ws/v1/credentials", s.url))
-        .json(&json!({"kind": "api_key", "scopes": ["read"]}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let key = json_of(r)["key"].as_str().unwrap().to_string();
+    let key = create_credential(&s, json!({"kind": "api_key", "scopes": ["read"]}));
     let (key_id, key_secret) = key
         .strip_prefix("msk_")
         .and_then(|k| k.split_once('_'))

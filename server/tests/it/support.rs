@@ -123,6 +123,24 @@ impl TestServer {
     }
 }
 
+/// Makes a credential through the API (`body` as `POST /ws/v1/credentials` takes it) and
+/// returns its secret: the key, or the password of a user.
+pub fn create_credential(s: &TestServer, body: Value) -> String {
+    let r = s
+        .client
+        .post(format!("{}/ws/v1/credentials", s.url))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v = json_of(r);
+    v["key"]
+        .as_str()
+        .or(v["password"].as_str())
+        .unwrap()
+        .to_string()
+}
+
 pub fn json_of(r: Response) -> Value {
     let text = r.text().unwrap();
     serde_json::from_str(&text).unwrap_or(Value::String(text))
