@@ -57,6 +57,19 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// An error with this HTTP status and message (an item's status, for instance, turned into
+    /// the answer's error); a server status becomes [`ApiError::Internal`].
+    pub fn with_status(status: u16, message: String) -> ApiError {
+        match status {
+            401 => ApiError::Unauthorized(message),
+            403 => ApiError::Forbidden(message),
+            404 => ApiError::NotFound(message),
+            409 => ApiError::Conflict(message),
+            s if s >= 500 => ApiError::Internal(message),
+            _ => ApiError::BadRequest(message),
+        }
+    }
+
     /// The message a client may see: the error itself for client errors; for server errors a
     /// generic text, the details going to the log.
     pub fn public_message(&self) -> String {

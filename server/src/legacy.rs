@@ -418,8 +418,8 @@ fn write_xml(out: &mut String, fields: &Fields, depth: usize) {
     }
 }
 
-fn write_json(out: &mut String, fields: &Fields) {
-    out.push('{');
+/// `fields` as the members of a JSON object, in their order (without the braces).
+fn write_json_members(out: &mut String, fields: &Fields) {
     for (i, (k, v)) in fields.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -430,6 +430,11 @@ fn write_json(out: &mut String, fields: &Fields) {
             Out::Object(inner) => write_json(out, inner),
         }
     }
+}
+
+fn write_json(out: &mut String, fields: &Fields) {
+    out.push('{');
+    write_json_members(out, fields);
     out.push('}');
 }
 
@@ -458,33 +463,17 @@ fn envelope(
             out.push_str("</result>\n");
         }
         Notation::Json => {
-            let mut head = head;
-            head.push(("items", Out::Text(String::new())));
-            // Written by hand to keep Digi's field order; `items` is a list.
+            // Written by hand to keep Digi's field order.
             out.push('{');
-            for (i, (k, v)) in head.iter().enumerate() {
-                if i > 0 {
+            write_json_members(&mut out, &head);
+            out.push_str(", \"items\": [");
+            for (j, it) in items.iter().enumerate() {
+                if j > 0 {
                     out.push_str(", ");
                 }
-                let _ = write!(out, "\"{k}\": ");
-                match (k, v) {
-                    (&"items", _) => {
-                        out.push('[');
-                        for (j, it) in items.iter().enumerate() {
-                            if j > 0 {
-                                out.push_str(", ");
-                            }
-                            write_json(&mut out, it);
-                        }
-                        out.push(']');
-                    }
-                    (_, Out::Text(s)) => {
-                        out.push_str(&serde_json::to_string(s).unwrap_or_default())
-                    }
-                    (_, Out::Object(inner)) => write_json(&mut out, inner),
-                }
+                write_json(&mut out, it);
             }
-            out.push('}');
+            out.push_str("]}");
         }
     }
     respond(n, status, out)
@@ -675,6 +664,18 @@ fn caller_and_tail(
     Ok((who, t))
 }
 
+/// The `pageCursor` of a page: the store's cursor to the next page; on the last page, one just
+/// past its last item, so that asking with it answers an empty page (Digi's client asks again
+/// after every full page); on an empty page, the cursor it was asked with, else `end`.
+fn page_cursor(
+    next: Option<Cursor>,
+    after_last: Option<Cursor>,
+    asked: Option<Cursor>,
+    end: Cursor,
+) -> String {
+    next.or(after_last).or(asked).unwrap_or(end).encode()
+}
+
 /// `GET /ws/DataStream[/{path}]`: every stream, or the stream `path` and the streams under it
 /// (404 when there are none), in path order, paged with `size` and `pageCursor`.
 pub async fn get_streams(req: HttpRequest, st: web::Data<AppState>) -> HttpResponse {
@@ -706,33 +707,27 @@ async fn get_streams_inner(
     if let Some(ps) = who.path_prefixes() {
         filter.conditions.push(Condition::Within(ps));
     }
-    let st2 = st.clone();
-    let had_cursor = cursor.is_some();
-    let (page, cursor) = web::block(move || -> Result<_, ApiError> {
-        let page = st2
-            .store
-            .list_streams(&filter, Order::Asc, size, cursor.as_ref())?;
-        Ok((page, cursor))
+    let (st2, asked) = (st.clone(), cursor.clone());
+    let page = web::block(move || {
+        st2.store
+            .list_streams(&filter, Order::Asc, size, cursor.as_ref())
     })
     .await??;
-    if page.items.is_empty() && !had_cursor && !prefix.is_empty() {
+    if page.items.is_empty() && asked.is_none() && !prefix.is_empty() {
         return Err(ApiError::Storage(
             meterstream_storage::StorageError::StreamNotFound { path: prefix },
         ));
     }
-    let next = page
-        .next
-        .or_else(|| {
-            page.items.last().map(|s| Cursor::Key {
-                order: Order::Asc,
-                key: s.path.clone(),
-            })
-        })
-        .or(cursor)
-        .unwrap_or(Cursor::Key {
-            order: Order::Asc,
-            key: "\u{10FFFF}".into(),
-        });
+    let key = |k: &str| Cursor::Key {
+        order: Order::Asc,
+        key: k.to_string(),
+    };
+    let next = page_cursor(
+        page.next,
+        page.items.last().map(|s| key(&s.path)),
+        asked,
+        key("\u{10FFFF}"),
+    );
     let items: Vec<Fields> = page.items.iter().map(stream_fields).collect();
     Ok(envelope(
         n,
@@ -740,7 +735,7 @@ async fn get_streams_inner(
         vec![
             ("resultSize", t(items.len().to_string())),
             ("requestedSize", t(size.to_string())),
-            ("pageCursor", t(next.encode())),
+            ("pageCursor", t(next)),
         ],
         "DataStream",
         &items,
@@ -959,13 +954,7 @@ fn relabel(e: ApiError, f: impl Fn(&str) -> String) -> ApiError {
     if e.status_code().is_server_error() {
         return e;
     }
-    let m = f(&e.public_message());
-    match e.status_code().as_u16() {
-        403 => ApiError::Forbidden(m),
-        404 => ApiError::NotFound(m),
-        409 => ApiError::Conflict(m),
-        _ => ApiError::BadRequest(m),
-    }
+    ApiError::with_status(e.status_code().as_u16(), f(&e.public_message()))
 }
 
 /// `DELETE /ws/DataStream/{path}`: the stream and its points; 404 if there is no such stream.
@@ -1055,14 +1044,10 @@ async fn post_points_inner(
         let errors: Vec<(usize, ApiError)> = faults
             .into_iter()
             .map(|f| {
-                let m = legacy_names(&f.message);
-                let e = match f.status {
-                    403 => ApiError::Forbidden(m),
-                    404 => ApiError::NotFound(m),
-                    409 => ApiError::Conflict(m),
-                    _ => ApiError::BadRequest(m),
-                };
-                (f.index, e)
+                (
+                    f.index,
+                    ApiError::with_status(f.status, legacy_names(&f.message)),
+                )
             })
             .collect();
         Ok((ids.into_iter().flatten().collect(), errors, single))
@@ -1142,103 +1127,96 @@ async fn get_points_inner(
     let st2 = st.clone();
     let path2 = path.clone();
     let given = cursor.clone();
-    let (items, next): (Vec<Fields>, Option<Cursor>) =
-        web::block(move || -> Result<_, ApiError> {
-            let info = st2.store.stream(&path2)?;
-            let ty = info.meta.stream_type;
-            match rollup {
-                None => {
-                    let page = st2.store.history(
-                        &path2,
-                        &HistoryQuery {
-                            from: start.unwrap_or(MIN_TIMESTAMP),
-                            to: end.unwrap_or(MAX_TIMESTAMP + 1),
-                            order,
-                            timeline,
-                            limit: size,
-                            cursor,
-                        },
-                    )?;
-                    // The last page's cursor points past its last item, so that asking with
-                    // it answers an empty page.
-                    let next = page.next.clone().or_else(|| {
-                        page.items.last().map(|p| match timeline {
-                            Timeline::Client => Cursor::Client {
-                                order,
-                                ts: p.timestamp,
-                            },
-                            Timeline::Server => Cursor::Server {
-                                order,
-                                server_ts: p.server_timestamp,
-                                ts: p.timestamp,
-                            },
-                        })
-                    });
-                    let h = stable_hash(&path2);
-                    Ok((
-                        page.items
-                            .iter()
-                            .map(|p| point_fields(&path2, h, ty, p))
-                            .collect(),
-                        next,
-                    ))
-                }
-                Some((interval, method, tz)) => {
-                    if !ty.is_numeric() {
-                        return Err(ApiError::BadRequest(format!(
-                            "the stream {path2:?} holds {ty} values; only numeric streams roll up"
-                        )));
-                    }
-                    let page = st2.store.rollups(
-                        &path2,
-                        &RollupQuery {
-                            from: start,
-                            to: end,
-                            interval,
-                            method,
-                            tz,
-                            fill: Fill::None,
-                            order,
-                            limit: size,
-                            cursor,
-                        },
-                    )?;
-                    let next = page.next.clone().or_else(|| {
-                        page.items.last().map(|v| Cursor::Client {
-                            order,
-                            ts: v.timestamp,
-                        })
-                    });
-                    Ok((
-                        page.items
-                            .iter()
-                            .map(|v| {
-                                vec![
-                                    ("streamId", t(&path2)),
-                                    ("timestamp", t(v.timestamp.to_string())),
-                                    ("timestampISO", t(format_iso(v.timestamp))),
-                                    ("data", t(rollup_text(v.value, ty))),
-                                    ("description", t("")),
-                                ]
-                            })
-                            .collect(),
-                        next,
-                    ))
-                }
+    type Answer = (Vec<Fields>, Option<Cursor>, Option<Cursor>);
+    let (items, next, after_last): Answer = web::block(move || -> Result<_, ApiError> {
+        let info = st2.store.stream(&path2)?;
+        let ty = info.meta.stream_type;
+        match rollup {
+            None => {
+                let page = st2.store.history(
+                    &path2,
+                    &HistoryQuery {
+                        from: start.unwrap_or(MIN_TIMESTAMP),
+                        to: end.unwrap_or(MAX_TIMESTAMP + 1),
+                        order,
+                        timeline,
+                        limit: size,
+                        cursor,
+                    },
+                )?;
+                let after_last = page.items.last().map(|p| match timeline {
+                    Timeline::Client => Cursor::Client {
+                        order,
+                        ts: p.timestamp,
+                    },
+                    Timeline::Server => Cursor::Server {
+                        order,
+                        server_ts: p.server_timestamp,
+                        ts: p.timestamp,
+                    },
+                });
+                let h = stable_hash(&path2);
+                Ok((
+                    page.items
+                        .iter()
+                        .map(|p| point_fields(&path2, h, ty, p))
+                        .collect(),
+                    page.next,
+                    after_last,
+                ))
             }
-        })
-        .await??;
-    // An empty page keeps the cursor it was asked with (or one past everything).
-    let next = next.or(given).unwrap_or(match order {
-        Order::Asc => Cursor::Client {
-            order,
-            ts: MAX_TIMESTAMP,
+            Some((interval, method, tz)) => {
+                if !ty.is_numeric() {
+                    return Err(ApiError::BadRequest(format!(
+                        "the stream {path2:?} holds {ty} values; only numeric streams roll up"
+                    )));
+                }
+                let page = st2.store.rollups(
+                    &path2,
+                    &RollupQuery {
+                        from: start,
+                        to: end,
+                        interval,
+                        method,
+                        tz,
+                        fill: Fill::None,
+                        order,
+                        limit: size,
+                        cursor,
+                    },
+                )?;
+                let after_last = page.items.last().map(|v| Cursor::Client {
+                    order,
+                    ts: v.timestamp,
+                });
+                Ok((
+                    page.items
+                        .iter()
+                        .map(|v| {
+                            vec![
+                                ("streamId", t(&path2)),
+                                ("timestamp", t(v.timestamp.to_string())),
+                                ("timestampISO", t(format_iso(v.timestamp))),
+                                ("data", t(rollup_text(v.value, ty))),
+                                ("description", t("")),
+                            ]
+                        })
+                        .collect(),
+                    page.next,
+                    after_last,
+                ))
+            }
+        }
+    })
+    .await??;
+    let past_everything = Cursor::Client {
+        order,
+        ts: match order {
+            Order::Asc => MAX_TIMESTAMP,
+            Order::Desc => MIN_TIMESTAMP,
         },
-        Order::Desc => Cursor::Client {
-            order,
-            ts: MIN_TIMESTAMP,
-        },
-    });
+    };
+    let next = page_cursor(next, after_last, given, past_everything);
     let requested = |v: Option<i64>| v.map_or("-1".to_string(), |v| v.to_string());
     Ok(envelope(
         n,
@@ -1246,7 +1224,7 @@ async fn get_points_inner(
         vec![
             ("resultSize", t(items.len().to_string())),
             ("requestedSize", t(size.to_string())),
-            ("pageCursor", t(next.encode())),
+            ("pageCursor", t(next)),
             ("requestedStartTime", t(requested(start))),
             ("requestedEndTime", t(requested(end))),
         ],
