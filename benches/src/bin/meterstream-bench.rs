@@ -550,21 +550,16 @@ fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
     let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let extra: Vec<&str> = a.server_args.iter().map(String::as_str).collect();
     let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
-    let cpu0 = srv.cpu_seconds()?;
-    let started = Instant::now();
-    send_all(
+    let (elapsed, cpu) = load_until_queryable(
+        a,
+        &srv,
         &batches,
-        a.connections,
-        &format!("{}/ws/v1/streams/history", srv.url),
+        "/ws/v1/streams/history",
         "application/msgpack",
+        now,
     )?;
-    // Acknowledged means applied: the last point of a stream is queryable now.
     let client = meterstream_bench::server::authorized().build()?;
     let probe = fleet.stream_path(a.meters - 1, 11);
-    let v = newest_point(&client, &srv.url, &probe)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    ensure!(v["count"] == 1, "last point not queryable: {v}");
-    let cpu = srv.cpu_seconds()? - cpu0;
     let rss = srv.rss_bytes()?;
     if std::env::var_os("BENCH_SMAPS").is_some() {
         eprintln!("{}", srv.smaps_summary()?);
@@ -1399,7 +1394,38 @@ fn influx(
     }))
 }
 
-/// The same workload into VictoriaMetrics, measured the same way.
+/// Sends every batch to meterstream's `path` and returns (seconds, server CPU-seconds) until the
+/// fleet's last point is queryable. Acknowledged means applied: the newest point of the last
+/// stream must be there, with the last second's timestamp, as soon as the sends return.
+fn load_until_queryable(
+    a: &IngestArgs,
+    srv: &ServerProcess,
+    batches: &Arc<BatchFile>,
+    path: &str,
+    content_type: &str,
+    now: i64,
+) -> Result<(f64, f64)> {
+    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
+    let cpu0 = srv.cpu_seconds()?;
+    let started = Instant::now();
+    send_all(
+        batches,
+        a.connections,
+        &format!("{}{path}", srv.url),
+        content_type,
+    )?;
+    let client = meterstream_bench::server::authorized().build()?;
+    let probe = fleet.stream_path(a.meters - 1, 11);
+    let v = newest_point(&client, &srv.url, &probe)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let last = meterstream_storage::time::format_iso((now - 1000) / 1000 * 1000);
+    ensure!(
+        v["count"] == 1 && v["list"][0]["timestamp"] == last.as_str(),
+        "{path}: last point not queryable: {v}"
+    );
+    Ok((elapsed, srv.cpu_seconds()? - cpu0))
+}
+
 /// Ingest of the peers' line-protocol bytes into meterstream (`POST /write?precision=s`), with
 /// a path template that gives the same stream paths as the MessagePack run.
 fn meterstream_lines(
@@ -1408,31 +1434,13 @@ fn meterstream_lines(
     now: i64,
     points: f64,
 ) -> Result<serde_json::Value> {
-    let fleet = Fleet::new(a.meters, a.meters_per_gateway, 42);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("data");
     let mut extra: Vec<&str> = vec!["--line-protocol-template", "{gw}/{dev}/{field}"];
     extra.extend(a.server_args.iter().map(String::as_str));
     let (srv, _) = ServerProcess::start(&a.server_bin, &dir, &extra)?;
-    let cpu0 = srv.cpu_seconds()?;
-    let started = Instant::now();
-    send_all(
-        lines,
-        a.connections,
-        &format!("{}/write?precision=s", srv.url),
-        "text/plain",
-    )?;
-    // Acknowledged means applied, as with MessagePack: the last point is there now.
-    let client = meterstream_bench::server::authorized().build()?;
-    let probe = fleet.stream_path(a.meters - 1, 11);
-    let v = newest_point(&client, &srv.url, &probe)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let last = meterstream_storage::time::format_iso((now - 1000) / 1000 * 1000);
-    ensure!(
-        v["count"] == 1 && v["list"][0]["timestamp"] == last.as_str(),
-        "line protocol: last point not queryable: {v}"
-    );
-    let cpu = srv.cpu_seconds()? - cpu0;
+    let (elapsed, cpu) =
+        load_until_queryable(a, &srv, lines, "/write?precision=s", "text/plain", now)?;
     let rss = srv.rss_bytes()?;
     srv.stop()?;
     let disk = dir_bytes(&dir);
@@ -1446,6 +1454,7 @@ fn meterstream_lines(
     }))
 }
 
+/// The same workload into VictoriaMetrics, measured the same way.
 fn victoria(
     a: &IngestArgs,
     lines: &Arc<BatchFile>,

@@ -570,7 +570,11 @@ fn bad_input_names_the_item_and_stores_nothing_wrong() {
         .unwrap();
     assert_eq!(r.status(), 409);
     let (_, v) = s.get_json("/ws/v1/streams/inventory/g/m/v");
-    assert_eq!(v["forward_to"], json!([]), "the refused forward was not set: {v}");
+    assert_eq!(
+        v["forward_to"],
+        json!([]),
+        "the refused forward was not set: {v}"
+    );
     let r = s
         .client
         .post(format!("{}/ws/DataPoint", s.url))
