@@ -205,16 +205,7 @@ pub async fn events(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
                 .collect()
         })
         .unwrap_or_default();
-    let alarms = match p.take("alarms")?.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(x) => {
-            return Err(ApiError::param(
-                "alarms",
-                format!("{x:?} is not true or false"),
-            ))
-        }
-    };
+    let alarms = p.flag("alarms")?;
     let commands = p.take("commands")?;
     p.finish(&["streams", "alarms", "commands"])?;
     if let Some(d) = &commands {

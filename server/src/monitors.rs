@@ -381,16 +381,7 @@ pub async fn history(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
         0 => None,
         n => Some(n),
     };
-    let failed = match p.take("failed")?.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(x) => {
-            return Err(ApiError::param(
-                "failed",
-                format!("{x:?} is not true or false"),
-            ))
-        }
-    };
+    let failed = p.flag("failed")?;
     p.finish(&["size", "cursor", "failed"])?;
     let m = load(&st, &who, &monitor_id(&req)).await?;
     let st2 = st.clone();

@@ -117,6 +117,15 @@ impl Params {
         }
     }
 
+    /// A flag: `true` or `false` (default).
+    pub fn flag(&mut self, name: &str) -> Result<bool, ApiError> {
+        match self.take(name)?.as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(x) => Err(ApiError::param(name, format!("{x:?} is not true or false"))),
+        }
+    }
+
     /// `timeline`: client (default) or server.
     pub fn timeline(&mut self) -> Result<Timeline, ApiError> {
         match self.take("timeline")?.as_deref() {
@@ -144,6 +153,26 @@ impl Params {
             Some(t) => parse_query_time(&t, now)
                 .map(Some)
                 .map_err(|e| ApiError::param(name, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_true_false_or_absent_and_anything_else_names_the_parameter() {
+        let mut p = Params::parse("a=true&b=false&c=yes").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(p.flag("a"), Ok(true)));
+        assert!(matches!(p.flag("b"), Ok(false)));
+        assert!(matches!(p.flag("missing"), Ok(false)));
+        match p.flag("c") {
+            Err(e) => assert!(
+                e.to_string().contains("c") && e.to_string().contains("yes"),
+                "{e}"
+            ),
+            Ok(v) => panic!("c=yes read as {v}"),
         }
     }
 }
