@@ -431,7 +431,8 @@ pub async fn write(
     let template = st.line_protocol_template.clone();
     let st2 = st.clone();
     let out = web::block(move || -> Result<Result<usize, (u16, String)>, ApiError> {
-        let bytes = if gzip {
+        // An uncompressed body is parsed where it lies (it may be megabytes).
+        let bytes: std::borrow::Cow<[u8]> = if gzip {
             use std::io::Read;
             let mut out = Vec::new();
             let mut d = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
@@ -444,9 +445,9 @@ pub async fn write(
                     format!("request body over {limit} bytes once unzipped"),
                 )));
             }
-            out
+            out.into()
         } else {
-            body.to_vec()
+            body[..].into()
         };
         let Ok(text) = std::str::from_utf8(&bytes) else {
             return Ok(Err((400, "the body is not UTF-8".into())));
