@@ -361,13 +361,22 @@ fn raw_point(item: &Item, url_stream: Option<&str>) -> Result<RawItem, String> {
     })
 }
 
-/// The v1 parser names fields the v1 way; a legacy client is told Digi's legacy names.
+/// The v1 parser names fields the v1 way; a legacy client is told Digi's legacy names. Only the
+/// field name a parse message starts with is renamed: the rest may quote the client's data.
 fn legacy_names(message: &str) -> String {
-    message
-        .replace("stream_id", "streamId")
-        .replace("stream_type", "streamType")
-        .replace("stream_units", "streamUnits")
-        .replace("value is missing", "data is missing")
+    const NAMES: [(&str, &str); 5] = [
+        ("value is missing", "data is missing"),
+        ("stream_id ", "streamId "),
+        ("stream_type ", "streamType "),
+        ("unknown stream_type ", "unknown streamType "),
+        ("stream_units ", "streamUnits "),
+    ];
+    for (v1, legacy) in NAMES {
+        if let Some(rest) = message.strip_prefix(v1) {
+            return format!("{legacy}{rest}");
+        }
+    }
+    message.to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1033,7 +1042,15 @@ async fn post_points_inner(
             .points_rejected
             .inc_by(parsed.faults.len() as u64);
         let out = crate::ingest::store_for(&st2, &who, parsed.groups, address.as_deref(), now)?;
-        let mut faults = parsed.faults;
+        // Parse messages name fields (renamed to Digi's names); the store's name the stream.
+        let mut faults: Vec<crate::ingest::ItemFault> = parsed
+            .faults
+            .into_iter()
+            .map(|f| crate::ingest::ItemFault {
+                message: legacy_names(&f.message),
+                ..f
+            })
+            .collect();
         faults.extend(out.faults);
         faults.sort_by_key(|f| f.index);
         for f in &faults {
@@ -1043,12 +1060,7 @@ async fn post_points_inner(
         }
         let errors: Vec<(usize, ApiError)> = faults
             .into_iter()
-            .map(|f| {
-                (
-                    f.index,
-                    ApiError::with_status(f.status, legacy_names(&f.message)),
-                )
-            })
+            .map(|f| (f.index, ApiError::with_status(f.status, f.message)))
             .collect();
         Ok((ids.into_iter().flatten().collect(), errors, single))
     })
@@ -1384,4 +1396,22 @@ async fn device_core_inner(
         "DeviceCore",
         &items,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_leading_field_name_of_a_parse_message_is_renamed() {
+        assert_eq!(legacy_names("stream_id is missing"), "streamId is missing");
+        assert_eq!(legacy_names("value is missing"), "data is missing");
+        assert_eq!(
+            legacy_names("unknown stream_type \"stream_type\"; expected one of DOUBLE"),
+            "unknown streamType \"stream_type\"; expected one of DOUBLE"
+        );
+        // A message about the client's own data keeps it as written.
+        let m = "invalid stream path \"gw/stream_id/x\": value is missing";
+        assert_eq!(legacy_names(m), m);
+    }
 }
