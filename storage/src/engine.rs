@@ -893,7 +893,10 @@ impl Inner {
     /// stream's index entries go in and its head lets go of the sealed points.
     fn seal(&self, ids: &[u64], all: bool) -> Result<()> {
         let cp = self.cfg.chunk_points;
-        let mut plans: Vec<(u64, sled::Batch, Vec<Bucket>, i64)> = Vec::new();
+        // Per stream: its chunks' index entries (key, value), their quarters, the last sealed
+        // timestamp.
+        type Plan = (u64, Vec<([u8; 16], [u8; 20])>, Vec<Bucket>, i64);
+        let mut plans: Vec<Plan> = Vec::new();
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
@@ -905,20 +908,26 @@ impl Inner {
             if st.head.is_empty() || (!all && st.head.len() < cp) {
                 continue;
             }
-            let mut s = st.head.to_series()?;
+            // Only the points that are sealed now: whole chunks, or all of them.
+            let want = if all {
+                usize::MAX
+            } else {
+                cp * (st.head.len() / cp)
+            };
+            let mut s = st.head.series_prefix(want)?;
             drop(sh);
-            let mut batch = sled::Batch::default();
+            let mut entries = Vec::new();
             let mut last = None;
             let mut mins = Vec::new();
             loop {
-                let rest = if all || s.len() < cp {
+                let rest = if all || s.len() <= cp {
                     None
                 } else {
                     Some(s.split_off(cp))
                 };
                 if let (Some(first), Some(l)) = (s.first_ts(), s.last_ts()) {
                     let (v, m) = self.append_chunk(&s)?;
-                    batch.insert(&chunk_key(*id, first), &v);
+                    entries.push((chunk_key(*id, first), v));
                     buckets::merge_later(&mut mins, &m);
                     last = Some(l);
                 }
@@ -928,47 +937,72 @@ impl Inner {
                 }
             }
             if let Some(m) = last {
-                plans.push((*id, batch, buckets::regrid(mins, QUARTER), m));
+                plans.push((*id, entries, buckets::regrid(mins, QUARTER), m));
             }
         }
         if plans.is_empty() {
             return Ok(());
         }
         self.files.sync()?;
-        for (id, batch, new_q, m) in plans {
-            let mut sh = self.shards[shard_of_id(id)].lock();
-            let Some(st) = sh.streams.get_mut(&id) else {
+        // Every shard involved stays locked, in ascending order, from before the index
+        // entries are committed until the heads have dropped the sealed points: a reader sees
+        // each point in its head or in a chunk, never both, never neither. One transaction for
+        // every stream (one per stream was 8 % of the apply thread).
+        let mut shard_ids: Vec<usize> = plans.iter().map(|p| shard_of_id(p.0)).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut guards: Vec<_> = shard_ids.iter().map(|i| self.shards[*i].lock()).collect();
+        let mut batch = sled::Batch::default();
+        let mut rbatch = sled::Batch::default();
+        // Per plan: the open day and the quarters that stay open after sealing.
+        let mut after: Vec<Option<(i64, Vec<Bucket>)>> = Vec::with_capacity(plans.len());
+        for (id, entries, new_q, m) in &plans {
+            let g = shard_ids.binary_search(&shard_of_id(*id)).expect("locked");
+            let Some(st) = guards[g].streams.get(id) else {
+                after.push(None);
                 continue;
             };
+            for (k, v) in entries {
+                batch.insert(&k[..], &v[..]);
+            }
             // The sealed points' quarters join the open days; days that sealing has now passed
             // are written to their day records, once. (Quarters of days already recorded, after
             // deletes or expiry, are merged into those records.)
             let open_day = st
                 .open_day
-                .map_or(buckets::floor(m, DAY), |d| d.max(buckets::floor(m, DAY)));
+                .map_or(buckets::floor(*m, DAY), |d| d.max(buckets::floor(*m, DAY)));
             let mut open = st.open_quarters()?;
-            buckets::combine_into(&mut open, &new_q);
+            buckets::combine_into(&mut open, new_q);
             let split = open.partition_point(|b| b.0 < open_day);
-            let mut rbatch = sled::Batch::default();
-            self.add_quarters(id, &open[..split], &mut rbatch)?;
-            // The chunks' index entries and their rollups, atomically across the two trees.
-            (&self.chunks, &self.rollups)
-                .transaction(|(c, r)| {
-                    c.apply_batch(&batch)?;
-                    r.apply_batch(&rbatch)?;
-                    Ok(())
-                })
-                .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                    sled::transaction::TransactionError::Storage(e) => StorageError::from(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        StorageError::corrupt("chunks", "sealing transaction aborted")
-                    }
-                })?;
+            self.add_quarters(*id, &open[..split], &mut rbatch)?;
+            after.push(Some((open_day, open.split_off(split))));
+        }
+        // The chunks' index entries and their rollups, atomically across the two trees.
+        (&self.chunks, &self.rollups)
+            .transaction(|(c, r)| {
+                c.apply_batch(&batch)?;
+                r.apply_batch(&rbatch)?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StorageError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StorageError::corrupt("chunks", "sealing transaction aborted")
+                }
+            })?;
+        for ((id, _, _, m), after) in plans.iter().zip(after) {
+            let Some((open_day, open)) = after else {
+                continue;
+            };
+            let g = shard_ids.binary_search(&shard_of_id(*id)).expect("locked");
+            let Some(st) = guards[g].streams.get_mut(id) else {
+                continue;
+            };
             st.open_day = Some(open_day);
-            st.set_open_quarters(&open[split..]);
+            st.set_open_quarters(&open);
             let n = st.head.delete_range(0, m + 1)?;
             self.open_points.fetch_sub(n as u64, AtOrd::Relaxed);
-            st.sealed_max = Some(st.sealed_max.map_or(m, |old| old.max(m)));
+            st.sealed_max = Some(st.sealed_max.map_or(*m, |old| old.max(*m)));
         }
         Ok(())
     }

@@ -162,6 +162,15 @@ impl Values {
         }
     }
 
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Values::Int(v) => v.truncate(len),
+            Values::Float(v) => v.truncate(len),
+            Values::Text(v) => v.truncate(len),
+            Values::Bytes(v) => v.truncate(len),
+        }
+    }
+
     fn clear_and_shrink(&mut self) {
         match self {
             Values::Int(v) => *v = Vec::new(),
@@ -409,6 +418,20 @@ impl Series {
         tail.set_server_expanded(&tail_server);
         self.set_server_expanded(&server);
         tail
+    }
+
+    /// Reserves room for exactly `extra` more points.
+    pub fn reserve_exact(&mut self, extra: usize) {
+        self.ts.reserve_exact(extra);
+        self.values.reserve_exact(extra);
+    }
+
+    /// Empties the series, keeping its memory for the next points.
+    pub fn clear_keeping_capacity(&mut self) {
+        self.ts.clear();
+        self.values.truncate(0);
+        self.server.clear();
+        self.extras.clear();
     }
 
     /// Empties the series and gives its memory back.
