@@ -1556,6 +1556,18 @@ fn sled_compression(sled_dir: &std::path::Path) -> bool {
     }
 }
 
+/// sled's segment size: 128 KiB for a new store; an existing one keeps what it was created with.
+/// With compressed pages the index and stream records of the standard workload take 2.65 MB in
+/// 128 KiB segments against 4.7 MB in sled's default 512 KiB ones (4 % of the whole store;
+/// 64 KiB is no smaller, 256 KiB varied from 2.1 to 3.2 MB between runs, 1 MiB took 6.3 MB).
+fn sled_segment_size(sled_dir: &std::path::Path) -> usize {
+    match sled_setting(sled_dir, "segment_size") {
+        Ok(Some(v)) => v.parse().unwrap_or(512 << 10),
+        Ok(None) => 128 << 10,
+        Err(_) => 512 << 10,
+    }
+}
+
 impl Engine {
     /// Opens (or creates) the store in `cfg.path`, recovering everything that was acknowledged.
     pub fn open(cfg: Config) -> Result<Engine> {
@@ -1569,6 +1581,7 @@ impl Engine {
             .cache_capacity(cfg.cache_bytes)
             .mode(sled::Mode::LowSpace)
             .use_compression(sled_compression(&sled_dir))
+            .segment_size(sled_segment_size(&sled_dir))
             .compression_factor(1)
             .flush_every_ms(Some(1000));
         // sled releases its file lock from a background thread after the previous handle is

@@ -660,7 +660,7 @@ fn measure(a: &IngestArgs) -> Result<serde_json::Value> {
         "disk_bytes_settled": disk_settled,
         "bytes_per_point": disk_settled as f64 / points,
         "raw_history_last_hour_median_ms": raw_ms,
-                "raw_history_whole_hour_digi_pages_median_ms": raw_digi_pages_ms,
+        "raw_history_whole_hour_digi_pages_median_ms": raw_digi_pages_ms,
         "raw_history_whole_hour_all_pages_median_ms": raw_all_ms,
         "raw_history_whole_hour_timestamp_value_all_pages_median_ms": raw_tv_ms,
         "raw_history_whole_hour_columns_median_ms": raw_columns_ms,

@@ -446,10 +446,10 @@ fn shutdown_leaves_a_compact_heads_snapshot() {
     }
 }
 
-/// Stores created before sled compressed its pages open as they are (sled refuses a changed
-/// setting); new stores compress.
+/// Stores created before sled compressed its pages (and with sled's default segment size) open
+/// as they are (sled refuses a changed setting); new stores compress and take 128 KiB segments.
 #[test]
-fn stores_keep_their_sled_compression_setting() {
+fn stores_keep_their_sled_settings() {
     let old = tempfile::tempdir().unwrap();
     drop(
         sled::Config::new()
@@ -459,7 +459,7 @@ fn stores_keep_their_sled_compression_setting() {
             .unwrap(),
     );
     let new = tempfile::tempdir().unwrap();
-    for (dir, compressed) in [(&old, false), (&new, true)] {
+    for (dir, compressed, segment) in [(&old, false, 524288), (&new, true, 131072)] {
         for round in 0..2 {
             let s = Engine::open(small_config(dir.path())).unwrap();
             if round == 0 {
@@ -472,7 +472,8 @@ fn stores_keep_their_sled_compression_setting() {
         let conf = std::fs::read(dir.path().join("sled/conf")).unwrap();
         let conf = String::from_utf8_lossy(&conf);
         assert!(
-            conf.contains(&format!("use_compression: {compressed}")),
+            conf.contains(&format!("use_compression: {compressed}"))
+                && conf.contains(&format!("segment_size: {segment}")),
             "{conf}"
         );
     }
