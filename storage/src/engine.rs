@@ -1546,6 +1546,30 @@ pub(crate) fn sled_setting(dir: &std::path::Path, key: &str) -> std::io::Result<
     }
 }
 
+/// Opens a sled database, waiting up to 5 s while its file lock is still held. sled releases
+/// the lock from a background thread after the previous handle is dropped, so a reopen right
+/// after a close may find it held for a moment. sled reports that as an `Other` I/O error
+/// ("could not acquire lock on ...") wrapping the `WouldBlock`, so both are recognized.
+pub(crate) fn open_sled(cfg: &sled::Config) -> sled::Result<sled::Db> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match cfg.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
+            {
+                if waited >= Duration::from_secs(5) {
+                    return Err(sled::Error::Io(e));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                waited += Duration::from_millis(20);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether sled compresses its pages (zstd level 1): yes for a new store; an existing one keeps
 /// what it was created with.
 fn sled_compression(sled_dir: &std::path::Path) -> bool {
@@ -1584,25 +1608,7 @@ impl Engine {
             .segment_size(sled_segment_size(&sled_dir))
             .compression_factor(1)
             .flush_every_ms(Some(1000));
-        // sled releases its file lock from a background thread after the previous handle is
-        // dropped; a reopen right after a close may find it still held for a moment.
-        let mut waited = Duration::ZERO;
-        let db = loop {
-            match sled_cfg.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock") =>
-                {
-                    if waited >= Duration::from_secs(5) {
-                        return Err(sled::Error::Io(e).into());
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                    waited += Duration::from_millis(20);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let db = open_sled(&sled_cfg)?;
         let inner = Arc::new(Inner {
             chunks: db.open_tree("chunks")?,
             rollups: db.open_tree("rollups")?,
