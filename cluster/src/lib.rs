@@ -1,0 +1,43 @@
+//! meterstream's scale-out on NATS JetStream, designed in `docs/scale-out.md` (issue 10). The
+//! server does not use it yet; it grows here part by part, each tested against a real
+//! `nats-server` 2.9.
+//!
+//! # Layout
+//! - `lease`: partition ownership through a replicated KV bucket, created by hand on 2.9 servers.
+//! - `partition`: which partition a device belongs to.
+
+pub mod lease;
+pub mod partition;
+
+/// What can go wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The NATS server is older than the features this design relies on.
+    #[error("nats-server {found} is too old: {need} or newer is needed")]
+    ServerVersion {
+        /// The version the server reported.
+        found: String,
+        /// The oldest version supported.
+        need: &'static str,
+    },
+    /// A NATS or JetStream call failed.
+    #[error("{what}: {message}")]
+    Nats {
+        /// The operation.
+        what: &'static str,
+        /// NATS' message.
+        message: String,
+    },
+}
+
+impl ClusterError {
+    fn nats(what: &'static str, e: impl std::fmt::Display) -> ClusterError {
+        ClusterError::Nats {
+            what,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The crate's result.
+pub type Result<T> = std::result::Result<T, ClusterError>;

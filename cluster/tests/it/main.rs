@@ -1,0 +1,55 @@
+//! Integration tests of meterstream-cluster against a real `nats-server` (installed by
+//! `scripts/test`), on 127.0.0.1 with a temporary store directory.
+#![allow(clippy::unwrap_used)]
+
+mod lease;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` on a free port of 127.0.0.1, killed when dropped.
+pub struct Nats {
+    child: Child,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts one JetStream server and waits until it accepts connections.
+    pub fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; scripts/test installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
