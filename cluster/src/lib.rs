@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! - `lease`: partition ownership through a replicated KV bucket, created by hand on 2.9 servers.
+//! - `log`: the replicated log of data points, partitioned over several JetStream streams.
 //! - `partition`: which partition a device belongs to.
 
 pub mod lease;
+pub mod log;
 pub mod partition;
 
 /// What can go wrong talking to NATS.

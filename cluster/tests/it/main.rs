@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod lease;
+mod log;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,95 @@
+//! The replicated log of data points (docs/scale-out.md, "Partitions" and "Ingest").
+//!
+//! Partition `p` is the subject `ms.points.<p>`, held by the JetStream stream
+//! `MS_POINTS_<p mod S>`: several streams rather than one, because a stream is one raft group
+//! with one leader, and `S` streams spread the leaders over the NATS nodes. A batch part is
+//! published with the header `Nats-Msg-Id` (the gateway's batch id and the partition), so a
+//! retried batch inside the streams' duplicate window is stored once.
+
+use crate::{ClusterError, Result};
+use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+/// The log's streams on one JetStream context.
+pub struct PointLog {
+    js: jetstream::Context,
+    streams: u32,
+}
+
+/// Where an acknowledged part went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The stream holding it.
+    pub stream: String,
+    /// Its sequence number in that stream.
+    pub sequence: u64,
+    /// Whether JetStream already had this message id (a retried part).
+    pub duplicate: bool,
+}
+
+/// The subject of partition `p`.
+pub fn subject(partition: u32) -> String {
+    format!("ms.points.{partition}")
+}
+
+impl PointLog {
+    /// Opens (creating when missing) the `streams` streams of `partitions` partitions, each with
+    /// `replicas` replicas, keeping messages `max_age` and recognizing a repeated message id for
+    /// `duplicate_window`.
+    pub async fn open(
+        client: async_nats::Client,
+        partitions: u32,
+        streams: u32,
+        replicas: usize,
+        max_age: Duration,
+        duplicate_window: Duration,
+    ) -> Result<PointLog> {
+        let streams = streams.clamp(1, partitions.max(1));
+        let js = jetstream::new(client);
+        for k in 0..streams {
+            js.get_or_create_stream(stream::Config {
+                name: format!("MS_POINTS_{k}"),
+                subjects: (k..partitions)
+                    .step_by(streams as usize)
+                    .map(subject)
+                    .collect(),
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                max_age,
+                duplicate_window: duplicate_window.min(max_age),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::nats("creating a point log stream", e))?;
+        }
+        Ok(PointLog { js, streams })
+    }
+
+    /// The stream holding partition `p`.
+    pub fn stream_of(&self, partition: u32) -> String {
+        format!("MS_POINTS_{}", partition % self.streams)
+    }
+
+    /// Publishes one batch part and waits for JetStream's acknowledgement.
+    pub async fn publish(
+        &self,
+        partition: u32,
+        msg_id: &str,
+        body: bytes::Bytes,
+    ) -> Result<Placed> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = self
+            .js
+            .publish_with_headers(subject(partition), headers, body)
+            .await
+            .map_err(|e| ClusterError::nats("publishing a batch part", e))?
+            .await
+            .map_err(|e| ClusterError::nats("awaiting a batch part's acknowledgement", e))?;
+        Ok(Placed {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
