@@ -5,9 +5,15 @@
 //! with one leader, and `S` streams spread the leaders over the NATS nodes. A batch part is
 //! published with the header `Nats-Msg-Id` (the gateway's batch id and the partition), so a
 //! retried batch inside the streams' duplicate window is stored once.
+//!
+//! A partition's owner reads it through the durable pull consumer `p<p>` with the single
+//! `filter_subject` of that partition (2.9 ignores the newer `filter_subjects` and would
+//! deliver every partition of the stream), acknowledging each message explicitly once applied,
+//! so a new owner resumes after the last acknowledged one.
 
 use crate::{ClusterError, Result};
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
 use std::time::Duration;
 
 /// The log's streams on one JetStream context.
@@ -91,5 +97,80 @@ impl PointLog {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// The durable consumer of `partition`, created when missing.
+    pub async fn consumer(&self, partition: u32) -> Result<PartitionReader> {
+        let stream = self
+            .js
+            .get_stream(self.stream_of(partition))
+            .await
+            .map_err(|e| ClusterError::nats("opening a point log stream", e))?;
+        let name = format!("p{partition}");
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: subject(partition),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ClusterError::nats("creating a partition's consumer", e))?;
+        Ok(PartitionReader { consumer })
+    }
+}
+
+/// One partition's messages in log order.
+pub struct PartitionReader {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+}
+
+/// A message read from a partition; acknowledge it once it is applied.
+pub struct Entry {
+    /// Its sequence number in the partition's stream.
+    pub sequence: u64,
+    /// The batch part as published.
+    pub body: bytes::Bytes,
+    message: jetstream::Message,
+}
+
+impl Entry {
+    /// Tells JetStream the entry is applied: it is not delivered to this consumer again.
+    pub async fn ack(&self) -> Result<()> {
+        self.message
+            .ack()
+            .await
+            .map_err(|e| ClusterError::nats("acknowledging a partition's message", e))
+    }
+}
+
+impl PartitionReader {
+    /// Up to `max` entries not yet acknowledged, in log order, waiting at most `wait` for any.
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Entry>> {
+        let mut messages = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| ClusterError::nats("fetching a partition's messages", e))?;
+        let mut out = Vec::new();
+        while let Some(m) = messages.next().await {
+            let message = m.map_err(|e| ClusterError::nats("reading a partition's message", e))?;
+            let sequence = message
+                .info()
+                .map_err(|e| ClusterError::nats("reading a message's sequence", e))?
+                .stream_sequence;
+            out.push(Entry {
+                sequence,
+                body: message.payload.clone(),
+                message,
+            });
+        }
+        Ok(out)
     }
 }

@@ -52,3 +52,44 @@ async fn parts_land_in_their_partitions_stream_once() {
     let later = log.publish(5, "batch-3:5", "four".into()).await.unwrap();
     assert_eq!(later.sequence, 3);
 }
+
+/// A partition's consumer reads only that partition, in log order, and a new reader of the
+/// same durable consumer (a new owner) resumes after what was acknowledged.
+#[tokio::test]
+async fn a_partitions_consumer_reads_it_in_order_and_resumes() {
+    let nats = Nats::start();
+    let connect = || async_nats::connect(nats.url.clone());
+    let hour = Duration::from_secs(3600);
+    let log = PointLog::open(connect().await.unwrap(), 16, 4, 1, hour, hour)
+        .await
+        .unwrap();
+    // Partitions 5 and 13 share stream MS_POINTS_1.
+    for (p, id) in [(5, "a"), (13, "b"), (5, "c"), (13, "d"), (5, "e")] {
+        log.publish(p, &format!("{id}:{p}"), id.to_string().into())
+            .await
+            .unwrap();
+    }
+    let wait = Duration::from_millis(500);
+    let reader = log.consumer(5).await.unwrap();
+    let got = reader.next_batch(10, wait).await.unwrap();
+    let seen: Vec<(u64, &[u8])> = got.iter().map(|e| (e.sequence, &e.body[..])).collect();
+    assert_eq!(seen, vec![(1, &b"a"[..]), (3, &b"c"[..]), (5, &b"e"[..])]);
+    for e in &got {
+        e.ack().await.unwrap();
+    }
+    drop(reader);
+
+    // A new owner, on another connection, gets only what came after.
+    log.publish(13, "f:13", "f".into()).await.unwrap();
+    log.publish(5, "g:5", "g".into()).await.unwrap();
+    let log = PointLog::open(connect().await.unwrap(), 16, 4, 1, hour, hour)
+        .await
+        .unwrap();
+    let reader = log.consumer(5).await.unwrap();
+    let got = reader.next_batch(10, wait).await.unwrap();
+    let seen: Vec<(u64, &[u8])> = got.iter().map(|e| (e.sequence, &e.body[..])).collect();
+    assert_eq!(seen, vec![(7, &b"g"[..])]);
+    // Partition 13's consumer is its own.
+    let other = log.consumer(13).await.unwrap();
+    assert_eq!(other.next_batch(10, wait).await.unwrap().len(), 3);
+}
