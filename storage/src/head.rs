@@ -261,12 +261,9 @@ impl Head {
             return Ok(());
         }
         if self.mins_old.len() >= MAX_PIECES {
-            // Few, larger pieces: many small ones cost more memory than they save time.
-            let keep = self.mins.split_off(self.mins.len() - OPEN_MINUTES);
+            // Few, larger pieces: many small ones cost more memory than they save time. With
+            // every minute decoded, the new piece holds all the older ones.
             self.thaw_minutes()?;
-            self.mins_old = vec![buckets::encode(&self.mins, MINUTE).into_boxed_slice()];
-            self.mins = keep;
-            return Ok(());
         }
         let old = self.mins.len() - OPEN_MINUTES;
         self.mins_old

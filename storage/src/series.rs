@@ -330,9 +330,7 @@ impl Series {
             if self.ts.len() == self.ts.capacity() {
                 // Grow by a quarter rather than doubling: heads are long-lived, and doubling
                 // leaves up to half of every head's memory unused.
-                let extra = (self.ts.len() / 4).max(16);
-                self.ts.reserve_exact(extra);
-                self.values.reserve_exact(extra);
+                self.reserve_exact((self.ts.len() / 4).max(16));
             }
             self.ts.push(ts);
             self.values.push(value);
