@@ -20,7 +20,7 @@ mod tests {
     fn partitions_are_stable_and_spread() {
         // Fixed values: a change of hash would move every device to another owner.
         assert_eq!(of_device("00000000-00000000-00409DFF-FF418079", 256), 22);
-        assert_eq!(of_device("", 256), of_device("", 256));
+        assert_eq!(of_device("gw-00409DFF-FF410003", 256), 20);
         assert_eq!(of_device("gw", 1), 0);
         assert_eq!(of_device("gw", 0), 0);
         let mut counts = [0u32; 16];
