@@ -47,6 +47,36 @@ fn key(partition: u32) -> String {
     format!("p{partition}")
 }
 
+/// Opens the KV bucket `bucket` whose entries live `ttl` from their last write, creating its
+/// stream `KV_<bucket>` by hand when missing (the settings a KV bucket has; see the module doc).
+pub(crate) async fn open_bucket(
+    js: jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    ttl: Duration,
+) -> Result<kv::Store> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        // The duplicate window may not be longer than max_age.
+        duplicate_window: ttl.min(Duration::from_secs(120)),
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::nats("creating a KV bucket's stream", e))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| ClusterError::nats("opening a KV bucket", e))
+}
+
 impl Leases {
     /// Opens the bucket `bucket` (creating its stream with `replicas` and `ttl` when missing)
     /// as node `node`. Refuses a server older than [`MIN_SERVER`].
@@ -64,47 +94,50 @@ impl Leases {
                 need: MIN_SERVER,
             });
         }
-        let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: ttl,
-            // The duplicate window may not be longer than max_age.
-            duplicate_window: ttl.min(Duration::from_secs(120)),
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| ClusterError::nats("creating the lease bucket's stream", e))?;
-        let kv = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| ClusterError::nats("opening the lease bucket", e))?;
+        let kv = open_bucket(jetstream::new(client), bucket, replicas, ttl).await?;
         Ok(Leases {
             kv,
             node: node.to_string(),
         })
     }
 
-    /// Takes `partition` if no live lease holds it: `None` when another node holds it.
+    /// Takes `partition` if no live lease holds it: `None` when another node holds it. A live
+    /// lease that already names this node (left by its previous run, or a write whose
+    /// acknowledgement was lost) is taken over at its revision.
     pub async fn claim(&self, partition: u32) -> Result<Option<Lease>> {
-        match self
+        match self.claim_free(partition).await? {
+            Some(l) => Ok(Some(l)),
+            None => self.adopt(partition).await,
+        }
+    }
+
+    /// The lease of `partition` at its current revision if it names this node, renewed by a
+    /// compare-and-set on that revision.
+    async fn adopt(&self, partition: u32) -> Result<Option<Lease>> {
+        let entry = self
             .kv
-            .create(key(partition), self.node.clone().into())
+            .entry(key(partition))
             .await
-        {
-            Ok(revision) => Ok(Some(Lease {
-                partition,
-                revision,
-            })),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(ClusterError::nats("claiming a lease", e)),
+            .map_err(|e| ClusterError::nats("reading a lease", e))?;
+        match entry {
+            Some(e)
+                if e.operation == kv::Operation::Put
+                    && e.value.as_ref() == self.node.as_bytes() =>
+            {
+                match self
+                    .kv
+                    .update(key(partition), self.node.clone().into(), e.revision)
+                    .await
+                {
+                    Ok(revision) => Ok(Some(Lease {
+                        partition,
+                        revision,
+                    })),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                    Err(e) => Err(ClusterError::nats("renewing a lease", e)),
+                }
+            }
+            _ => Ok(None),
         }
     }
 
@@ -120,9 +153,56 @@ impl Leases {
             .await
         {
             Ok(revision) => Ok(Some(Lease { revision, ..lease })),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            // A renewal whose acknowledgement was lost (a NATS server failing over) moved the
+            // revision on with this node's own id: still ours. Another node's id: lost.
+            // No key at all (it lapsed and nobody took it): taken again if still free.
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                match self.adopt(lease.partition).await? {
+                    Some(l) => Ok(Some(l)),
+                    None => self.claim_free(lease.partition).await,
+                }
+            }
             Err(e) => Err(ClusterError::nats("renewing a lease", e)),
         }
+    }
+
+    async fn claim_free(&self, partition: u32) -> Result<Option<Lease>> {
+        match self
+            .kv
+            .create(key(partition), self.node.clone().into())
+            .await
+        {
+            Ok(revision) => Ok(Some(Lease {
+                partition,
+                revision,
+            })),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(ClusterError::nats("claiming a lease", e)),
+        }
+    }
+
+    /// Gives a held lease up at once (instead of letting it lapse), so another node can take
+    /// the partition at its next round. A lease already lost is not an error.
+    pub async fn release(&self, lease: Lease) -> Result<()> {
+        match self
+            .kv
+            .delete_expect_revision(key(lease.partition), Some(lease.revision))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(ClusterError::nats("releasing a lease", e)),
+        }
+    }
+
+    /// The holder of every partition below `partitions` (`None` where no live lease is),
+    /// read concurrently.
+    pub async fn owners(&self, partitions: u32) -> Result<Vec<Option<String>>> {
+        let reads = (0..partitions).map(|p| self.owner(p));
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The node holding `partition`, if any.

@@ -1,14 +1,18 @@
 //! meterstream's scale-out on NATS JetStream, designed in `docs/scale-out.md` (issue 10). The
-//! server does not use it yet; it grows here part by part, each tested against a real
-//! `nats-server` 2.9.
+//! server runs a [`node::Node`] when `cluster.nats_urls` is set; every part is tested against a
+//! real `nats-server` 2.9.
 //!
 //! # Layout
 //! - `lease`: partition ownership through a replicated KV bucket, created by hand on 2.9 servers.
 //! - `log`: the replicated log of data points, partitioned over several JetStream streams.
+//! - `members`: the live nodes and the URLs they are reached at.
+//! - `node`: one node: its rounds (membership, leases, balance) and its partitions' appliers.
 //! - `partition`: which partition a device belongs to.
 
 pub mod lease;
 pub mod log;
+pub mod members;
+pub mod node;
 pub mod partition;
 
 /// What can go wrong talking to NATS.

@@ -83,8 +83,21 @@ impl PointLog {
         msg_id: &str,
         body: bytes::Bytes,
     ) -> Result<Placed> {
+        self.publish_part(partition, Some(msg_id), body).await
+    }
+
+    /// Publishes one batch part, with the message id `msg_id` when given (a retry of it inside
+    /// the duplicate window is then stored once), and waits for JetStream's acknowledgement.
+    pub async fn publish_part(
+        &self,
+        partition: u32,
+        msg_id: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<Placed> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
+        if let Some(id) = msg_id {
+            headers.insert("Nats-Msg-Id", id);
+        }
         let ack = self
             .js
             .publish_with_headers(subject(partition), headers, body)
@@ -120,6 +133,71 @@ impl PointLog {
             .await
             .map_err(|e| ClusterError::nats("creating a partition's consumer", e))?;
         Ok(PartitionReader { consumer })
+    }
+}
+
+impl PointLog {
+    /// The sequence of the last message of `partition`, 0 when it has none.
+    pub async fn last_sequence(&self, partition: u32) -> Result<u64> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream_of(partition))
+            .await
+            .map_err(|e| ClusterError::nats("opening a point log stream", e))?;
+        match stream
+            .get_last_raw_message_by_subject(&subject(partition))
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(ClusterError::nats("reading a partition's last sequence", e)),
+        }
+    }
+
+    /// `partition`'s messages from sequence `from` on, in log order, through an ordered
+    /// consumer: no acknowledgements, and the client recreates it after a gap or a lost server,
+    /// so the reader, not JetStream, keeps the position (docs/scale-out.md, "Applying").
+    pub async fn read_from(&self, partition: u32, from: u64) -> Result<OrderedReader> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.stream_of(partition))
+            .await
+            .map_err(|e| ClusterError::nats("opening a point log stream", e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject(partition),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::nats("creating a partition's reader", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::nats("reading a partition", e))?;
+        Ok(OrderedReader { messages })
+    }
+}
+
+/// A partition's messages from a position on, in log order.
+pub struct OrderedReader {
+    messages: consumer::pull::Ordered,
+}
+
+impl OrderedReader {
+    /// The next message as (sequence, body), waiting at most `wait`: `None` when none came.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<(u64, bytes::Bytes)>> {
+        let m = match tokio::time::timeout(wait, self.messages.next()).await {
+            Err(_) | Ok(None) => return Ok(None),
+            Ok(Some(m)) => m.map_err(|e| ClusterError::nats("reading a partition", e))?,
+        };
+        let sequence = m
+            .info()
+            .map_err(|e| ClusterError::nats("reading a message's sequence", e))?
+            .stream_sequence;
+        Ok(Some((sequence, m.message.payload)))
     }
 }
 

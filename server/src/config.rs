@@ -58,6 +58,53 @@ pub struct Config {
     /// The tenant named in monitor topics (`<tenant>/DataPoint/<stream>`). Default
     /// `meterstream`.
     pub tenant: String,
+    /// Running as one node of a cluster on NATS JetStream (docs/scale-out.md); off unless
+    /// `cluster.nats_urls` is set.
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section. Every node of a cluster must agree on `partitions`,
+/// `log_streams` and `replicas`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers (`nats://host:port`); empty (the default) means a single node with no
+    /// other component. `METERSTREAM_CLUSTER_NATS_URLS`, comma-separated.
+    pub nats_urls: Vec<String>,
+    /// This node's id, unique and stable; default the listen address.
+    pub node_id: Option<String>,
+    /// The base URL other nodes reach this node at; default `http://<listen>`.
+    pub advertise_url: Option<String>,
+    /// Partitions of the device ids; fixed when the cluster is created. Default 256.
+    pub partitions: u32,
+    /// JetStream streams the point log is spread over. Default 8.
+    pub log_streams: u32,
+    /// Replicas of every JetStream stream and bucket. Default 3.
+    pub replicas: usize,
+    /// Seconds a partition lease lives without renewal: a dead node's partitions move after
+    /// it. Default 10.
+    pub lease_ttl: f64,
+    /// Seconds the point log keeps messages; 0 keeps them for ever, which a new owner needs
+    /// to rebuild a partition until snapshots land. Default 0.
+    pub log_max_age: u64,
+    /// Seconds a repeated batch id is recognized. Default 120.
+    pub duplicate_window: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_urls: Vec::new(),
+            node_id: None,
+            advertise_url: None,
+            partitions: 256,
+            log_streams: 8,
+            replicas: 3,
+            lease_ttl: 10.0,
+            log_max_age: 0,
+            duplicate_window: 120,
+        }
+    }
 }
 
 impl Default for Config {
@@ -80,6 +127,7 @@ impl Default for Config {
             webhook_timeout: 15.0,
             tenant: "meterstream".into(),
             line_protocol_template: crate::lineproto::DEFAULT_TEMPLATE.into(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -135,6 +183,15 @@ pub struct Args {
     /// default; `{<tag key>}` names one tag).
     #[arg(long, env = "METERSTREAM_LINE_PROTOCOL_TEMPLATE")]
     pub line_protocol_template: Option<String>,
+    /// NATS servers of a cluster, comma-separated (turns clustering on).
+    #[arg(long, env = "METERSTREAM_CLUSTER_NATS_URLS", value_delimiter = ',')]
+    pub cluster_nats_urls: Vec<String>,
+    /// This node's id in the cluster.
+    #[arg(long, env = "METERSTREAM_CLUSTER_NODE_ID")]
+    pub cluster_node_id: Option<String>,
+    /// The base URL other nodes of the cluster reach this node at.
+    #[arg(long, env = "METERSTREAM_CLUSTER_ADVERTISE_URL")]
+    pub cluster_advertise_url: Option<String>,
     /// Instead of serving: manage credentials in the data directory.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -285,6 +342,15 @@ impl Config {
         if let Some(v) = &args.log {
             c.log = v.clone();
         }
+        if !args.cluster_nats_urls.is_empty() {
+            c.cluster.nats_urls = args.cluster_nats_urls.clone();
+        }
+        if let Some(v) = &args.cluster_node_id {
+            c.cluster.node_id = Some(v.clone());
+        }
+        if let Some(v) = &args.cluster_advertise_url {
+            c.cluster.advertise_url = Some(v.clone());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -333,12 +399,74 @@ impl Config {
         if self.tenant.is_empty() || self.tenant.contains('/') {
             return bad("tenant", "must be a non-empty name without '/'");
         }
+        let c = &self.cluster;
+        if !c.nats_urls.is_empty() {
+            if !(1..=65_536).contains(&c.partitions) {
+                return bad("cluster.partitions", "must be from 1 to 65536");
+            }
+            if c.log_streams == 0 || c.log_streams > c.partitions {
+                return bad(
+                    "cluster.log_streams",
+                    "must be from 1 to cluster.partitions",
+                );
+            }
+            if !(1..=5).contains(&c.replicas) {
+                return bad(
+                    "cluster.replicas",
+                    "must be from 1 to 5 (JetStream's limit)",
+                );
+            }
+            if !(c.lease_ttl.is_finite() && c.lease_ttl >= 1.0) {
+                return bad("cluster.lease_ttl", "must be at least 1 second");
+            }
+            if c.duplicate_window == 0 {
+                return bad("cluster.duplicate_window", "must be at least 1 second");
+            }
+            if c.node_id.as_deref().is_some_and(|n| {
+                n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+            }) {
+                return bad(
+                    "cluster.node_id",
+                    "must be letters, digits, '-' and '_' (it is a NATS key)",
+                );
+            }
+        }
         self.store_config()
             .validate()
             .map_err(|e| ConfigError::Invalid {
                 field: "store",
                 message: e.to_string(),
             })
+    }
+
+    /// The cluster node's configuration, when clustering is on.
+    pub fn node_config(&self) -> Option<meterstream_cluster::node::NodeConfig> {
+        let c = &self.cluster;
+        if c.nats_urls.is_empty() {
+            return None;
+        }
+        let listen = self.listen.to_string();
+        Some(meterstream_cluster::node::NodeConfig {
+            nats_urls: c.nats_urls.clone(),
+            node_id: c
+                .node_id
+                .clone()
+                .unwrap_or_else(|| listen.replace([':', '.', '[', ']'], "-")),
+            advertise_url: c
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            partitions: c.partitions,
+            log_streams: c.log_streams,
+            replicas: c.replicas,
+            lease_ttl: Duration::from_secs_f64(c.lease_ttl),
+            log_max_age: Duration::from_secs(c.log_max_age),
+            duplicate_window: Duration::from_secs(c.duplicate_window),
+            dir: self.data_dir.join("cluster"),
+        })
     }
 
     /// The storage engine's configuration.

@@ -44,6 +44,15 @@ pub enum ApiError {
     /// command).
     #[error("{0}")]
     Conflict(String),
+    /// The request cannot be served now (a cluster partition moving, the log unreachable);
+    /// retry after this many seconds.
+    #[error("{message}")]
+    Unavailable {
+        /// What is unavailable, for the client.
+        message: String,
+        /// Seconds after which a retry may succeed.
+        retry_after: u32,
+    },
     /// A blocking task failed (panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -74,6 +83,10 @@ impl ApiError {
     /// generic text, the details going to the log.
     pub fn public_message(&self) -> String {
         let status = self.status_code();
+        if let ApiError::Unavailable { message, .. } = self {
+            tracing::warn!(error = %message, "request answered 503");
+            return message.clone();
+        }
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
             match status {
@@ -127,6 +140,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -140,6 +154,9 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyAttempts(secs) => {
                 r.insert_header(("retry-after", secs.to_string()));
+            }
+            ApiError::Unavailable { retry_after, .. } => {
+                r.insert_header(("retry-after", retry_after.to_string()));
             }
             _ => {}
         }

@@ -351,6 +351,19 @@ pub(crate) fn group_items(items: Vec<Result<RawItem, String>>, single: bool) -> 
     p
 }
 
+/// Writes groups durably: into the store on a single node, into the cluster's log on a
+/// cluster node. Blocking.
+pub fn write_groups(
+    st: &crate::AppState,
+    groups: Vec<GroupIn>,
+    now: i64,
+) -> Result<meterstream_storage::store::WriteOutcome, ApiError> {
+    match &st.cluster {
+        Some(c) => c.publish(groups, now, None),
+        None => Ok(st.store.write(groups, now)?),
+    }
+}
+
 /// What [`store_for`] stored.
 #[derive(Debug, Default)]
 pub struct Stored {
@@ -393,7 +406,7 @@ pub fn store_for(
             devices.push(d.to_string());
         }
     }
-    let outcome = st.store.write(groups, now)?;
+    let outcome = write_groups(st, groups, now)?;
     out.faults
         .extend(outcome.errors.into_iter().map(|e| ItemFault {
             index: e.index,

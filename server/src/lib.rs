@@ -8,6 +8,8 @@
 //! - [`alerts`]: alert rules (`/ws/v1/alerts/inventory`), alarm statuses and their history.
 //! - [`evaluator`]: evaluates the rules over the store's change feed, in data time.
 //! - [`auth`]: credentials, scopes, authentication (every route but `/health` needs it).
+//! - [`cluster`]: one node of a cluster on NATS JetStream (on when `cluster.nats_urls` is set):
+//!   ingest through the replicated log, partitions applied here, queries routed to owners.
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
 //! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
@@ -30,6 +32,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod csv_export;
 pub mod csv_upload;
@@ -143,6 +146,8 @@ pub struct AppState {
     pub live: Arc<live::Live>,
     /// Path template of InfluxDB line protocol writes.
     pub line_protocol_template: String,
+    /// The cluster node, when clustering is on.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// The rest of the raw request path after the route's prefix (`{stream_id}`, `{prefix}`),
@@ -411,6 +416,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(legacy::delete_points)),
         )
         .service(resource("/metrics").route(web::get().to(metrics_text)))
+        .service(resource("/ws/v1/cluster").route(web::get().to(cluster::status)))
         .service(resource("/ws/v1/events").route(web::get().to(live::events)))
         .service(resource("/write").route(web::post().to(lineproto::write)))
         .service(resource("/ws/v1/streams/csv").route(web::post().to(csv_upload::upload)))
@@ -491,7 +497,24 @@ pub async fn run(
             .await
             .map_err(std::io::Error::other)?
     };
+    let cluster = match cfg.node_config() {
+        None => None,
+        Some(mut nc) => {
+            if cfg.cluster.advertise_url.is_none() {
+                nc.advertise_url = format!("http://{}", listener.local_addr()?);
+            }
+            let s = store.clone();
+            let timeout = Duration::from_secs(30);
+            let c = tokio::task::spawn_blocking(move || cluster::Cluster::start(nc, s, timeout))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            tracing::info!(node = c.node.id(), "running as a cluster node");
+            Some(Arc::new(c))
+        }
+    };
     let state = web::Data::new(AppState {
+        cluster: cluster.clone(),
         line_protocol_template: cfg.line_protocol_template.clone(),
         live,
         dispatcher: dispatcher.clone(),
@@ -513,6 +536,7 @@ pub async fn run(
         let m = state.metrics.clone();
         App::new()
             .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(cluster::route))
             .wrap(actix_web::middleware::from_fn(authenticate))
             .wrap_fn(move |req, srv| {
                 let started = Instant::now();
@@ -569,6 +593,9 @@ pub async fn run(
     sweep.abort();
     outbox_prune.abort();
     let _ = tokio::task::spawn_blocking(move || {
+        if let Some(c) = cluster {
+            c.node.close();
+        }
         evaluator.close();
         dispatcher.close();
     })

@@ -41,7 +41,7 @@ pub struct DataPoint {
 }
 
 /// One point to write.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointIn {
     /// Device timestamp in ms; `None` means the server's time.
     pub timestamp: Option<i64>,
@@ -51,8 +51,9 @@ pub struct PointIn {
     pub extras: Option<Box<Extras>>,
 }
 
-/// Points for one stream, in a write batch.
-#[derive(Debug, Clone, PartialEq)]
+/// Points for one stream, in a write batch (serializable: a cluster logs batches, see
+/// docs/scale-out.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupIn {
     /// The stream's path.
     pub stream: String,

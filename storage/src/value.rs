@@ -301,6 +301,23 @@ pub fn parse_float_text(s: &str) -> Option<f64> {
     }
 }
 
+/// As the native value it came as, so that MessagePack (where floats, integers and bytes keep
+/// their markers) gives back the same `InValue`: the cluster's log carries batches this way.
+impl Serialize for InValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            InValue::Int(i) => s.serialize_i64(*i),
+            InValue::UInt(u) => s.serialize_u64(*u),
+            InValue::Float(f) => s.serialize_f64(*f),
+            InValue::Str(v) => s.serialize_str(v),
+            InValue::Bytes(b) => s.serialize_bytes(b),
+            InValue::Bool(b) => s.serialize_bool(*b),
+            InValue::Json(v) => v.serialize(s),
+            InValue::Null => s.serialize_unit(),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for InValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;
@@ -361,6 +378,29 @@ impl<'de> Deserialize<'de> for InValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_values_round_trip_through_messagepack() {
+        let values = vec![
+            InValue::Int(-5),
+            InValue::Int(7),
+            InValue::UInt(u64::MAX),
+            InValue::Float(2.0),
+            InValue::Float(-0.5),
+            InValue::Str("on".into()),
+            InValue::Bytes(vec![0, 255, 3]),
+            InValue::Bool(true),
+            InValue::Json(serde_json::json!({"a": [1, 2.5, "x"]})),
+            InValue::Json(serde_json::json!([null, true])),
+            InValue::Null,
+        ];
+        let bytes = rmp_serde::to_vec(&values).unwrap();
+        let back: Vec<InValue> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, values);
+        let nan: InValue =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&InValue::Float(f64::NAN)).unwrap()).unwrap();
+        assert!(matches!(nan, InValue::Float(f) if f.is_nan()));
+    }
 
     #[test]
     fn inference() {

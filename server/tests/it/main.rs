@@ -7,6 +7,7 @@ mod access;
 mod alarms;
 mod alerts;
 mod browser;
+mod cluster;
 mod crash;
 mod csv;
 mod csv_upload;

@@ -1,0 +1,663 @@
+//! One meterstream node of a cluster (docs/scale-out.md): it announces itself, holds a fair
+//! share of the partition leases, and applies each partition it holds, in log order, through
+//! the [`Apply`] the server gives it (its own sled store). It publishes the batches the server
+//! takes, and tells the server where a partition's queries go.
+//!
+//! All NATS work runs on a runtime of the node's own (two threads), so the server's blocking
+//! handlers can wait on it (`Handle::block_on`) and its async handlers can await its tasks.
+//!
+//! # Positions
+//! The node, not JetStream, keeps how far it applied each partition (`applied`), saved to the
+//! file `positions` in its directory every round. Applying is idempotent (every record sets
+//! state), so a position that lags what the store holds only replays some records. A node that
+//! takes a partition back resumes from its own position: its store holds the partition as of
+//! that position, and the log after it brings it up to date. A node that never held the
+//! partition starts from the log's first message.
+
+use crate::lease::{Lease, Leases};
+use crate::log::PointLog;
+use crate::members::{Member, Members};
+use crate::{ClusterError, Result};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// What a node is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// NATS servers to connect to (any of the cluster's).
+    pub nats_urls: Vec<String>,
+    /// This node's id, unique in the cluster and stable across restarts.
+    pub node_id: String,
+    /// The base URL the other nodes reach this node's HTTP API at.
+    pub advertise_url: String,
+    /// Number of partitions (fixed when the cluster is created).
+    pub partitions: u32,
+    /// Number of JetStream streams the log is spread over.
+    pub log_streams: u32,
+    /// Replicas of every stream and bucket.
+    pub replicas: usize,
+    /// How long a lease and a membership live without renewal.
+    pub lease_ttl: Duration,
+    /// How long the log keeps messages (zero: for ever).
+    pub log_max_age: Duration,
+    /// How long a repeated message id is recognized.
+    pub duplicate_window: Duration,
+    /// Where the node keeps its positions.
+    pub dir: PathBuf,
+}
+
+/// Applies log entries of a partition to the node's store, durably, in the order given.
+/// Blocking. An error is retried from the same entry after a pause.
+pub trait Apply: Send + Sync + 'static {
+    /// Applies the bodies (consecutive entries of `partition`, as published).
+    fn apply(&self, partition: u32, bodies: &[bytes::Bytes]) -> std::result::Result<(), String>;
+}
+
+/// Where a partition's queries go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node holds the partition and has applied its log.
+    Local,
+    /// This node holds it and is still catching up with its log.
+    Rebuilding,
+    /// Another node holds it, at this base URL.
+    Remote(String),
+    /// No live node holds it now (it is moving).
+    Unavailable,
+}
+
+/// A running node; [`Node::close`] gives its leases up.
+pub struct Node {
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    balancer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Shared {
+    cfg: NodeConfig,
+    log: PointLog,
+    leases: Leases,
+    members: Members,
+    apply: Arc<dyn Apply>,
+    view: RwLock<View>,
+    applied: Vec<AtomicU64>,
+    ready: Vec<AtomicBool>,
+    stopping: AtomicBool,
+    owned: Mutex<HashMap<u32, Owned>>,
+}
+
+#[derive(Default)]
+struct View {
+    owners: Vec<Option<String>>,
+    members: Vec<Member>,
+}
+
+struct Owned {
+    lease: Lease,
+    renewed: Instant,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long a starting node waits for JetStream to accept its streams and buckets.
+const OPEN_PATIENCE: Duration = Duration::from_secs(60);
+
+async fn open_all(
+    client: &async_nats::Client,
+    cfg: &NodeConfig,
+) -> Result<(Leases, Members, PointLog)> {
+    let leases = Leases::open(
+        client.clone(),
+        "MS_LEASES",
+        cfg.replicas,
+        cfg.lease_ttl,
+        &cfg.node_id,
+    )
+    .await?;
+    let members = Members::open(client.clone(), "MS_NODES", cfg.replicas, cfg.lease_ttl).await?;
+    let log = PointLog::open(
+        client.clone(),
+        cfg.partitions,
+        cfg.log_streams,
+        cfg.replicas,
+        cfg.log_max_age,
+        cfg.duplicate_window,
+    )
+    .await?;
+    Ok((leases, members, log))
+}
+
+/// How long a partition's reader may deliver nothing before the log's end is checked.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
+/// Most log entries applied in one call.
+const APPLY_BATCH: usize = 256;
+
+impl Node {
+    /// Connects, opens (creating when missing) the log, the lease and membership buckets, and
+    /// starts taking partitions. Blocking; call it outside any async runtime.
+    pub fn start(cfg: NodeConfig, apply: Arc<dyn Apply>) -> Result<Node> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("meterstream-cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::nats("starting the cluster runtime", e))?;
+        let shared = rt.block_on(async {
+            let client = async_nats::ConnectOptions::new()
+                .name(format!("meterstream {}", cfg.node_id))
+                .retry_on_initial_connect()
+                .connect(cfg.nats_urls.clone())
+                .await
+                .map_err(|e| ClusterError::nats("connecting to NATS", e))?;
+            // The first connection may still be in progress.
+            let started = Instant::now();
+            while client.connection_state() != async_nats::connection::State::Connected {
+                if started.elapsed() > OPEN_PATIENCE {
+                    return Err(ClusterError::nats(
+                        "connecting to NATS",
+                        format!("no server of {:?} answered", cfg.nats_urls),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // A JetStream cluster that is still electing its leaders refuses to create streams
+            // for a while; keep trying for the connection's patience.
+            let (leases, members, log) = loop {
+                match open_all(&client, &cfg).await {
+                    Ok(all) => break all,
+                    Err(e) if started.elapsed() < OPEN_PATIENCE => {
+                        tracing::info!(error = %e, "JetStream not ready yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let positions = load_positions(&cfg.dir.join("positions"));
+            let applied = (0..cfg.partitions)
+                .map(|p| AtomicU64::new(positions.get(&p).copied().unwrap_or(0)))
+                .collect();
+            let ready = (0..cfg.partitions)
+                .map(|_| AtomicBool::new(false))
+                .collect();
+            Ok::<_, ClusterError>(Arc::new(Shared {
+                view: RwLock::new(View {
+                    owners: vec![None; cfg.partitions as usize],
+                    members: Vec::new(),
+                }),
+                cfg,
+                log,
+                leases,
+                members,
+                apply,
+                applied,
+                ready,
+                stopping: AtomicBool::new(false),
+                owned: Mutex::new(HashMap::new()),
+            }))
+        })?;
+        let balancer = rt.spawn(balance(shared.clone()));
+        Ok(Node {
+            handle: rt.handle().clone(),
+            rt: Mutex::new(Some(rt)),
+            shared,
+            balancer: Mutex::new(Some(balancer)),
+        })
+    }
+
+    /// The partition of a device.
+    pub fn partition_of(&self, device: &str) -> u32 {
+        crate::partition::of_device(device, self.shared.cfg.partitions)
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.shared.cfg.partitions
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.shared.cfg.node_id
+    }
+
+    /// Publishes batch parts `(partition, message id, body)` and waits until JetStream has
+    /// acknowledged every one. Blocking (call it from a blocking thread, not an async task).
+    pub fn publish(&self, parts: Vec<(u32, Option<String>, bytes::Bytes)>) -> Result<()> {
+        let shared = self.shared.clone();
+        self.handle().block_on(async move {
+            let sends = parts.into_iter().map(|(p, id, body)| {
+                let shared = shared.clone();
+                async move { shared.log.publish_part(p, id.as_deref(), body).await }
+            });
+            for r in futures_util::future::join_all(sends).await {
+                r?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Where queries of `partition` go now.
+    pub fn route(&self, partition: u32) -> Route {
+        route(&self.shared, partition)
+    }
+
+    /// Waits (at most `timeout`) until this node holds `partition` and has applied every
+    /// message the log held for it when called, so a query sees every acknowledged write.
+    /// `Ok(false)` when the node does not hold it (any more) or the time ran out.
+    pub async fn await_local(&self, partition: u32, timeout: Duration) -> Result<bool> {
+        let shared = self.shared.clone();
+        let task = self.handle().spawn(async move {
+            let deadline = Instant::now() + timeout;
+            let p = partition as usize;
+            loop {
+                match route(&shared, partition) {
+                    Route::Local => break,
+                    Route::Rebuilding if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    _ => return Ok(false),
+                }
+            }
+            let last = shared.log.last_sequence(partition).await?;
+            while shared.applied[p].load(Ordering::Acquire) < last {
+                if Instant::now() >= deadline || !shared.ready[p].load(Ordering::Acquire) {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(true)
+        });
+        task.await
+            .map_err(|e| ClusterError::nats("waiting for a partition", e))?
+    }
+
+    /// Who holds each partition, as last read (index = partition).
+    pub fn owners(&self) -> Vec<Option<String>> {
+        read(&self.shared.view).owners.clone()
+    }
+
+    /// How far this node applied each partition (index = partition).
+    pub fn positions(&self) -> Vec<u64> {
+        self.shared
+            .applied
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The live nodes, as last read.
+    pub fn members(&self) -> Vec<Member> {
+        read(&self.shared.view).members.clone()
+    }
+
+    /// The partitions this node holds and has applied.
+    pub fn local_partitions(&self) -> Vec<u32> {
+        (0..self.shared.cfg.partitions)
+            .filter(|&p| self.shared.ready[p as usize].load(Ordering::Acquire))
+            .collect()
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Stops applying, gives every lease up and saves the positions. Blocking; later calls do
+    /// nothing.
+    pub fn close(&self) {
+        let Some(rt) = lock(&self.rt).take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        let shared = self.shared.clone();
+        let balancer = lock(&self.balancer).take();
+        rt.block_on(async move {
+            if let Some(b) = balancer {
+                let _ = b.await;
+            }
+            let owned: Vec<(u32, Owned)> = lock(&shared.owned).drain().collect();
+            for (p, o) in owned {
+                drop_partition(&shared, p, o).await;
+            }
+            save_positions(&shared);
+        });
+        rt.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn route(shared: &Shared, partition: u32) -> Route {
+    let p = partition as usize;
+    if shared
+        .ready
+        .get(p)
+        .is_some_and(|r| r.load(Ordering::Acquire))
+    {
+        return Route::Local;
+    }
+    let view = read(&shared.view);
+    match view.owners.get(p).cloned().flatten() {
+        Some(o) if o == shared.cfg.node_id => Route::Rebuilding,
+        Some(o) => match view.members.iter().find(|m| m.id == o) {
+            Some(m) => Route::Remote(m.url.clone()),
+            None => Route::Unavailable,
+        },
+        None => Route::Unavailable,
+    }
+}
+
+/// The node's rounds, every fifth of the lease TTL: announce itself, renew its leases, read
+/// who holds what, then take or give partitions until it holds its fair share.
+async fn balance(shared: Arc<Shared>) {
+    let round = shared.cfg.lease_ttl / 5;
+    let mut first = true;
+    loop {
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        // A round that hangs (NATS failing over) must not outlive the leases it renews.
+        match tokio::time::timeout(shared.cfg.lease_ttl / 2, one_round(&shared, first)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cluster round failed; retrying"),
+            Err(_) => tracing::warn!("cluster round timed out; retrying"),
+        }
+        first = false;
+        save_positions(&shared);
+        tokio::time::sleep(round).await;
+    }
+}
+
+async fn one_round(shared: &Arc<Shared>, first: bool) -> Result<()> {
+    let cfg = &shared.cfg;
+    shared
+        .members
+        .announce(&cfg.node_id, &cfg.advertise_url)
+        .await?;
+    let members = shared.members.list().await?;
+    renew_all(shared).await;
+    let owners = shared.leases.owners(cfg.partitions).await?;
+    let live = members.len().max(1) as u32;
+    {
+        let mut v = shared.view.write().unwrap_or_else(|e| e.into_inner());
+        if v.members != members {
+            let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+            tracing::info!(members = ?ids, "cluster members changed");
+        }
+        v.owners = owners.clone();
+        v.members = members;
+    }
+    // On the first round, only look: nodes starting together then see each other before
+    // anyone takes partitions.
+    if first {
+        return Ok(());
+    }
+    let target = cfg.partitions.div_ceil(live) as usize;
+    let held = lock(&shared.owned).len();
+    if held < target {
+        // Free partitions, starting at a place of this node's own so that nodes claiming at
+        // once mostly try different ones.
+        // A lease naming this node that it does not hold (its previous run's, or a claim
+        // whose answer was lost) counts as free: `claim` takes it over.
+        let start = crate::partition::of_device(&cfg.node_id, cfg.partitions);
+        let held_now: Vec<u32> = lock(&shared.owned).keys().copied().collect();
+        let free: Vec<u32> = (0..cfg.partitions)
+            .map(|k| (start + k) % cfg.partitions)
+            .filter(|&p| match &owners[p as usize] {
+                None => true,
+                Some(o) => *o == cfg.node_id && !held_now.contains(&p),
+            })
+            .take(target - held)
+            .collect();
+        for p in free {
+            if let Some(lease) = shared.leases.claim(p).await? {
+                tracing::info!(partition = p, "took the partition");
+                take_partition(shared, p, lease);
+            }
+        }
+    } else if held > target {
+        // Give the surplus up, so that nodes that joined later get their share; only while
+        // another live node, as this node sees it, is short of its share (a node that has
+        // died but is still listed would never take them).
+        let fair = (cfg.partitions / live) as usize;
+        let short = read(&shared.view).members.iter().any(|m| {
+            m.id != cfg.node_id
+                && owners
+                    .iter()
+                    .filter(|o| o.as_deref() == Some(m.id.as_str()))
+                    .count()
+                    < fair
+        });
+        if short {
+            let mut mine: Vec<u32> = lock(&shared.owned).keys().copied().collect();
+            mine.sort_unstable();
+            for p in mine.into_iter().skip(target) {
+                let o = lock(&shared.owned).remove(&p);
+                if let Some(o) = o {
+                    tracing::info!(partition = p, "gave the partition up");
+                    drop_partition(shared, p, o).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renews every held lease; a lease lost, or not renewed for most of its TTL (NATS
+/// unreachable), stops its partition here.
+async fn renew_all(shared: &Arc<Shared>) {
+    let held: Vec<(u32, Lease)> = lock(&shared.owned)
+        .iter()
+        .map(|(p, o)| (*p, o.lease))
+        .collect();
+    let renewals = held.into_iter().map(|(p, lease)| {
+        let shared = shared.clone();
+        async move { (p, shared.leases.renew(lease).await) }
+    });
+    for (p, r) in futures_util::future::join_all(renewals).await {
+        let mut owned = lock(&shared.owned);
+        match r {
+            Ok(Some(lease)) => {
+                if let Some(o) = owned.get_mut(&p) {
+                    o.lease = lease;
+                    o.renewed = Instant::now();
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(partition = p, "lost the partition's lease");
+                if let Some(o) = owned.remove(&p) {
+                    stop_applying(shared, p, &o);
+                }
+            }
+            Err(e) => {
+                let stale = owned
+                    .get(&p)
+                    .is_some_and(|o| o.renewed.elapsed() > shared.cfg.lease_ttl * 4 / 5);
+                tracing::warn!(partition = p, error = %e, "renewing a lease failed");
+                if stale {
+                    if let Some(o) = owned.remove(&p) {
+                        stop_applying(shared, p, &o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn take_partition(shared: &Arc<Shared>, p: u32, lease: Lease) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(apply_partition(shared.clone(), p, stop.clone()));
+    lock(&shared.owned).insert(
+        p,
+        Owned {
+            lease,
+            renewed: Instant::now(),
+            stop,
+            task,
+        },
+    );
+}
+
+fn stop_applying(shared: &Shared, p: u32, o: &Owned) {
+    shared.ready[p as usize].store(false, Ordering::Release);
+    o.stop.store(true, Ordering::Release);
+}
+
+async fn drop_partition(shared: &Shared, p: u32, o: Owned) {
+    stop_applying(shared, p, &o);
+    let _ = o.task.await;
+    if let Err(e) = shared.leases.release(o.lease).await {
+        tracing::warn!(partition = p, error = %e, "releasing a lease failed; it will lapse");
+    }
+}
+
+/// Applies partition `p` from this node's position on, until told to stop; ready once it has
+/// applied what the log held when it started.
+async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
+    let i = p as usize;
+    let pause = Duration::from_millis(500);
+    while !stop.load(Ordering::Acquire) {
+        let target = match shared.log.last_sequence(p).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "reading the log's end failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let from = shared.applied[i].load(Ordering::Acquire) + 1;
+        let mut reader = match shared.log.read_from(p, from).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "opening the partition's log failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut idle_since = Instant::now();
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            // An ordered consumer that stopped delivering (its server died, or its stream's
+            // leader moved) while the log went on is recreated from the position.
+            if idle_since.elapsed() > STALL_CHECK {
+                idle_since = Instant::now();
+                match shared.log.last_sequence(p).await {
+                    Ok(end) if end > shared.applied[i].load(Ordering::Acquire) => {
+                        tracing::info!(
+                            partition = p,
+                            "the partition's reader stalled; reopening it"
+                        );
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "reading the log's end failed")
+                    }
+                }
+            }
+            let applied = shared.applied[i].load(Ordering::Acquire);
+            if applied >= target && !shared.ready[i].load(Ordering::Acquire) {
+                tracing::info!(
+                    partition = p,
+                    position = applied,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "partition ready"
+                );
+                shared.ready[i].store(true, Ordering::Release);
+            }
+            let mut batch = Vec::new();
+            let mut last = applied;
+            let mut wait = Duration::from_millis(200);
+            let failed = loop {
+                match reader.next(wait).await {
+                    Ok(Some((seq, body))) => {
+                        if seq > last {
+                            last = seq;
+                            batch.push(body);
+                        }
+                        if batch.len() >= APPLY_BATCH {
+                            break false;
+                        }
+                        wait = Duration::ZERO;
+                    }
+                    Ok(None) => break false,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "reading the partition failed");
+                        break true;
+                    }
+                }
+            };
+            if !batch.is_empty() {
+                let apply = shared.apply.clone();
+                idle_since = Instant::now();
+                let done = tokio::task::spawn_blocking(move || apply.apply(p, &batch)).await;
+                match done {
+                    Ok(Ok(())) => shared.applied[i].store(last, Ordering::Release),
+                    Ok(Err(e)) => {
+                        tracing::error!(partition = p, error = %e, "applying failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "applying panicked; retrying");
+                        tokio::time::sleep(pause).await;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                tokio::time::sleep(pause).await;
+                break;
+            }
+        }
+    }
+}
+
+fn load_positions(path: &std::path::Path) -> HashMap<u32, u64> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (p, s) = l.split_once(' ')?;
+            Some((p.parse().ok()?, s.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Writes the positions (`<partition> <sequence>` lines) to a new file renamed over the old.
+fn save_positions(shared: &Shared) {
+    let mut text = String::new();
+    for (p, a) in shared.applied.iter().enumerate() {
+        let a = a.load(Ordering::Acquire);
+        if a > 0 {
+            text.push_str(&format!("{p} {a}\n"));
+        }
+    }
+    let dir = &shared.cfg.dir;
+    let tmp = dir.join("positions.tmp");
+    let write = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, text))
+        .and_then(|()| std::fs::rename(&tmp, dir.join("positions")));
+    if let Err(e) = write {
+        tracing::warn!(error = %e, "saving the cluster positions failed");
+    }
+}

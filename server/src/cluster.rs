@@ -1,0 +1,417 @@
+//! The server as one node of a cluster on NATS JetStream (docs/scale-out.md), on when
+//! `cluster.nats_urls` is set.
+//!
+//! - **Ingest**: a batch is checked here (paths, timestamps, values against the type it gives or
+//!   implies), split by the partition of each stream's device, and each part is published to the
+//!   log; the client is answered once JetStream has acknowledged every part.
+//! - **Applying**: the partitions this node holds are applied from the log into its own store,
+//!   exactly as a single node's writes are ([`StoreApply`]).
+//! - **Queries** of one stream go to the node holding its partition ([`route`]): answered here
+//!   when this node holds it (after applying what the log held), forwarded otherwise.
+
+use crate::error::ApiError;
+use crate::AppState;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{web, HttpResponse};
+use meterstream_cluster::node::{Apply, Node, Route};
+use meterstream_storage::point::GroupIn;
+use meterstream_storage::store::{ItemError, WriteOutcome};
+use meterstream_storage::{StorageError, Store, StreamType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The header a forwarded request carries (the forwarding node's id): a node that does not hold
+/// the partition either answers 503 instead of forwarding again.
+pub const HOP_HEADER: &str = "x-meterstream-forwarded-by";
+
+/// How long a query waits for its partition (moving, or catching up with the log).
+const ROUTE_WAIT: Duration = Duration::from_secs(10);
+
+/// One message of the point log. MessagePack, externally tagged, so that new kinds of records
+/// can be added.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LogRecord {
+    /// Points of one partition, written at server time `now` (ms): the server timestamp of
+    /// every point and the timestamp of points that came without one.
+    Points {
+        /// Server time of the write.
+        now: i64,
+        /// The groups, as parsed.
+        groups: Vec<GroupIn>,
+    },
+}
+
+/// The cluster side of a server.
+pub struct Cluster {
+    /// The node.
+    pub node: Node,
+    http: reqwest::Client,
+}
+
+/// Applies log records to the node's store.
+pub struct StoreApply {
+    /// The store.
+    pub store: Arc<dyn Store>,
+}
+
+impl Apply for StoreApply {
+    fn apply(&self, partition: u32, bodies: &[bytes::Bytes]) -> Result<(), String> {
+        for body in bodies {
+            match rmp_serde::from_slice::<LogRecord>(body) {
+                Ok(LogRecord::Points { now, groups }) => {
+                    let out = self.store.write(groups, now).map_err(|e| e.to_string())?;
+                    if !out.errors.is_empty() {
+                        // Only what depends on the stream's stored type gets here (the rest was
+                        // refused before publishing); the log keeps the batch either way.
+                        tracing::warn!(
+                            partition,
+                            refused = out.errors.len(),
+                            first = %out.errors[0].error,
+                            "points refused when applied"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // Not retried: the same bytes would fail again and stop the partition.
+                    tracing::error!(partition, error = %e, "a log record could not be read; skipped");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Starts the node over `store`. Blocking.
+    pub fn start(
+        cfg: meterstream_cluster::node::NodeConfig,
+        store: Arc<dyn Store>,
+        timeout: Duration,
+    ) -> Result<Cluster, meterstream_cluster::ClusterError> {
+        let node = Node::start(cfg, Arc::new(StoreApply { store }))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| meterstream_cluster::ClusterError::Nats {
+                what: "building the HTTP client",
+                message: e.to_string(),
+            })?;
+        Ok(Cluster { node, http })
+    }
+
+    /// Checks `groups` as far as no stored state is needed, publishes the good points by
+    /// partition, and returns once JetStream acknowledged them all. `key` (a client's
+    /// `Idempotency-Key`) names the parts, so a retried batch is stored once. Blocking.
+    pub fn publish(
+        &self,
+        groups: Vec<GroupIn>,
+        now: i64,
+        key: Option<&str>,
+    ) -> Result<WriteOutcome, ApiError> {
+        let (parts, errors, stored) = precheck(groups, now, |d| self.node.partition_of(d));
+        let mut out = Vec::with_capacity(parts.len());
+        for (p, groups) in parts {
+            let body = rmp_serde::to_vec(&LogRecord::Points { now, groups })
+                .map_err(|e| ApiError::Internal(format!("encoding a log record: {e}")))?;
+            out.push((p, key.map(|k| format!("{k}:{p}")), bytes::Bytes::from(body)));
+        }
+        self.node.publish(out).map_err(|e| ApiError::Unavailable {
+            message: format!("the cluster's log did not acknowledge the batch: {e}"),
+            retry_after: 1,
+        })?;
+        Ok(WriteOutcome { stored, errors })
+    }
+
+    /// Forwards `req` to the node at `base` and gives its answer back.
+    async fn forward(&self, req: &ServiceRequest, base: &str) -> Result<HttpResponse, ApiError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", base.trim_end_matches('/')))
+            .header(HOP_HEADER, self.node.id());
+        for (name, value) in req.headers() {
+            let n = name.as_str();
+            if matches!(
+                n,
+                "authorization" | "accept" | "x-api-key-id" | "x-api-key-secret"
+            ) {
+                r = r.header(n, value.as_bytes());
+            }
+        }
+        let unreachable = |e: reqwest::Error| ApiError::Unavailable {
+            message: format!("the node holding this stream did not answer: {e}"),
+            retry_after: 1,
+        };
+        let res = r.send().await.map_err(unreachable)?;
+        let status = actix_web::http::StatusCode::from_u16(res.status().as_u16())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut answer = HttpResponse::build(status);
+        for (name, value) in res.headers() {
+            if matches!(name.as_str(), "content-type" | "retry-after" | "link") {
+                answer.insert_header((name.as_str(), value.as_bytes()));
+            }
+        }
+        let body = res.bytes().await.map_err(unreachable)?;
+        Ok(answer.body(body))
+    }
+}
+
+/// `GET /ws/v1/cluster`: this node's view of the cluster (for operators and tests): the live
+/// nodes, who holds each partition, what this node has applied. On a single node,
+/// `{"mode": "single"}`.
+pub async fn status(
+    req: actix_web::HttpRequest,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let who = crate::auth::principal(&req)?;
+    who.require(crate::auth::Scope::Read)?;
+    let Some(c) = &st.cluster else {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({"mode": "single"})));
+    };
+    let n = &c.node;
+    let positions = n.positions();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "mode": "cluster",
+        "node": n.id(),
+        "partitions": n.partitions(),
+        "members": n.members().iter().map(|m| serde_json::json!({"id": m.id, "url": m.url}))
+            .collect::<Vec<_>>(),
+        "owners": n.owners(),
+        "local": n.local_partitions(),
+        "positions": positions,
+    })))
+}
+
+/// Refuses, item by item, what can be refused without stored state, and splits the rest by
+/// partition. Returns the parts, the errors and the number of points kept.
+fn precheck(
+    groups: Vec<GroupIn>,
+    now: i64,
+    partition_of: impl Fn(&str) -> u32,
+) -> (BTreeMap<u32, Vec<GroupIn>>, Vec<ItemError>, usize) {
+    let mut parts: BTreeMap<u32, Vec<GroupIn>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut kept = 0;
+    for mut g in groups {
+        if g.points.is_empty() {
+            continue;
+        }
+        if let Err(error) = meterstream_storage::path::validate_path(&g.stream) {
+            let reason = match &error {
+                StorageError::InvalidPath { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            errors.extend((0..g.points.len()).map(|k| ItemError {
+                index: g.first_index + k,
+                error: StorageError::InvalidPath {
+                    path: g.stream.clone(),
+                    reason: reason.clone(),
+                },
+            }));
+            continue;
+        }
+        let ty = g
+            .stream_type
+            .or_else(|| g.points.iter().find_map(|p| StreamType::infer(&p.value)));
+        let first = g.first_index;
+        let stream = g.stream.clone();
+        let mut k = 0;
+        g.points.retain(|p| {
+            let index = first + k;
+            k += 1;
+            if let Err(error) = meterstream_storage::time::check_range(p.timestamp.unwrap_or(now)) {
+                errors.push(ItemError { index, error });
+                return false;
+            }
+            let fits = match ty {
+                Some(ty) => p.value.clone().into_value(ty).map(|_| ()),
+                None => Err(format!(
+                    "cannot infer a stream type from {:?}; give stream_type",
+                    p.value
+                )),
+            };
+            if let Err(message) = fits {
+                errors.push(ItemError {
+                    index,
+                    error: StorageError::InvalidValue {
+                        stream: stream.clone(),
+                        message,
+                    },
+                });
+                return false;
+            }
+            true
+        });
+        if g.points.is_empty() {
+            continue;
+        }
+        kept += g.points.len();
+        let p = partition_of(meterstream_storage::path::device_id(&g.stream));
+        parts.entry(p).or_default().push(g);
+    }
+    (parts, errors, kept)
+}
+
+/// The device whose partition answers this request, for the requests routed to one
+/// partition's owner: reads of one stream.
+fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String> {
+    if method != actix_web::http::Method::GET {
+        return None;
+    }
+    const ONE_STREAM: [&str; 4] = [
+        "/ws/v1/streams/history/",
+        "/ws/v1/streams/rollups/",
+        "/ws/v1/streams/inventory/",
+        "/ws/DataPoint/",
+    ];
+    let tail = ONE_STREAM.iter().find_map(|p| path.strip_prefix(p))?;
+    let tail = percent_encoding::percent_decode_str(tail)
+        .decode_utf8()
+        .ok()?;
+    let device = meterstream_storage::path::device_id(&tail);
+    (!device.is_empty()).then(|| device.to_string())
+}
+
+/// Middleware: sends a query of one stream to the node holding its partition (see the module
+/// doc). Everything else, and everything on a single node, passes through.
+pub async fn route(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let st = req.app_data::<web::Data<AppState>>().cloned();
+    let Some(cluster) = st.as_ref().and_then(|s| s.cluster.clone()) else {
+        return next.call(req).await.map(|r| r.map_into_left_body());
+    };
+    let Some(device) = routed_device(req.method(), req.path()) else {
+        return next.call(req).await.map(|r| r.map_into_left_body());
+    };
+    let p = cluster.node.partition_of(&device);
+    let forwarded = req.headers().contains_key(HOP_HEADER);
+    let deadline = std::time::Instant::now() + ROUTE_WAIT;
+    let answer = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match cluster.node.route(p) {
+            Route::Local | Route::Rebuilding => match cluster.node.await_local(p, left).await {
+                Ok(true) => return next.call(req).await.map(|r| r.map_into_left_body()),
+                Ok(false) => {}
+                Err(e) => {
+                    break Err(ApiError::Unavailable {
+                        message: format!("the cluster's log did not answer: {e}"),
+                        retry_after: 1,
+                    })
+                }
+            },
+            Route::Remote(url) if !forwarded => break cluster.forward(&req, &url).await,
+            Route::Remote(_) | Route::Unavailable => {}
+        }
+        if left.is_zero() || forwarded {
+            break Err(ApiError::Unavailable {
+                message: format!(
+                    "partition {p} (device {device:?}) is moving between nodes; retry shortly"
+                ),
+                retry_after: 1,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let res = match answer {
+        Ok(r) => r,
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    };
+    Ok(req.into_response(res).map_into_right_body())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meterstream_storage::point::PointIn;
+    use meterstream_storage::value::InValue;
+
+    fn group(stream: &str, first: usize, values: Vec<(Option<i64>, InValue)>) -> GroupIn {
+        GroupIn {
+            stream: stream.into(),
+            stream_type: None,
+            stream_units: None,
+            first_index: first,
+            points: values
+                .into_iter()
+                .map(|(timestamp, value)| PointIn {
+                    timestamp,
+                    value,
+                    extras: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn precheck_names_bad_items_and_splits_by_device_partition() {
+        let groups = vec![
+            group(
+                "gw1/m/v",
+                0,
+                vec![
+                    (Some(1_000), InValue::Float(230.0)),
+                    (Some(-5), InValue::Float(1.0)),
+                    (None, InValue::Str("x".into())),
+                ],
+            ),
+            group("bad//path", 3, vec![(Some(1), InValue::Float(1.0))]),
+            group("gw2/m/v", 4, vec![(Some(2_000), InValue::Int(7))]),
+        ];
+        let (parts, errors, kept) = precheck(groups, 9_000, |d| if d == "gw1" { 3 } else { 8 });
+        assert_eq!(kept, 2);
+        let mut bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
+        bad.sort_unstable();
+        assert_eq!(bad, vec![1, 2, 3]);
+        assert_eq!(parts.keys().copied().collect::<Vec<_>>(), vec![3, 8]);
+        assert_eq!(parts[&3][0].points.len(), 1);
+        assert_eq!(parts[&8][0].stream, "gw2/m/v");
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = LogRecord::Points {
+            now: 5,
+            groups: vec![group("gw1/m/v", 0, vec![(None, InValue::Float(1.5))])],
+        };
+        let back: LogRecord = rmp_serde::from_slice(&rmp_serde::to_vec(&r).unwrap()).unwrap();
+        let LogRecord::Points { now, groups } = back;
+        assert_eq!(now, 5);
+        assert_eq!(
+            groups,
+            vec![group("gw1/m/v", 0, vec![(None, InValue::Float(1.5))])]
+        );
+    }
+
+    #[test]
+    fn only_reads_of_one_stream_are_routed() {
+        let get = actix_web::http::Method::GET;
+        assert_eq!(
+            routed_device(&get, "/ws/v1/streams/history/gw%201/m/v").as_deref(),
+            Some("gw 1")
+        );
+        assert_eq!(
+            routed_device(&get, "/ws/DataPoint/gw2/x").as_deref(),
+            Some("gw2")
+        );
+        assert_eq!(routed_device(&get, "/ws/v1/streams/inventory"), None);
+        assert_eq!(
+            routed_device(
+                &actix_web::http::Method::POST,
+                "/ws/v1/streams/history/gw1/a"
+            ),
+            None
+        );
+    }
+}

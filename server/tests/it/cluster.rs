@@ -1,0 +1,482 @@
+//! The cluster on NATS JetStream (issue 10, docs/scale-out.md): three `nats-server` nodes
+//! (installed by `scripts/test`) and three meterstream nodes, real processes on 127.0.0.1,
+//! started and `kill -9`ed by the test. Gateways post to different nodes; every acknowledged
+//! point must be readable, with its value, from every live node, with rollups and current values
+//! that agree with the points; partitions move within a stated bound when a node dies.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Partitions of the test cluster (fewer than the default 256, so moves are quick to watch).
+const PARTITIONS: usize = 32;
+/// The leases' TTL in the test cluster, seconds.
+const LEASE_TTL: f64 = 3.0;
+/// The bound stated for a dead node's partitions to be held and applied by the survivors:
+/// the TTL, a round (TTL / 5) to notice, and up to 10 s to rebuild from the log.
+const MOVE_BOUND: Duration = Duration::from_secs(15);
+
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three clustered JetStream servers.
+struct Nats {
+    procs: Vec<Proc>,
+    urls: Vec<String>,
+}
+
+fn nats_cluster(dir: &std::path::Path) -> Nats {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+        .collect();
+    let mut procs = Vec::new();
+    for (i, (port, cport)) in ports.iter().enumerate() {
+        let conf = dir.join(format!("n{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\nserver_name: n{i}\nlog_file: \"{}\"\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: ms, listen: 127.0.0.1:{cport}, routes: [{}] }}\n",
+                dir.join(format!("n{i}.log")).display(),
+                dir.join(format!("js{i}")).display(),
+                routes.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server; scripts/test installs it)");
+        procs.push(Proc { child });
+    }
+    for (port, _) in &ports {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Nats {
+        procs,
+        urls: ports
+            .iter()
+            .map(|(p, _)| format!("nats://127.0.0.1:{p}"))
+            .collect(),
+    }
+}
+
+/// A meterstream node: the real binary with a `[cluster]` section.
+struct Node {
+    proc: Proc,
+    url: String,
+    id: String,
+}
+
+fn start_node(id: &str, dir: &std::path::Path, nats: &[String]) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("meterstream.toml");
+    let urls: Vec<String> = nats.iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &conf,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ncheckpoint_interval = 1\n\
+             chunk_points = 64\n\n[cluster]\nnats_urls = [{}]\nnode_id = {id:?}\n\
+             partitions = {PARTITIONS}\nlog_streams = 4\nreplicas = 3\nlease_ttl = {LEASE_TTL}\n",
+            dir.join("data").display().to_string(),
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meterstream-server"))
+        .arg("--config")
+        .arg(&conf)
+        .env("RUST_LOG", "info")
+        .env("METERSTREAM_ADMIN_KEY", crate::support::ADMIN_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        assert!(Instant::now() < deadline, "node {id} did not start");
+        let line = lines.next().expect("the node exited").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            if line.contains("ready") {
+                break format!("http://{}", rest.split_whitespace().next().unwrap());
+            }
+        }
+    };
+    // Its log goes on into a file beside its data, for a failing run to be read.
+    let log = dir.join("server.log");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(log).unwrap();
+        for l in lines.map_while(Result::ok) {
+            let _ = writeln!(f, "{l}");
+        }
+    });
+    Node {
+        proc: Proc { child },
+        url,
+        id: id.to_string(),
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    crate::support::client_with_key(crate::support::ADMIN_KEY)
+}
+
+fn status(c: &reqwest::blocking::Client, url: &str) -> Option<Value> {
+    let r = c.get(format!("{url}/ws/v1/cluster")).send().ok()?;
+    (r.status() == 200).then(|| r.json().ok()).flatten()
+}
+
+/// Waits until every partition is held by one of `nodes` and applied by its holder, in the
+/// view of each of them, and no node holds more than its share. Returns how long that took.
+fn await_balanced(c: &reqwest::blocking::Client, nodes: &[&Node], within: Duration) -> Duration {
+    let started = Instant::now();
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    loop {
+        let views: Vec<Option<Value>> = nodes.iter().map(|n| status(c, &n.url)).collect();
+        let done = views.iter().all(|v| {
+            let Some(v) = v else { return false };
+            let owners = v["owners"].as_array().unwrap();
+            owners.len() == PARTITIONS
+                && owners
+                    .iter()
+                    .all(|o| o.as_str().is_some_and(|o| ids.contains(&o)))
+        }) && {
+            // Each partition is in the `local` list of exactly one node.
+            let mut held = [0; PARTITIONS];
+            for v in views.iter().flatten() {
+                for p in v["local"].as_array().unwrap() {
+                    held[p.as_u64().unwrap() as usize] += 1;
+                }
+            }
+            let share = PARTITIONS.div_ceil(nodes.len());
+            held.iter().all(|&h| h == 1)
+                && views
+                    .iter()
+                    .flatten()
+                    .all(|v| v["local"].as_array().unwrap().len() <= share)
+        };
+        if done {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "partitions not settled on {ids:?} within {within:?}: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every (stream, timestamp) acknowledged, with its value.
+type Acked = Arc<Mutex<BTreeMap<(String, i64), f64>>>;
+
+/// A gateway: posts batches of its device's streams to `urls`, the first by preference; a
+/// batch not acknowledged (connection refused, 503) is posted again to the next node.
+/// Timestamps never repeat, so every acknowledged point has one value.
+fn gateway(
+    device: String,
+    urls: Vec<String>,
+    batches: (i64, i64),
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let c = client();
+    let mut retries = 0;
+    for b in batches.0..batches.1 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut items = Vec::new();
+        let mut points = Vec::new();
+        for k in 0..30i64 {
+            let stream = format!("{device}/m/v{}", k % 3);
+            let ts = 1_790_000_000_000 + b * 1_000 + k;
+            let value = (b * 30 + k) as f64 * 0.25;
+            items.push(json!({"stream_id": stream, "timestamp": ts, "value": value}));
+            points.push((stream, ts, value));
+        }
+        let mut attempt = 0;
+        loop {
+            let url = &urls[attempt % urls.len()];
+            let r = c
+                .post(format!("{url}/ws/v1/streams/history"))
+                .json(&items)
+                .send();
+            match r {
+                Ok(r) if r.status() == 201 => break,
+                Ok(r) if r.status() == 503 => {}
+                Ok(r) => panic!("{device}: unexpected {} {:?}", r.status(), r.text()),
+                Err(_) => {}
+            }
+            attempt += 1;
+            retries += 1;
+            assert!(attempt < 200, "{device}: batch {b} never acknowledged");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut a = acked.lock().unwrap();
+        for (s, t, v) in points {
+            a.insert((s, t), v);
+        }
+        drop(a);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    retries
+}
+
+/// GET with retries while the answer is 503 (a partition moving) or the node is unreachable.
+fn get_json(c: &reqwest::blocking::Client, url: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = c.get(url).send() {
+            let code = r.status().as_u16();
+            if code == 200 {
+                return r.json().unwrap();
+            }
+            assert_eq!(code, 503, "{url}: {code} {:?}", r.text());
+        }
+        if started.elapsed() > MOVE_BOUND {
+            // Each node's view, for the failure's message.
+            let base = url.split("/ws/").next().unwrap();
+            panic!(
+                "{url}: no answer within {MOVE_BOUND:?}; that node's view: {:?}",
+                status(c, base)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every acknowledged point is on every node in `nodes` with its value, nothing else is, and
+/// the 1-minute rollups and current values agree with the points.
+fn verify(c: &reqwest::blocking::Client, nodes: &[&Node], acked: &BTreeMap<(String, i64), f64>) {
+    let started = Instant::now();
+    let mut by_stream: BTreeMap<&str, BTreeMap<i64, f64>> = BTreeMap::new();
+    for ((s, t), v) in acked {
+        by_stream.entry(s).or_default().insert(*t, *v);
+    }
+    for node in nodes {
+        for (stream, want) in &by_stream {
+            let mut got: BTreeMap<i64, f64> = BTreeMap::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = format!("{}/ws/v1/streams/history/{stream}?size=1000", node.url);
+                if let Some(cur) = &cursor {
+                    q.push_str(&format!("&cursor={cur}"));
+                }
+                let v = get_json(c, &q);
+                for p in v["list"].as_array().unwrap() {
+                    let t =
+                        meterstream_storage::time::parse_absolute(p["timestamp"].as_str().unwrap())
+                            .unwrap();
+                    got.insert(t, p["value"].as_f64().unwrap());
+                }
+                match v["cursor"].as_str() {
+                    Some(cur) => cursor = Some(cur.to_string()),
+                    None => break,
+                }
+            }
+            for (t, v) in want {
+                assert_eq!(
+                    got.get(t),
+                    Some(v),
+                    "node {}: {stream} at {t}: acknowledged {v}",
+                    node.id
+                );
+            }
+            // A point that was posted but never acknowledged may be there; its value must be
+            // the one posted (value = 0.25 × the point's number).
+            for (t, v) in &got {
+                let n = (t - 1_790_000_000_000) / 1_000 * 30 + (t - 1_790_000_000_000) % 1_000;
+                assert_eq!(*v, n as f64 * 0.25, "node {}: {stream} at {t}", node.id);
+            }
+            let mut counts: BTreeMap<i64, f64> = BTreeMap::new();
+            for t in got.keys() {
+                *counts.entry(t - t.rem_euclid(60_000)).or_default() += 1.0;
+            }
+            let v = get_json(
+                c,
+                &format!(
+                    "{}/ws/v1/streams/rollups/{stream}?interval=1m&method=count",
+                    node.url
+                ),
+            );
+            let read: BTreeMap<i64, f64> = v["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        meterstream_storage::time::parse_absolute(r["timestamp"].as_str().unwrap())
+                            .unwrap(),
+                        r["value"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(read, counts, "node {}: {stream} 1-minute counts", node.id);
+            let inv = get_json(c, &format!("{}/ws/v1/streams/inventory/{stream}", node.url));
+            let (last_t, last_v) = got.iter().next_back().unwrap();
+            assert_eq!(
+                meterstream_storage::time::parse_absolute(inv["timestamp"].as_str().unwrap())
+                    .unwrap(),
+                *last_t,
+                "node {}: {stream} current value's time",
+                node.id
+            );
+            assert_eq!(
+                inv["value"].as_f64(),
+                Some(*last_v),
+                "node {}: {stream}",
+                node.id
+            );
+        }
+    }
+    eprintln!(
+        "verified {} points on {} nodes in {:?}",
+        acked.len(),
+        nodes.len(),
+        started.elapsed()
+    );
+}
+
+fn run_gateways(
+    devices: usize,
+    nodes: &[&Node],
+    batches: (i64, i64),
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<usize>> {
+    (0..devices)
+        .map(|d| {
+            // Each gateway prefers a different node.
+            let mut urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+            urls.rotate_left(d % nodes.len());
+            let (acked, stop) = (acked.clone(), stop.clone());
+            std::thread::spawn(move || gateway(format!("gw{d}"), urls, batches, acked, stop))
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_server() {
+    // MS_KEEP_CLUSTER_TEST=1 keeps the nodes' data and logs for reading after a failure.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_guard, root) = if std::env::var_os("MS_KEEP_CLUSTER_TEST").is_some() {
+        let kept = tmp.keep();
+        eprintln!("keeping {}", kept.display());
+        (None, kept)
+    } else {
+        let path = tmp.path().to_path_buf();
+        (Some(tmp), path)
+    };
+    let dir = root.as_path();
+    let mut nats = nats_cluster(dir);
+    let urls = nats.urls.clone();
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|id| start_node(id, &dir.join(id), &urls))
+        .collect();
+    let c = client();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let took = await_balanced(&c, &all, Duration::from_secs(60));
+    eprintln!("cluster balanced after {took:?}");
+    for n in &all {
+        let local = status(&c, &n.url).unwrap()["local"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert!(
+            (PARTITIONS / 3 - 2..=PARTITIONS / 3 + 2).contains(&local),
+            "node {} holds {local} of {PARTITIONS} partitions",
+            n.id
+        );
+    }
+
+    // 1. Gateways post to different nodes; every stream is readable from every node.
+    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    for g in run_gateways(6, &all, (0, 20), &acked, &stop) {
+        assert_eq!(g.join().unwrap(), 0, "no batch needed a retry");
+    }
+    assert_eq!(acked.lock().unwrap().len(), 6 * 20 * 30);
+    verify(&c, &all, &acked.lock().unwrap());
+
+    // 2. kill -9 one meterstream node during ingest.
+    let gateways = run_gateways(6, &all, (20, 400), &acked, &stop);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let mut nodes = nodes;
+    let killed = Instant::now();
+    nodes[1].proc.kill_9();
+    let survivors: Vec<&Node> = vec![&nodes[0], &nodes[2]];
+    let moved = await_balanced(&c, &survivors, MOVE_BOUND);
+    eprintln!("partitions of the killed node held and applied after {moved:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let retries: usize = gateways.into_iter().map(|g| g.join().unwrap()).sum();
+    eprintln!(
+        "{} points acknowledged, {retries} retried batches; {:?} since the kill",
+        acked.lock().unwrap().len(),
+        killed.elapsed()
+    );
+    verify(&c, &survivors, &acked.lock().unwrap());
+
+    // 3. kill -9 one NATS server during ingest: nothing acknowledged is lost.
+    stop.store(false, Ordering::Relaxed);
+    let before = acked.lock().unwrap().len();
+    let gateways = run_gateways(6, &survivors, (400, 700), &acked, &stop);
+    std::thread::sleep(Duration::from_millis(1_500));
+    nats.procs[0].kill_9();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    for g in gateways {
+        g.join().unwrap();
+    }
+    let after = acked.lock().unwrap().len();
+    assert!(
+        after > before,
+        "ingest went on after the NATS server's kill"
+    );
+    verify(&c, &survivors, &acked.lock().unwrap());
+}
