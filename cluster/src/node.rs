@@ -52,8 +52,12 @@ pub struct NodeConfig {
 /// Applies log entries of a partition to the node's store, durably, in the order given.
 /// Blocking. An error is retried from the same entry after a pause.
 pub trait Apply: Send + Sync + 'static {
-    /// Applies the bodies (consecutive entries of `partition`, as published).
-    fn apply(&self, partition: u32, bodies: &[bytes::Bytes]) -> std::result::Result<(), String>;
+    /// Applies consecutive entries of `partition`: (sequence in its stream, body as published).
+    fn apply(
+        &self,
+        partition: u32,
+        entries: &[(u64, bytes::Bytes)],
+    ) -> std::result::Result<(), String>;
 }
 
 /// Where a partition's queries go.
@@ -238,6 +242,33 @@ impl Node {
             }
             Ok(())
         })
+    }
+
+    /// Publishes one record to `partition` and returns its sequence once JetStream has
+    /// acknowledged it. Blocking.
+    pub fn publish_one(&self, partition: u32, body: bytes::Bytes) -> Result<u64> {
+        let shared = self.shared.clone();
+        self.handle().block_on(async move {
+            Ok(shared
+                .log
+                .publish_part(partition, None, body)
+                .await?
+                .sequence)
+        })
+    }
+
+    /// Waits (at most `timeout`) until this node has applied `partition` up to `sequence`;
+    /// `false` when it did not (it does not hold the partition, or the time ran out). Blocking.
+    pub fn await_applied(&self, partition: u32, sequence: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let p = partition as usize;
+        while self.shared.applied[p].load(Ordering::Acquire) < sequence {
+            if Instant::now() >= deadline || !self.shared.ready[p].load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 
     /// Where queries of `partition` go now.
@@ -591,7 +622,7 @@ async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
                     Ok(Some((seq, body))) => {
                         if seq > last {
                             last = seq;
-                            batch.push(body);
+                            batch.push((seq, body));
                         }
                         if batch.len() >= APPLY_BATCH {
                             break false;

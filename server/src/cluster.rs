@@ -16,6 +16,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, HttpResponse};
 use meterstream_cluster::node::{Apply, Node, Route};
 use meterstream_storage::point::GroupIn;
+use meterstream_storage::registry::{Command, CommandStatus};
 use meterstream_storage::store::{ItemError, WriteOutcome};
 use meterstream_storage::{StorageError, Store, StreamType};
 use serde::{Deserialize, Serialize};
@@ -27,11 +28,14 @@ use std::time::Duration;
 /// the partition either answers 503 instead of forwarding again.
 pub const HOP_HEADER: &str = "x-meterstream-forwarded-by";
 
+/// The client's address, on a forwarded request (recorded as a device's contact address).
+pub const CLIENT_ADDRESS_HEADER: &str = "x-meterstream-client-address";
+
 /// How long a query waits for its partition (moving, or catching up with the log).
 const ROUTE_WAIT: Duration = Duration::from_secs(10);
 
-/// One message of the point log. MessagePack, externally tagged, so that new kinds of records
-/// can be added.
+/// One message of a partition's log. MessagePack, externally tagged, so that new kinds of
+/// records can be added. Every record sets state, so applying one again changes nothing.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum LogRecord {
     /// Points of one partition, written at server time `now` (ms): the server timestamp of
@@ -41,6 +45,36 @@ pub enum LogRecord {
         now: i64,
         /// The groups, as parsed.
         groups: Vec<GroupIn>,
+        /// The address the batch came from (the devices' contact).
+        #[serde(default)]
+        address: Option<String>,
+    },
+    /// A command queued for a device; its id is the record's sequence in its stream (unique and
+    /// increasing for a device, whose partition is always in the same stream).
+    CommandCreate {
+        /// The device.
+        device: String,
+        /// What to do.
+        command: String,
+        /// Its parameters.
+        parameters: serde_json::Value,
+        /// Seconds it may wait for delivery.
+        lifetime: u64,
+        /// Server time of the request.
+        now: i64,
+    },
+    /// A device's report on a command, or a cancellation (`status` cancelled).
+    CommandUpdate {
+        /// The device.
+        device: String,
+        /// The command's id.
+        id: u64,
+        /// The new status.
+        status: CommandStatus,
+        /// The result reported (null: unchanged).
+        result: serde_json::Value,
+        /// Server time of the request.
+        now: i64,
     },
 }
 
@@ -51,32 +85,103 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
-/// Applies log records to the node's store.
+/// Applies log records to the node's store and registry.
 pub struct StoreApply {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Devices and their commands.
+    pub devices: Arc<crate::devices::Devices>,
+    /// A device's contact is recorded from records no older than this (ms): a partition
+    /// rebuilt from an old log does not reconnect its devices in the past.
+    pub contact_window_ms: i64,
+}
+
+impl StoreApply {
+    fn apply_one(&self, partition: u32, sequence: u64, record: LogRecord) -> Result<(), String> {
+        let registry = &self.devices.registry;
+        match record {
+            LogRecord::Points {
+                now,
+                groups,
+                address,
+            } => {
+                let mut devices: Vec<String> = Vec::new();
+                for g in &groups {
+                    let d = meterstream_storage::path::device_id(&g.stream);
+                    if !devices.iter().any(|x| x == d) {
+                        devices.push(d.to_string());
+                    }
+                }
+                let out = self.store.write(groups, now).map_err(|e| e.to_string())?;
+                if !out.errors.is_empty() {
+                    // Only what depends on the stream's stored type gets here (the rest was
+                    // refused before publishing); the log keeps the batch either way.
+                    tracing::warn!(
+                        partition,
+                        refused = out.errors.len(),
+                        first = %out.errors[0].error,
+                        "points refused when applied"
+                    );
+                }
+                if out.stored > 0
+                    && meterstream_storage::time::now_ms() - now < self.contact_window_ms
+                {
+                    for d in devices {
+                        if let Err(e) = self.devices.seen(&d, address.as_deref(), now) {
+                            tracing::error!(device = %d, "recording contact: {e}");
+                        }
+                    }
+                }
+            }
+            LogRecord::CommandCreate {
+                device,
+                command,
+                parameters,
+                lifetime,
+                now,
+            } => {
+                let c = Command {
+                    id: sequence,
+                    device_id: device.clone(),
+                    command,
+                    parameters,
+                    lifetime,
+                    status: CommandStatus::Queued,
+                    result: serde_json::Value::Null,
+                    created: now,
+                    updated: now,
+                    expires: now.saturating_add((lifetime as i64).saturating_mul(1000)),
+                };
+                registry.insert_command(&c).map_err(|e| e.to_string())?;
+                self.devices.wake(&device);
+            }
+            LogRecord::CommandUpdate {
+                device,
+                id,
+                status,
+                result,
+                now,
+            } => {
+                registry
+                    .update_command(&device, id, now, &mut |c| {
+                        crate::devices::change_command(c, status, result.clone())
+                    })
+                    .map_err(|e| e.to_string())?;
+                self.devices.wake(&device);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Apply for StoreApply {
-    fn apply(&self, partition: u32, bodies: &[bytes::Bytes]) -> Result<(), String> {
-        for body in bodies {
+    fn apply(&self, partition: u32, entries: &[(u64, bytes::Bytes)]) -> Result<(), String> {
+        for (sequence, body) in entries {
             match rmp_serde::from_slice::<LogRecord>(body) {
-                Ok(LogRecord::Points { now, groups }) => {
-                    let out = self.store.write(groups, now).map_err(|e| e.to_string())?;
-                    if !out.errors.is_empty() {
-                        // Only what depends on the stream's stored type gets here (the rest was
-                        // refused before publishing); the log keeps the batch either way.
-                        tracing::warn!(
-                            partition,
-                            refused = out.errors.len(),
-                            first = %out.errors[0].error,
-                            "points refused when applied"
-                        );
-                    }
-                }
+                Ok(r) => self.apply_one(partition, *sequence, r)?,
                 Err(e) => {
                     // Not retried: the same bytes would fail again and stop the partition.
-                    tracing::error!(partition, error = %e, "a log record could not be read; skipped");
+                    tracing::error!(partition, sequence, error = %e, "a log record could not be read; skipped");
                 }
             }
         }
@@ -88,10 +193,10 @@ impl Cluster {
     /// Starts the node over `store`. Blocking.
     pub fn start(
         cfg: meterstream_cluster::node::NodeConfig,
-        store: Arc<dyn Store>,
+        apply: StoreApply,
         timeout: Duration,
     ) -> Result<Cluster, meterstream_cluster::ClusterError> {
-        let node = Node::start(cfg, Arc::new(StoreApply { store }))?;
+        let node = Node::start(cfg, Arc::new(apply))?;
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -110,12 +215,18 @@ impl Cluster {
         groups: Vec<GroupIn>,
         now: i64,
         key: Option<&str>,
+        address: Option<&str>,
     ) -> Result<WriteOutcome, ApiError> {
         let (parts, errors, stored) = precheck(groups, now, |d| self.node.partition_of(d));
         let mut out = Vec::with_capacity(parts.len());
         for (p, groups) in parts {
-            let body = rmp_serde::to_vec(&LogRecord::Points { now, groups })
-                .map_err(|e| ApiError::Internal(format!("encoding a log record: {e}")))?;
+            let address = address.map(str::to_string);
+            let body = rmp_serde::to_vec(&LogRecord::Points {
+                now,
+                groups,
+                address,
+            })
+            .map_err(|e| ApiError::Internal(format!("encoding a log record: {e}")))?;
             out.push((p, key.map(|k| format!("{k}:{p}")), bytes::Bytes::from(body)));
         }
         self.node.publish(out).map_err(|e| ApiError::Unavailable {
@@ -125,8 +236,38 @@ impl Cluster {
         Ok(WriteOutcome { stored, errors })
     }
 
-    /// Forwards `req` to the node at `base` and gives its answer back.
-    async fn forward(&self, req: &ServiceRequest, base: &str) -> Result<HttpResponse, ApiError> {
+    /// Publishes a record of `device`'s partition and waits until this node (its holder) has
+    /// applied it; returns its sequence. Blocking.
+    pub fn record(&self, device: &str, record: &LogRecord) -> Result<u64, ApiError> {
+        let p = self.node.partition_of(device);
+        let body = rmp_serde::to_vec(record)
+            .map_err(|e| ApiError::Internal(format!("encoding a log record: {e}")))?;
+        let seq = self
+            .node
+            .publish_one(p, body.into())
+            .map_err(|e| ApiError::Unavailable {
+                message: format!("the cluster's log did not acknowledge the change: {e}"),
+                retry_after: 1,
+            })?;
+        if !self.node.await_applied(p, seq, ROUTE_WAIT) {
+            return Err(ApiError::Unavailable {
+                message: format!(
+                    "the change was logged but device {device:?}'s partition moved before it was \
+                     applied here; it will be applied by the new holder"
+                ),
+                retry_after: 1,
+            });
+        }
+        Ok(seq)
+    }
+
+    /// Forwards `req` (with `body`) to the node at `base` and gives its answer back.
+    async fn forward(
+        &self,
+        req: &ServiceRequest,
+        body: bytes::Bytes,
+        base: &str,
+    ) -> Result<HttpResponse, ApiError> {
         let path = req
             .uri()
             .path_and_query()
@@ -142,10 +283,16 @@ impl Cluster {
             let n = name.as_str();
             if matches!(
                 n,
-                "authorization" | "accept" | "x-api-key-id" | "x-api-key-secret"
+                "authorization" | "accept" | "content-type" | "x-api-key-id" | "x-api-key-secret"
             ) {
                 r = r.header(n, value.as_bytes());
             }
+        }
+        if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+            r = r.header(CLIENT_ADDRESS_HEADER, ip.to_string());
+        }
+        if !body.is_empty() {
+            r = r.body(body);
         }
         let unreachable = |e: reqwest::Error| ApiError::Unavailable {
             message: format!("the node holding this stream did not answer: {e}"),
@@ -261,22 +408,33 @@ fn precheck(
     (parts, errors, kept)
 }
 
-/// The device whose partition answers this request, for the requests routed to one
-/// partition's owner: reads of one stream.
+/// The device whose partition answers this request: reads of one stream, and everything about
+/// a device's commands (which the partition's log holds).
 fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String> {
-    if method != actix_web::http::Method::GET {
-        return None;
-    }
     const ONE_STREAM: [&str; 4] = [
         "/ws/v1/streams/history/",
         "/ws/v1/streams/rollups/",
         "/ws/v1/streams/inventory/",
         "/ws/DataPoint/",
     ];
-    let tail = ONE_STREAM.iter().find_map(|p| path.strip_prefix(p))?;
-    let tail = percent_encoding::percent_decode_str(tail)
-        .decode_utf8()
-        .ok()?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    if let Some(rest) = path.strip_prefix("/ws/v1/devices/") {
+        let (id, tail) = rest.split_once('/')?;
+        if tail == "commands" || tail.starts_with("commands/") {
+            let id = decode(id)?;
+            return (!id.is_empty()).then_some(id);
+        }
+        return None;
+    }
+    if method != actix_web::http::Method::GET {
+        return None;
+    }
+    let tail = decode(ONE_STREAM.iter().find_map(|p| path.strip_prefix(p))?)?;
     let device = meterstream_storage::path::device_id(&tail);
     (!device.is_empty()).then(|| device.to_string())
 }
@@ -296,6 +454,27 @@ pub async fn route(
     };
     let p = cluster.node.partition_of(&device);
     let forwarded = req.headers().contains_key(HOP_HEADER);
+    // The body is read here, to be forwarded or handed on.
+    let limit = st.as_ref().map_or(16 << 20, |s| s.body_limit);
+    let (http, mut payload) = req.into_parts();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
+        match chunk {
+            Ok(c) if body.len() + c.len() <= limit => body.extend_from_slice(&c),
+            Ok(_) => {
+                let e = ApiError::TooLarge { limit };
+                let res = actix_web::ResponseError::error_response(&e);
+                return Ok(ServiceResponse::new(http, res).map_into_right_body());
+            }
+            Err(e) => {
+                let e = ApiError::BadRequest(format!("the body could not be read: {e}"));
+                let res = actix_web::ResponseError::error_response(&e);
+                return Ok(ServiceResponse::new(http, res).map_into_right_body());
+            }
+        }
+    }
+    let body = body.freeze();
+    let req = ServiceRequest::from_parts(http, actix_web::dev::Payload::from(body.clone()));
     let deadline = std::time::Instant::now() + ROUTE_WAIT;
     let answer = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -310,7 +489,7 @@ pub async fn route(
                     })
                 }
             },
-            Route::Remote(url) if !forwarded => break cluster.forward(&req, &url).await,
+            Route::Remote(url) if !forwarded => break cluster.forward(&req, body, &url).await,
             Route::Remote(_) | Route::Unavailable => {}
         }
         if left.is_zero() || forwarded {
@@ -384,10 +563,18 @@ mod tests {
         let r = LogRecord::Points {
             now: 5,
             groups: vec![group("gw1/m/v", 0, vec![(None, InValue::Float(1.5))])],
+            address: Some("10.0.0.7".into()),
         };
         let back: LogRecord = rmp_serde::from_slice(&rmp_serde::to_vec(&r).unwrap()).unwrap();
-        let LogRecord::Points { now, groups } = back;
-        assert_eq!(now, 5);
+        let LogRecord::Points {
+            now,
+            groups,
+            address,
+        } = back
+        else {
+            panic!("{back:?}")
+        };
+        assert_eq!((now, address.as_deref()), (5, Some("10.0.0.7")));
         assert_eq!(
             groups,
             vec![group("gw1/m/v", 0, vec![(None, InValue::Float(1.5))])]
@@ -406,6 +593,16 @@ mod tests {
             Some("gw2")
         );
         assert_eq!(routed_device(&get, "/ws/v1/streams/inventory"), None);
+        let post = actix_web::http::Method::POST;
+        assert_eq!(
+            routed_device(&post, "/ws/v1/devices/gw%2F9/commands").as_deref(),
+            Some("gw/9")
+        );
+        assert_eq!(
+            routed_device(&get, "/ws/v1/devices/gw9/commands/poll").as_deref(),
+            Some("gw9")
+        );
+        assert_eq!(routed_device(&get, "/ws/v1/devices/gw9/history"), None);
         assert_eq!(
             routed_device(
                 &actix_web::http::Method::POST,

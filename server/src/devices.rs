@@ -348,8 +348,86 @@ fn device_id(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(id)
 }
 
+/// The client's address: the peer's, or on a request forwarded by another node of a cluster,
+/// the one that node saw.
 fn address(req: &HttpRequest) -> Option<String> {
+    let h = req.headers();
+    if h.contains_key(crate::cluster::HOP_HEADER) {
+        if let Some(a) = h
+            .get(crate::cluster::CLIENT_ADDRESS_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            return Some(a.to_string());
+        }
+    }
     req.peer_addr().map(|a| a.ip().to_string())
+}
+
+/// Changes a command to `status` (a device's report: sent, succeeded or failed; or cancelled),
+/// with `result` unless it is null, or says why it may not change: a finished command does not
+/// change, and only a queued one can be cancelled.
+pub fn change_command(c: &mut Command, status: CommandStatus, result: Value) -> Result<(), String> {
+    let id = c.id;
+    if status == CommandStatus::Cancelled {
+        if c.status != CommandStatus::Queued {
+            return Err(format!(
+                "only a queued command can be cancelled; command {id} is {}",
+                serde_json::to_value(c.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ));
+        }
+    } else if c.status.is_final() {
+        return Err(format!("command {id} is already {:?}", c.status).to_lowercase());
+    }
+    c.status = status;
+    if !result.is_null() {
+        c.result = result;
+    }
+    Ok(())
+}
+
+/// Changes a command through the cluster's log (its partition's holder, this node, applies
+/// it), or in the registry on a single node; `None` when there is no such command. Blocking.
+fn update_command(
+    st: &AppState,
+    device: &str,
+    cid: u64,
+    status: CommandStatus,
+    result: Value,
+) -> Result<Option<Result<Command, String>>, ApiError> {
+    let registry = &st.devices.registry;
+    let Some(c) = &st.cluster else {
+        return Ok(registry.update_command(device, cid, now_ms(), &mut |c| {
+            change_command(c, status, result.clone())
+        })?);
+    };
+    let Some(mut current) = registry.command(device, cid)? else {
+        return Ok(None);
+    };
+    if let Err(m) = change_command(&mut current, status, result.clone()) {
+        return Ok(Some(Err(m)));
+    }
+    c.record(
+        device,
+        &crate::cluster::LogRecord::CommandUpdate {
+            device: device.to_string(),
+            id: cid,
+            status,
+            result,
+            now: now_ms(),
+        },
+    )?;
+    match registry.command(device, cid)? {
+        Some(after) if after.status == status => Ok(Some(Ok(after))),
+        Some(after) => Ok(Some(Err(format!(
+            "command {cid} changed meanwhile; it is {:?}",
+            after.status
+        )
+        .to_lowercase()))),
+        None => Ok(None),
+    }
 }
 
 fn wait_param(p: &mut Params) -> Result<Duration, ApiError> {
@@ -657,9 +735,30 @@ pub async fn create_command(
     let id2 = id.clone();
     let cmd = web::block(move || -> Result<_, ApiError> {
         let dv = &st2.devices;
-        Ok(dv
-            .registry
-            .create_command(&id2, &c.command, c.parameters, lifetime, now_ms())?)
+        let Some(cluster) = &st2.cluster else {
+            return Ok(dv.registry.create_command(
+                &id2,
+                &c.command,
+                c.parameters,
+                lifetime,
+                now_ms(),
+            )?);
+        };
+        // In a cluster the command is a record of the device's partition: its holder (this
+        // node: the request was routed here) and any later one have it.
+        let seq = cluster.record(
+            &id2,
+            &crate::cluster::LogRecord::CommandCreate {
+                device: id2.clone(),
+                command: c.command,
+                parameters: c.parameters,
+                lifetime,
+                now: now_ms(),
+            },
+        )?;
+        dv.registry
+            .command(&id2, seq)?
+            .ok_or_else(|| ApiError::Internal(format!("command {seq} applied but not found")))
     })
     .await??;
     st.devices.wake(&id);
@@ -809,22 +908,7 @@ pub async fn report(
     let addr = address(&req);
     let out = web::block(move || -> Result<_, ApiError> {
         st2.devices.seen(&id2, addr.as_deref(), now_ms())?;
-        let mut result = Some(r.result);
-        st2.devices
-            .registry
-            .update_command(&id2, cid, now_ms(), &mut |c| {
-                if c.status.is_final() {
-                    return Err(format!("command {cid} is already {:?}", c.status).to_lowercase());
-                }
-                c.status = status;
-                if let Some(v) = result.take() {
-                    if !v.is_null() {
-                        c.result = v;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(ApiError::from)
+        update_command(&st2, &id2, cid, status, r.result)
     })
     .await??;
     st.devices.wake(&id);
@@ -847,24 +931,9 @@ pub async fn cancel(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
     Params::parse(req.query_string())?.finish(&[])?;
     let st2 = st.clone();
     let id2 = id.clone();
-    let out = web::block(move || {
-        st2.devices
-            .registry
-            .update_command(&id2, cid, now_ms(), &mut |c| {
-                if c.status != CommandStatus::Queued {
-                    return Err(format!(
-                        "only a queued command can be cancelled; command {cid} is {}",
-                        serde_json::to_value(c.status)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default()
-                    ));
-                }
-                c.status = CommandStatus::Cancelled;
-                Ok(())
-            })
-    })
-    .await??;
+    let out =
+        web::block(move || update_command(&st2, &id2, cid, CommandStatus::Cancelled, Value::Null))
+            .await??;
     st.devices.wake(&id);
     match out {
         None => Err(ApiError::NotFound(format!(

@@ -357,9 +357,10 @@ pub fn write_groups(
     st: &crate::AppState,
     groups: Vec<GroupIn>,
     now: i64,
+    address: Option<&str>,
 ) -> Result<meterstream_storage::store::WriteOutcome, ApiError> {
     match &st.cluster {
-        Some(c) => c.publish(groups, now, None),
+        Some(c) => c.publish(groups, now, None, address),
         None => Ok(st.store.write(groups, now)?),
     }
 }
@@ -406,7 +407,7 @@ pub fn store_for(
             devices.push(d.to_string());
         }
     }
-    let outcome = write_groups(st, groups, now)?;
+    let outcome = write_groups(st, groups, now, address)?;
     out.faults
         .extend(outcome.errors.into_iter().map(|e| ItemFault {
             index: e.index,
@@ -415,7 +416,8 @@ pub fn store_for(
         }));
     out.faults.sort_by_key(|f| f.index);
     out.stored = outcome.stored;
-    if out.stored > 0 {
+    // In a cluster, the partitions' holders record the contact when they apply the points.
+    if out.stored > 0 && st.cluster.is_none() {
         for d in &devices {
             if meterstream_storage::path::validate_path(d).is_ok() {
                 if let Err(e) = st.devices.seen(d, address, now) {

@@ -503,12 +503,18 @@ pub async fn run(
             if cfg.cluster.advertise_url.is_none() {
                 nc.advertise_url = format!("http://{}", listener.local_addr()?);
             }
-            let s = store.clone();
-            let timeout = Duration::from_secs(30);
-            let c = tokio::task::spawn_blocking(move || cluster::Cluster::start(nc, s, timeout))
-                .await
-                .map_err(std::io::Error::other)?
-                .map_err(std::io::Error::other)?;
+            let apply = cluster::StoreApply {
+                store: store.clone(),
+                devices: devices.clone(),
+                contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,
+            };
+            // Forwarded long polls wait up to their own limit.
+            let timeout = Duration::from_secs(devices::MAX_WAIT_S + 30);
+            let c =
+                tokio::task::spawn_blocking(move || cluster::Cluster::start(nc, apply, timeout))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?;
             tracing::info!(node = c.node.id(), "running as a cluster node");
             Some(Arc::new(c))
         }

@@ -470,7 +470,7 @@ pub async fn write(
             }
         }
         let lines = parsed.lines;
-        let outcome = crate::ingest::write_groups(&st2, parsed.groups, now)?;
+        let outcome = crate::ingest::write_groups(&st2, parsed.groups, now, None)?;
         st2.metrics.points_ingested.inc_by(outcome.stored as u64);
         if let Some(e) = outcome.errors.first() {
             st2.metrics

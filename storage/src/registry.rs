@@ -459,6 +459,10 @@ pub trait Registry: Send + Sync {
         lifetime: u64,
         now: i64,
     ) -> Result<Command>;
+    /// Stores a command whose id was given elsewhere (a cluster's log: docs/scale-out.md)
+    /// unless the device has one with that id already; returns whether it was stored. Applying
+    /// the same record again changes nothing.
+    fn insert_command(&self, c: &Command) -> Result<bool>;
     /// One command.
     fn command(&self, device: &str, id: u64) -> Result<Option<Command>>;
     /// A device's commands after id `after`, oldest first, at most `limit`.
@@ -912,6 +916,16 @@ impl Registry for SledRegistry {
         self.put_command(&c)?;
         self.flush()?;
         Ok(c)
+    }
+
+    fn insert_command(&self, c: &Command) -> Result<bool> {
+        let _g = self.lock.lock();
+        if self.command(&c.device_id, c.id)?.is_some() {
+            return Ok(false);
+        }
+        self.put_command(c)?;
+        self.flush()?;
+        Ok(true)
     }
 
     fn command(&self, device: &str, id: u64) -> Result<Option<Command>> {

@@ -443,6 +443,70 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
     assert_eq!(acked.lock().unwrap().len(), 6 * 20 * 30);
     verify(&c, &all, &acked.lock().unwrap());
 
+    // A command queued through one node reaches an agent polling another, and its result comes
+    // back to the first. Another is queued for a device of the node about to be killed.
+    let (queued_at, polled_at) = (&nodes[0], &nodes[2]);
+    let post = |n: &Node, device: &str, body: Value| -> Value {
+        let r = c
+            .post(format!("{}/ws/v1/devices/{device}/commands", n.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().unwrap()
+    };
+    let cmd = post(
+        queued_at,
+        "gw0",
+        json!({"command": "get_status", "parameters": {"x": 1}}),
+    );
+    let cid = cmd["id"].as_u64().unwrap();
+    let polled = get_json(
+        &c,
+        &format!(
+            "{}/ws/v1/devices/gw0/commands/poll?after=0&wait=10",
+            polled_at.url
+        ),
+    );
+    assert_eq!(polled["count"], 1, "{polled}");
+    assert_eq!(polled["list"][0]["id"].as_u64(), Some(cid));
+    assert_eq!(polled["list"][0]["command"], "get_status");
+    assert_eq!(polled["list"][0]["parameters"], json!({"x": 1}));
+    let r = c
+        .put(format!(
+            "{}/ws/v1/devices/gw0/commands/{cid}",
+            polled_at.url
+        ))
+        .json(&json!({"status": "succeeded", "result": {"ok": true}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let done = get_json(
+        &c,
+        &format!("{}/ws/v1/devices/gw0/commands/{cid}", queued_at.url),
+    );
+    assert_eq!(
+        (done["status"].as_str(), &done["result"]),
+        (Some("succeeded"), &json!({"ok": true}))
+    );
+    // A finished command does not change again, whichever node is asked.
+    let r = c
+        .post(format!(
+            "{}/ws/v1/devices/gw0/commands/{cid}/cancel",
+            nodes[1].url
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // Queued for each device, to be polled after node b's kill.
+    let survivors_cmds: Vec<(String, u64)> = (0..6)
+        .map(|d| {
+            let device = format!("gw{d}");
+            let v = post(&nodes[d % 3], &device, json!({"command": "reboot"}));
+            (device, v["id"].as_u64().unwrap())
+        })
+        .collect();
+
     // 2. kill -9 one meterstream node during ingest.
     let gateways = run_gateways(6, &all, (20, 400), &acked, &stop);
     std::thread::sleep(Duration::from_millis(1_500));
@@ -461,6 +525,21 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         killed.elapsed()
     );
     verify(&c, &survivors, &acked.lock().unwrap());
+    // The commands queued before the kill are there on whichever node holds their devices now.
+    for (device, cid) in &survivors_cmds {
+        for n in &survivors {
+            let v = get_json(
+                &c,
+                &format!("{}/ws/v1/devices/{device}/commands/{cid}", n.url),
+            );
+            assert_eq!(
+                (v["status"].as_str(), v["command"].as_str()),
+                (Some("queued"), Some("reboot")),
+                "{device} via {}",
+                n.id
+            );
+        }
+    }
 
     // 3. kill -9 one NATS server during ingest: nothing acknowledged is lost.
     stop.store(false, Ordering::Relaxed);
