@@ -6,14 +6,12 @@
 //! published with the header `Nats-Msg-Id` (the gateway's batch id and the partition), so a
 //! retried batch inside the streams' duplicate window is stored once.
 //!
-//! A partition's owner reads it through the durable pull consumer `p<p>` with the single
-//! `filter_subject` of that partition (2.9 ignores the newer `filter_subjects` and would
-//! deliver every partition of the stream), acknowledging each message explicitly once applied,
-//! so a new owner resumes after the last acknowledged one.
+//! A partition's holder reads it by direct gets of the partition's subject from its own
+//! position ([`PointLog::read_from`]); no consumer is created, so `filter_subjects` (which 2.9
+//! ignores, delivering every partition of the stream) is never needed.
 
 use crate::{ClusterError, Result};
-use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
 use std::time::Duration;
 
 /// The log's streams on one JetStream context.
@@ -62,7 +60,13 @@ impl PointLog {
                 num_replicas: replicas,
                 storage: stream::StorageType::File,
                 max_age,
-                duplicate_window: duplicate_window.min(max_age),
+                duplicate_window: if max_age.is_zero() {
+                    duplicate_window
+                } else {
+                    duplicate_window.min(max_age)
+                },
+                // Partitions are read by direct gets, which any replica answers.
+                allow_direct: true,
                 ..Default::default()
             })
             .await
@@ -111,29 +115,6 @@ impl PointLog {
             duplicate: ack.duplicate,
         })
     }
-
-    /// The durable consumer of `partition`, created when missing.
-    pub async fn consumer(&self, partition: u32) -> Result<PartitionReader> {
-        let stream = self
-            .js
-            .get_stream(self.stream_of(partition))
-            .await
-            .map_err(|e| ClusterError::nats("opening a point log stream", e))?;
-        let name = format!("p{partition}");
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subject(partition),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| ClusterError::nats("creating a partition's consumer", e))?;
-        Ok(PartitionReader { consumer })
-    }
 }
 
 impl PointLog {
@@ -154,101 +135,62 @@ impl PointLog {
         }
     }
 
-    /// `partition`'s messages from sequence `from` on, in log order, through an ordered
-    /// consumer: no acknowledgements, and the client recreates it after a gap or a lost server,
-    /// so the reader, not JetStream, keeps the position (docs/scale-out.md, "Applying").
-    pub async fn read_from(&self, partition: u32, from: u64) -> Result<OrderedReader> {
+    /// `partition`'s messages from sequence `from` on, in log order, read by direct gets
+    /// ("the next message of this subject from this sequence"), which any replica answers:
+    /// no consumer is created, so reading goes on while JetStream elects leaders after a
+    /// server's loss (consumer creation then timed out for a minute and more, in the test).
+    /// The reader, not JetStream, keeps the position (docs/scale-out.md, "Applying").
+    pub async fn read_from(&self, partition: u32, from: u64) -> Result<DirectReader> {
         let stream = self
             .js
             .get_stream_no_info(self.stream_of(partition))
             .await
             .map_err(|e| ClusterError::nats("opening a point log stream", e))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject(partition),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::nats("creating a partition's reader", e))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ClusterError::nats("reading a partition", e))?;
-        Ok(OrderedReader { messages })
+        Ok(DirectReader {
+            stream,
+            subject: subject(partition),
+            next: from.max(1),
+            idle: IDLE_MIN,
+        })
     }
 }
+
+/// The first pause of a reader that found nothing new; it doubles up to [`IDLE_MAX`].
+const IDLE_MIN: Duration = Duration::from_millis(5);
+/// The longest pause of an idle reader: what a write waits, at most, to be applied.
+const IDLE_MAX: Duration = Duration::from_millis(100);
 
 /// A partition's messages from a position on, in log order.
-pub struct OrderedReader {
-    messages: consumer::pull::Ordered,
+pub struct DirectReader {
+    stream: stream::Stream<()>,
+    subject: String,
+    next: u64,
+    idle: Duration,
 }
 
-impl OrderedReader {
-    /// The next message as (sequence, body), waiting at most `wait`: `None` when none came.
+impl DirectReader {
+    /// The next message as (sequence, body): `None` when there is none yet, after a pause of at
+    /// most `wait` (none when `wait` is zero).
     pub async fn next(&mut self, wait: Duration) -> Result<Option<(u64, bytes::Bytes)>> {
-        let m = match tokio::time::timeout(wait, self.messages.next()).await {
-            Err(_) | Ok(None) => return Ok(None),
-            Ok(Some(m)) => m.map_err(|e| ClusterError::nats("reading a partition", e))?,
-        };
-        let sequence = m
-            .info()
-            .map_err(|e| ClusterError::nats("reading a message's sequence", e))?
-            .stream_sequence;
-        Ok(Some((sequence, m.message.payload)))
-    }
-}
-
-/// One partition's messages in log order.
-pub struct PartitionReader {
-    consumer: consumer::Consumer<consumer::pull::Config>,
-}
-
-/// A message read from a partition; acknowledge it once it is applied.
-pub struct Entry {
-    /// Its sequence number in the partition's stream.
-    pub sequence: u64,
-    /// The batch part as published.
-    pub body: bytes::Bytes,
-    message: jetstream::Message,
-}
-
-impl Entry {
-    /// Tells JetStream the entry is applied: it is not delivered to this consumer again.
-    pub async fn ack(&self) -> Result<()> {
-        self.message
-            .ack()
+        match self
+            .stream
+            .direct_get_next_for_subject(self.subject.clone(), Some(self.next))
             .await
-            .map_err(|e| ClusterError::nats("acknowledging a partition's message", e))
-    }
-}
-
-impl PartitionReader {
-    /// Up to `max` entries not yet acknowledged, in log order, waiting at most `wait` for any.
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Entry>> {
-        let mut messages = self
-            .consumer
-            .fetch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| ClusterError::nats("fetching a partition's messages", e))?;
-        let mut out = Vec::new();
-        while let Some(m) = messages.next().await {
-            let message = m.map_err(|e| ClusterError::nats("reading a partition's message", e))?;
-            let sequence = message
-                .info()
-                .map_err(|e| ClusterError::nats("reading a message's sequence", e))?
-                .stream_sequence;
-            out.push(Entry {
-                sequence,
-                body: message.payload.clone(),
-                message,
-            });
+        {
+            Ok(m) => {
+                self.next = m.sequence + 1;
+                self.idle = IDLE_MIN;
+                Ok(Some((m.sequence, m.payload)))
+            }
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+                let pause = self.idle.min(wait);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                    self.idle = (self.idle * 2).min(IDLE_MAX);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(ClusterError::nats("reading a partition", e)),
         }
-        Ok(out)
     }
 }

@@ -90,6 +90,11 @@ struct Shared {
     view: RwLock<View>,
     applied: Vec<AtomicU64>,
     ready: Vec<AtomicBool>,
+    /// Until when (ms after `epoch`) each partition's lease is surely still this node's: the
+    /// time its last successful renewal was sent plus most of the TTL. Past it, the node does
+    /// not answer for the partition, whether or not its round has noticed.
+    lease_until: Vec<AtomicU64>,
+    epoch: Instant,
     stopping: AtomicBool,
     owned: Mutex<HashMap<u32, Owned>>,
 }
@@ -102,7 +107,6 @@ struct View {
 
 struct Owned {
     lease: Lease,
-    renewed: Instant,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -134,9 +138,6 @@ async fn open_all(
     .await?;
     Ok((leases, members, log))
 }
-
-/// How long a partition's reader may deliver nothing before the log's end is checked.
-const STALL_CHECK: Duration = Duration::from_secs(2);
 
 /// Most log entries applied in one call.
 const APPLY_BATCH: usize = 256;
@@ -188,6 +189,7 @@ impl Node {
             let ready = (0..cfg.partitions)
                 .map(|_| AtomicBool::new(false))
                 .collect();
+            let lease_until = (0..cfg.partitions).map(|_| AtomicU64::new(0)).collect();
             Ok::<_, ClusterError>(Arc::new(Shared {
                 view: RwLock::new(View {
                     owners: vec![None; cfg.partitions as usize],
@@ -200,6 +202,8 @@ impl Node {
                 apply,
                 applied,
                 ready,
+                lease_until,
+                epoch: Instant::now(),
                 stopping: AtomicBool::new(false),
                 owned: Mutex::new(HashMap::new()),
             }))
@@ -325,10 +329,10 @@ impl Node {
         read(&self.shared.view).members.clone()
     }
 
-    /// The partitions this node holds and has applied.
+    /// The partitions this node holds (with a lease renewed in time) and has applied.
     pub fn local_partitions(&self) -> Vec<u32> {
         (0..self.shared.cfg.partitions)
-            .filter(|&p| self.shared.ready[p as usize].load(Ordering::Acquire))
+            .filter(|&p| route(&self.shared, p) == Route::Local)
             .collect()
     }
 
@@ -373,6 +377,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether this node's lease of `p` is surely still valid.
+    fn lease_valid(&self, p: usize) -> bool {
+        self.lease_until
+            .get(p)
+            .is_some_and(|u| self.now_ms() < u.load(Ordering::Acquire))
+    }
+
+    /// Records a renewal (or a claim) sent at `sent_ms`.
+    fn leased(&self, p: u32, sent_ms: u64) {
+        let margin = (self.cfg.lease_ttl * 4 / 5).as_millis() as u64;
+        self.lease_until[p as usize].store(sent_ms + margin, Ordering::Release);
+    }
+}
+
 fn route(shared: &Shared, partition: u32) -> Route {
     let p = partition as usize;
     if shared
@@ -380,7 +403,11 @@ fn route(shared: &Shared, partition: u32) -> Route {
         .get(p)
         .is_some_and(|r| r.load(Ordering::Acquire))
     {
-        return Route::Local;
+        if shared.lease_valid(p) {
+            return Route::Local;
+        }
+        // Held, but not renewed in time: maybe taken by another node already.
+        return Route::Unavailable;
     }
     let view = read(&shared.view);
     match view.owners.get(p).cloned().flatten() {
@@ -408,6 +435,7 @@ async fn balance(shared: Arc<Shared>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "cluster round failed; retrying"),
             Err(_) => tracing::warn!("cluster round timed out; retrying"),
         }
+        drop_lapsed(&shared);
         first = false;
         save_positions(&shared);
         tokio::time::sleep(round).await;
@@ -416,12 +444,13 @@ async fn balance(shared: Arc<Shared>) {
 
 async fn one_round(shared: &Arc<Shared>, first: bool) -> Result<()> {
     let cfg = &shared.cfg;
+    // Renewals first: they are what keeps the partitions here.
+    renew_all(shared).await;
     shared
         .members
         .announce(&cfg.node_id, &cfg.advertise_url)
         .await?;
     let members = shared.members.list().await?;
-    renew_all(shared).await;
     let owners = shared.leases.owners(cfg.partitions).await?;
     let live = members.len().max(1) as u32;
     {
@@ -456,9 +485,10 @@ async fn one_round(shared: &Arc<Shared>, first: bool) -> Result<()> {
             .take(target - held)
             .collect();
         for p in free {
+            let sent = shared.now_ms();
             if let Some(lease) = shared.leases.claim(p).await? {
                 tracing::info!(partition = p, "took the partition");
-                take_partition(shared, p, lease);
+                take_partition(shared, p, lease, sent);
             }
         }
     } else if held > target {
@@ -496,6 +526,7 @@ async fn renew_all(shared: &Arc<Shared>) {
         .iter()
         .map(|(p, o)| (*p, o.lease))
         .collect();
+    let sent = shared.now_ms();
     let renewals = held.into_iter().map(|(p, lease)| {
         let shared = shared.clone();
         async move { (p, shared.leases.renew(lease).await) }
@@ -506,7 +537,7 @@ async fn renew_all(shared: &Arc<Shared>) {
             Ok(Some(lease)) => {
                 if let Some(o) = owned.get_mut(&p) {
                     o.lease = lease;
-                    o.renewed = Instant::now();
+                    shared.leased(p, sent);
                 }
             }
             Ok(None) => {
@@ -515,33 +546,36 @@ async fn renew_all(shared: &Arc<Shared>) {
                     stop_applying(shared, p, &o);
                 }
             }
-            Err(e) => {
-                let stale = owned
-                    .get(&p)
-                    .is_some_and(|o| o.renewed.elapsed() > shared.cfg.lease_ttl * 4 / 5);
-                tracing::warn!(partition = p, error = %e, "renewing a lease failed");
-                if stale {
-                    if let Some(o) = owned.remove(&p) {
-                        stop_applying(shared, p, &o);
-                    }
-                }
-            }
+            Err(e) => tracing::warn!(partition = p, error = %e, "renewing a lease failed"),
         }
     }
 }
 
-fn take_partition(shared: &Arc<Shared>, p: u32, lease: Lease) {
+/// Stops the partitions whose leases were not renewed in time: another node may hold them
+/// now. A lease that still names this node is taken back by a later claim.
+fn drop_lapsed(shared: &Arc<Shared>) {
+    let mut owned = lock(&shared.owned);
+    let lapsed: Vec<u32> = owned
+        .keys()
+        .copied()
+        .filter(|&p| !shared.lease_valid(p as usize))
+        .collect();
+    for p in lapsed {
+        tracing::warn!(
+            partition = p,
+            "the partition's lease was not renewed in time"
+        );
+        if let Some(o) = owned.remove(&p) {
+            stop_applying(shared, p, &o);
+        }
+    }
+}
+
+fn take_partition(shared: &Arc<Shared>, p: u32, lease: Lease, sent_ms: u64) {
+    shared.leased(p, sent_ms);
     let stop = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(apply_partition(shared.clone(), p, stop.clone()));
-    lock(&shared.owned).insert(
-        p,
-        Owned {
-            lease,
-            renewed: Instant::now(),
-            stop,
-            task,
-        },
-    );
+    lock(&shared.owned).insert(p, Owned { lease, stop, task });
 }
 
 fn stop_applying(shared: &Shared, p: u32, o: &Owned) {
@@ -581,28 +615,9 @@ async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
             }
         };
         let started = Instant::now();
-        let mut idle_since = Instant::now();
         loop {
             if stop.load(Ordering::Acquire) {
                 return;
-            }
-            // An ordered consumer that stopped delivering (its server died, or its stream's
-            // leader moved) while the log went on is recreated from the position.
-            if idle_since.elapsed() > STALL_CHECK {
-                idle_since = Instant::now();
-                match shared.log.last_sequence(p).await {
-                    Ok(end) if end > shared.applied[i].load(Ordering::Acquire) => {
-                        tracing::info!(
-                            partition = p,
-                            "the partition's reader stalled; reopening it"
-                        );
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "reading the log's end failed")
-                    }
-                }
             }
             let applied = shared.applied[i].load(Ordering::Acquire);
             if applied >= target && !shared.ready[i].load(Ordering::Acquire) {
@@ -638,7 +653,6 @@ async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
             };
             if !batch.is_empty() {
                 let apply = shared.apply.clone();
-                idle_since = Instant::now();
                 let done = tokio::task::spawn_blocking(move || apply.apply(p, &batch)).await;
                 match done {
                     Ok(Ok(())) => shared.applied[i].store(last, Ordering::Release),

@@ -53,43 +53,49 @@ async fn parts_land_in_their_partitions_stream_once() {
     assert_eq!(later.sequence, 3);
 }
 
-/// A partition's consumer reads only that partition, in log order, and a new reader of the
-/// same durable consumer (a new owner) resumes after what was acknowledged.
+/// A partition's reader reads only that partition, in log order, from the position it is
+/// given (the reader's own, docs/scale-out.md "Applying"); the log's end is known.
 #[tokio::test]
-async fn a_partitions_consumer_reads_it_in_order_and_resumes() {
+async fn a_partition_is_read_in_order_from_a_position() {
     let nats = Nats::start();
     let connect = || async_nats::connect(nats.url.clone());
     let hour = Duration::from_secs(3600);
     let log = PointLog::open(connect().await.unwrap(), 16, 4, 1, hour, hour)
         .await
         .unwrap();
+    assert_eq!(log.last_sequence(5).await.unwrap(), 0);
     // Partitions 5 and 13 share stream MS_POINTS_1.
     for (p, id) in [(5, "a"), (13, "b"), (5, "c"), (13, "d"), (5, "e")] {
         log.publish(p, &format!("{id}:{p}"), id.to_string().into())
             .await
             .unwrap();
     }
-    let wait = Duration::from_millis(500);
-    let reader = log.consumer(5).await.unwrap();
-    let got = reader.next_batch(10, wait).await.unwrap();
-    let seen: Vec<(u64, &[u8])> = got.iter().map(|e| (e.sequence, &e.body[..])).collect();
-    assert_eq!(seen, vec![(1, &b"a"[..]), (3, &b"c"[..]), (5, &b"e"[..])]);
-    for e in &got {
-        e.ack().await.unwrap();
-    }
-    drop(reader);
-
-    // A new owner, on another connection, gets only what came after.
+    assert_eq!(log.last_sequence(5).await.unwrap(), 5);
+    assert_eq!(log.last_sequence(13).await.unwrap(), 4);
+    let wait = Duration::from_millis(50);
+    let read_all = |mut r: meterstream_cluster::log::DirectReader| async move {
+        let mut seen = Vec::new();
+        while let Some((seq, body)) = r.next(wait).await.unwrap() {
+            seen.push((seq, String::from_utf8(body.to_vec()).unwrap()));
+        }
+        (seen, r)
+    };
+    let (seen, mut reader) = read_all(log.read_from(5, 0).await.unwrap()).await;
+    assert_eq!(
+        seen,
+        vec![(1, "a".into()), (3, "c".into()), (5, "e".into())]
+    );
+    // What comes later is read next, by the same reader.
     log.publish(13, "f:13", "f".into()).await.unwrap();
     log.publish(5, "g:5", "g".into()).await.unwrap();
+    assert_eq!(reader.next(wait).await.unwrap(), Some((7, "g".into())));
+    // A reader from a position (a node that held the partition before, on a new connection)
+    // starts there.
     let log = PointLog::open(connect().await.unwrap(), 16, 4, 1, hour, hour)
         .await
         .unwrap();
-    let reader = log.consumer(5).await.unwrap();
-    let got = reader.next_batch(10, wait).await.unwrap();
-    let seen: Vec<(u64, &[u8])> = got.iter().map(|e| (e.sequence, &e.body[..])).collect();
-    assert_eq!(seen, vec![(7, &b"g"[..])]);
-    // Partition 13's consumer is its own.
-    let other = log.consumer(13).await.unwrap();
-    assert_eq!(other.next_batch(10, wait).await.unwrap().len(), 3);
+    let (seen, _) = read_all(log.read_from(5, 4).await.unwrap()).await;
+    assert_eq!(seen, vec![(5, "e".into()), (7, "g".into())]);
+    let (seen, _) = read_all(log.read_from(13, 0).await.unwrap()).await;
+    assert_eq!(seen.len(), 3);
 }

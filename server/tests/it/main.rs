@@ -7,7 +7,6 @@ mod access;
 mod alarms;
 mod alerts;
 mod browser;
-mod cluster;
 mod crash;
 mod csv;
 mod csv_upload;
