@@ -8,12 +8,14 @@
 //! - `members`: the live nodes and the URLs they are reached at.
 //! - `node`: one node: its rounds (membership, leases, balance) and its partitions' appliers.
 //! - `partition`: which partition a device belongs to.
+//! - `registry`: the registries every node shares (credentials, alert rules, monitors).
 
 pub mod lease;
 pub mod log;
 pub mod members;
 pub mod node;
 pub mod partition;
+pub mod registry;
 
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]

@@ -172,11 +172,14 @@ impl DirectReader {
     /// The next message as (sequence, body): `None` when there is none yet, after a pause of at
     /// most `wait` (none when `wait` is zero).
     pub async fn next(&mut self, wait: Duration) -> Result<Option<(u64, bytes::Bytes)>> {
-        match self
-            .stream
-            .direct_get_next_for_subject(self.subject.clone(), Some(self.next))
-            .await
-        {
+        let got = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.stream
+                .direct_get_next_for_subject(self.subject.clone(), Some(self.next)),
+        )
+        .await
+        .map_err(|_| ClusterError::nats("reading a partition", "no replica answered in 2 s"))?;
+        match got {
             Ok(m) => {
                 self.next = m.sequence + 1;
                 self.idle = IDLE_MIN;

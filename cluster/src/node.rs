@@ -17,6 +17,7 @@
 use crate::lease::{Lease, Leases};
 use crate::log::PointLog;
 use crate::members::{Member, Members};
+use crate::registry::{Change, SharedRegistry};
 use crate::{ClusterError, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -86,7 +87,10 @@ struct Shared {
     log: PointLog,
     leases: Leases,
     members: Members,
-    apply: Arc<dyn Apply>,
+    registry: SharedRegistry,
+    /// The last revision of the shared registry applied here.
+    registry_rev: AtomicU64,
+    apply: std::sync::OnceLock<Arc<dyn Apply>>,
     view: RwLock<View>,
     applied: Vec<AtomicU64>,
     ready: Vec<AtomicBool>,
@@ -117,7 +121,7 @@ const OPEN_PATIENCE: Duration = Duration::from_secs(60);
 async fn open_all(
     client: &async_nats::Client,
     cfg: &NodeConfig,
-) -> Result<(Leases, Members, PointLog)> {
+) -> Result<(Leases, Members, PointLog, SharedRegistry)> {
     let leases = Leases::open(
         client.clone(),
         "MS_LEASES",
@@ -136,16 +140,18 @@ async fn open_all(
         cfg.duplicate_window,
     )
     .await?;
-    Ok((leases, members, log))
+    let registry = SharedRegistry::open(client.clone(), "MS_REGISTRY", cfg.replicas).await?;
+    Ok((leases, members, log, registry))
 }
 
 /// Most log entries applied in one call.
 const APPLY_BATCH: usize = 256;
 
 impl Node {
-    /// Connects, opens (creating when missing) the log, the lease and membership buckets, and
-    /// starts taking partitions. Blocking; call it outside any async runtime.
-    pub fn start(cfg: NodeConfig, apply: Arc<dyn Apply>) -> Result<Node> {
+    /// Connects and opens (creating when missing) the log and the lease, membership and
+    /// registry buckets; takes no partition before [`Node::run`]. Blocking; call it outside
+    /// any async runtime.
+    pub fn connect(cfg: NodeConfig) -> Result<Node> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("meterstream-cluster")
@@ -172,7 +178,7 @@ impl Node {
             }
             // A JetStream cluster that is still electing its leaders refuses to create streams
             // for a while; keep trying for the connection's patience.
-            let (leases, members, log) = loop {
+            let (leases, members, log, registry) = loop {
                 match open_all(&client, &cfg).await {
                     Ok(all) => break all,
                     Err(e) if started.elapsed() < OPEN_PATIENCE => {
@@ -199,7 +205,9 @@ impl Node {
                 log,
                 leases,
                 members,
-                apply,
+                registry,
+                registry_rev: AtomicU64::new(0),
+                apply: std::sync::OnceLock::new(),
                 applied,
                 ready,
                 lease_until,
@@ -208,13 +216,116 @@ impl Node {
                 owned: Mutex::new(HashMap::new()),
             }))
         })?;
-        let balancer = rt.spawn(balance(shared.clone()));
         Ok(Node {
             handle: rt.handle().clone(),
             rt: Mutex::new(Some(rt)),
             shared,
-            balancer: Mutex::new(Some(balancer)),
+            balancer: Mutex::new(None),
         })
+    }
+
+    /// Starts the node's rounds: from now on it takes partitions and applies them with
+    /// `apply`. Later calls do nothing.
+    pub fn run(&self, apply: Arc<dyn Apply>) {
+        if self.shared.apply.set(apply).is_err() {
+            return;
+        }
+        let b = self.handle().spawn(balance(self.shared.clone()));
+        *lock(&self.balancer) = Some(b);
+    }
+
+    /// Applies the shared registry with `apply`: every key's latest value before this returns
+    /// (so a node serves with the credentials and rules the cluster has), then every change as
+    /// it comes, for as long as the node runs. Blocking.
+    pub fn watch_registry(&self, apply: Arc<dyn Fn(Change) + Send + Sync>) -> Result<()> {
+        let shared = self.shared.clone();
+        let target = self.handle().block_on(async {
+            let started = Instant::now();
+            loop {
+                let r =
+                    tokio::time::timeout(Duration::from_secs(5), shared.registry.last_revision())
+                        .await;
+                match r {
+                    Ok(Ok(rev)) => return Ok(rev),
+                    Ok(Err(e)) if started.elapsed() < OPEN_PATIENCE => {
+                        tracing::info!(error = %e, "the shared registry is not ready yet; retrying")
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) if started.elapsed() < OPEN_PATIENCE => {
+                        tracing::info!("the shared registry did not answer yet; retrying")
+                    }
+                    Err(_) => {
+                        return Err(ClusterError::nats(
+                            "reading the shared registry",
+                            "no answer within the patience allowed",
+                        ))
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })?;
+        tracing::info!(revision = target, "reading the shared registry");
+        let shared = self.shared.clone();
+        self.handle().spawn(async move {
+            loop {
+                if shared.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                let after = shared.registry_rev.load(Ordering::Acquire);
+                let apply_and_count = |c: Change| {
+                    let rev = c.revision;
+                    apply(c);
+                    shared.registry_rev.store(rev, Ordering::Release);
+                };
+                if let Err(e) = shared.registry.watch(after, &apply_and_count).await {
+                    tracing::warn!(error = %e, "watching the shared registry failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        if self.registry_await(target, OPEN_PATIENCE) {
+            tracing::info!(revision = target, "read the shared registry");
+            Ok(())
+        } else {
+            Err(ClusterError::nats(
+                "reading the shared registry",
+                "it was not read within the patience allowed",
+            ))
+        }
+    }
+
+    /// Writes `value` (empty: deletes) under `key` of the shared registry and waits until this
+    /// node has applied it (at most `timeout`); returns whether it has. Blocking.
+    pub fn registry_put(&self, key: &str, value: bytes::Bytes, timeout: Duration) -> Result<bool> {
+        let shared = self.shared.clone();
+        let key = key.to_string();
+        // A server that has not yet learnt of the bucket's stream (a cluster just formed, or
+        // electing leaders) refuses for a moment: retried within `timeout`.
+        let deadline = Instant::now() + timeout;
+        let rev = self.handle().block_on(async move {
+            loop {
+                match shared.registry.put(&key, value.clone()).await {
+                    Ok(rev) => return Ok(rev),
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::info!(error = %e, "writing the shared registry failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })?;
+        Ok(self.registry_await(rev, timeout))
+    }
+
+    fn registry_await(&self, rev: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.shared.registry_rev.load(Ordering::Acquire) < rev {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 
     /// The partition of a device.
@@ -365,7 +476,16 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.close();
+        // Closing blocks on the node's runtime, which a thread driving another runtime may not
+        // do (a server that fails to start drops its node on its async runtime).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let node = &*self;
+            std::thread::scope(|s| {
+                s.spawn(|| node.close());
+            });
+        } else {
+            self.close();
+        }
     }
 }
 
@@ -652,7 +772,9 @@ async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
                 }
             };
             if !batch.is_empty() {
-                let apply = shared.apply.clone();
+                let Some(apply) = shared.apply.get().cloned() else {
+                    return;
+                };
                 let done = tokio::task::spawn_blocking(move || apply.apply(p, &batch)).await;
                 match done {
                     Ok(Ok(())) => shared.applied[i].store(last, Ordering::Release),

@@ -474,6 +474,12 @@ impl Auth {
         Ok((c, secret))
     }
 
+    /// Forgets the secrets of credential `id` verified before (it changed elsewhere: another
+    /// node of a cluster revoked it), so its next use is checked against the registry.
+    pub fn forget(&self, id: &str) {
+        self.verified.lock().retain(|_, v| v.id != id);
+    }
+
     /// Revokes a credential; it stops working at once. `false` if there is none. Blocking.
     pub fn revoke(&self, id: &str, now: i64) -> Result<bool, StorageError> {
         let Some(mut c) = self.registry.credential(id)? else {

@@ -81,7 +81,7 @@ pub enum LogRecord {
 /// The cluster side of a server.
 pub struct Cluster {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
     http: reqwest::Client,
 }
 
@@ -190,13 +190,13 @@ impl Apply for StoreApply {
 }
 
 impl Cluster {
-    /// Starts the node over `store`. Blocking.
-    pub fn start(
+    /// Connects the node (it takes partitions once [`Node::run`] is called); `timeout` bounds
+    /// forwarded requests. Blocking.
+    pub fn connect(
         cfg: meterstream_cluster::node::NodeConfig,
-        apply: StoreApply,
         timeout: Duration,
     ) -> Result<Cluster, meterstream_cluster::ClusterError> {
-        let node = Node::start(cfg, Arc::new(apply))?;
+        let node = Arc::new(Node::connect(cfg)?);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()

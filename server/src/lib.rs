@@ -10,6 +10,7 @@
 //! - [`auth`]: credentials, scopes, authentication (every route but `/health` needs it).
 //! - [`cluster`]: one node of a cluster on NATS JetStream (on when `cluster.nats_urls` is set):
 //!   ingest through the replicated log, partitions applied here, queries routed to owners.
+//!   [`cluster_registry`]: credentials, alert rules and monitors shared by every node.
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
 //! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
@@ -33,6 +34,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod cluster;
+pub mod cluster_registry;
 pub mod config;
 pub mod csv_export;
 pub mod csv_upload;
@@ -438,6 +440,39 @@ pub async fn run(
     cfg: config::Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // A cluster node: connected first, and its registry is the cluster's (every credential,
+    // rule and monitor the cluster has is read before anything else starts).
+    let cluster = match cfg.node_config() {
+        None => None,
+        Some(mut nc) => {
+            if cfg.cluster.advertise_url.is_none() {
+                nc.advertise_url = format!("http://{}", listener.local_addr()?);
+            }
+            // Forwarded long polls wait up to their own limit.
+            let timeout = Duration::from_secs(devices::MAX_WAIT_S + 30);
+            let c = tokio::task::spawn_blocking(move || cluster::Cluster::connect(nc, timeout))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            tracing::info!(node = c.node.id(), "running as a cluster node");
+            Some(Arc::new(c))
+        }
+    };
+    let hook: cluster_registry::Hook = Arc::new(std::sync::OnceLock::new());
+    let registry: Arc<dyn Registry> = match &cluster {
+        None => registry,
+        Some(c) => {
+            let (node, hook) = (c.node.clone(), hook.clone());
+            Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    cluster_registry::ClusterRegistry::start(registry, node, hook)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?,
+            )
+        }
+    };
     let devices = {
         let timeout = cfg.device_inactivity_timeout;
         tokio::task::spawn_blocking(move || {
@@ -497,28 +532,25 @@ pub async fn run(
             .await
             .map_err(std::io::Error::other)?
     };
-    let cluster = match cfg.node_config() {
-        None => None,
-        Some(mut nc) => {
-            if cfg.cluster.advertise_url.is_none() {
-                nc.advertise_url = format!("http://{}", listener.local_addr()?);
+    let auth = Arc::new(auth);
+    if let Some(c) = &cluster {
+        let (ev, disp, au) = (evaluator.clone(), dispatcher.clone(), auth.clone());
+        let _ = hook.set(Box::new(move |kind: &str, id: &str| match kind {
+            "alert" => ev.rules_changed(),
+            "monitor" => {
+                if let Err(e) = disp.reconcile() {
+                    tracing::error!(error = %e, "starting a monitor's worker failed");
+                }
             }
-            let apply = cluster::StoreApply {
-                store: store.clone(),
-                devices: devices.clone(),
-                contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,
-            };
-            // Forwarded long polls wait up to their own limit.
-            let timeout = Duration::from_secs(devices::MAX_WAIT_S + 30);
-            let c =
-                tokio::task::spawn_blocking(move || cluster::Cluster::start(nc, apply, timeout))
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .map_err(std::io::Error::other)?;
-            tracing::info!(node = c.node.id(), "running as a cluster node");
-            Some(Arc::new(c))
-        }
-    };
+            "cred" => au.forget(id),
+            _ => {}
+        }));
+        c.node.run(Arc::new(cluster::StoreApply {
+            store: store.clone(),
+            devices: devices.clone(),
+            contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,
+        }));
+    }
     let state = web::Data::new(AppState {
         cluster: cluster.clone(),
         line_protocol_template: cfg.line_protocol_template.clone(),
@@ -530,7 +562,7 @@ pub async fn run(
         body_limit: cfg.body_limit,
         allow_private_webhook_targets: cfg.allow_private_webhook_targets,
         devices,
-        auth: Arc::new(auth),
+        auth,
     });
     let retention = tokio::spawn(retention::run(
         store.clone(),

@@ -4,6 +4,7 @@
 
 mod lease;
 mod log;
+mod registry;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

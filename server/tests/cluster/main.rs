@@ -138,7 +138,7 @@ fn start_node(id: &str, dir: &std::path::Path, nats: &[String]) -> Node {
         .env("RUST_LOG", "info")
         .env("METERSTREAM_ADMIN_KEY", ADMIN_KEY)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -463,6 +463,94 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
     }
     assert_eq!(acked.lock().unwrap().len(), 6 * 20 * 30);
     verify(&c, &all, &acked.lock().unwrap());
+
+    // Credentials and alert rules made through one node hold on every node; a revocation
+    // through another holds everywhere.
+    let r = c
+        .post(format!("{}/ws/v1/credentials", nodes[0].url))
+        .json(&json!({"kind": "api_key", "scopes": ["read"], "label": "reader"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().unwrap();
+    let (key, key_id) = (
+        made["key"].as_str().unwrap().to_string(),
+        made["id"].as_str().unwrap().to_string(),
+    );
+    let read_with_key = |n: &Node| -> u16 {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/ws/v1/streams/history/gw2/m/v1?size=1", n.url))
+            .bearer_auth(&key)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for n in &all {
+        // Another node's watch applies the credential within moments.
+        let started = Instant::now();
+        while read_with_key(n) != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the key does not work on {}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let r = c
+        .delete(format!("{}/ws/v1/credentials/{key_id}", nodes[2].url))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for n in &all {
+        let started = Instant::now();
+        while read_with_key(n) != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the revoked key still works on {}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let rule = json!({"name": "Undervoltage", "severity": "major",
+        "scope": {"type": "Resource", "value": "*/m/v0"},
+        "rule": {"type": "DataPoint condition",
+                 "fire": {"op": "<", "threshold": 1.0, "duration_ms": 0},
+                 "reset": {"op": ">", "threshold": 2.0, "duration_ms": 0}}});
+    let r = c
+        .post(format!("{}/ws/v1/alerts/inventory", nodes[1].url))
+        .json(&rule)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let alert: Value = r.json().unwrap();
+    let alert_id = alert["id"].as_str().unwrap();
+    for n in &all {
+        // Other nodes' watches apply the rule within moments.
+        let url = format!("{}/ws/v1/alerts/inventory/{alert_id}", n.url);
+        let started = Instant::now();
+        let got = loop {
+            let r = c.get(&url).send().unwrap();
+            if r.status() == 200 {
+                break r.json::<Value>().unwrap();
+            }
+            assert_eq!(r.status(), 404);
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the rule is not on {}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            (got["name"].as_str(), &got["rule"]),
+            (Some("Undervoltage"), &alert["rule"]),
+            "on {}",
+            n.id
+        );
+    }
 
     // A command queued through one node reaches an agent polling another, and its result comes
     // back to the first. Another is queued for a device of the node about to be killed.
