@@ -63,6 +63,29 @@ pub enum LogRecord {
         /// Server time of the request.
         now: i64,
     },
+    /// A change of a stream's metadata (creating it when missing).
+    PutStream {
+        /// The stream.
+        path: String,
+        /// The change.
+        update: meterstream_storage::stream::StreamUpdate,
+        /// Server time of the request.
+        now: i64,
+    },
+    /// A stream deleted with all its points.
+    DeleteStream {
+        /// The stream.
+        path: String,
+    },
+    /// A stream's points in [from, to) deleted.
+    DeleteHistory {
+        /// The stream.
+        path: String,
+        /// From (ms, inclusive).
+        from: i64,
+        /// To (ms, exclusive).
+        to: i64,
+    },
     /// A device's report on a command, or a cancellation (`status` cancelled).
     CommandUpdate {
         /// The device.
@@ -87,8 +110,11 @@ pub struct Cluster {
 
 /// Applies log records to the node's store and registry.
 pub struct StoreApply {
-    /// The store.
+    /// The store (the node's own engine).
     pub store: Arc<dyn Store>,
+    /// What applying the last stream changes came to, by sequence, for the request that
+    /// published them (this node: the holder).
+    pub outcomes: Arc<Outcomes>,
     /// Devices and their commands.
     pub devices: Arc<crate::devices::Devices>,
     /// A device's contact is recorded from records no older than this (ms): a partition
@@ -133,6 +159,18 @@ impl StoreApply {
                     }
                 }
             }
+            LogRecord::PutStream { path, update, now } => {
+                let r = self.store.put_stream(&path, update, now).map(|_| 0);
+                self.outcomes.put(sequence, r);
+            }
+            LogRecord::DeleteStream { path } => {
+                let r = self.store.delete_stream(&path).map(|()| 0);
+                self.outcomes.put(sequence, r);
+            }
+            LogRecord::DeleteHistory { path, from, to } => {
+                let r = self.store.delete_history(&path, from, to);
+                self.outcomes.put(sequence, r);
+            }
             LogRecord::CommandCreate {
                 device,
                 command,
@@ -171,6 +209,169 @@ impl StoreApply {
             }
         }
         Ok(())
+    }
+}
+
+/// What applying stream changes came to (a count of points deleted, or the store's refusal),
+/// kept for the request waiting on them; the oldest are dropped past [`Outcomes::KEEP`].
+#[derive(Default)]
+pub struct Outcomes(parking_lot::Mutex<BTreeMap<u64, meterstream_storage::Result<u64>>>);
+
+impl Outcomes {
+    const KEEP: usize = 1024;
+
+    fn put(&self, sequence: u64, r: meterstream_storage::Result<u64>) {
+        let mut m = self.0.lock();
+        m.insert(sequence, r);
+        while m.len() > Self::KEEP {
+            m.pop_first();
+        }
+    }
+
+    fn take(&self, sequence: u64) -> Option<meterstream_storage::Result<u64>> {
+        self.0.lock().remove(&sequence)
+    }
+}
+
+/// The store of a cluster node: reads from the node's own engine (requests for one stream are
+/// routed to the partition's holder first); changes to streams go through the partition's log,
+/// and answer with what applying them came to here, at the holder.
+pub struct ClusterStore {
+    /// The node's engine.
+    pub inner: Arc<dyn Store>,
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Outcomes of applied changes, shared with [`StoreApply`].
+    pub outcomes: Arc<Outcomes>,
+}
+
+impl ClusterStore {
+    fn change(&self, path: &str, record: LogRecord) -> meterstream_storage::Result<u64> {
+        meterstream_storage::path::validate_path(path)?;
+        let device = meterstream_storage::path::device_id(path);
+        let seq = self
+            .cluster
+            .record(device, &record)
+            .map_err(|e| StorageError::Io {
+                path: format!("nats:{path}").into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        self.outcomes.take(seq).unwrap_or(Ok(0))
+    }
+}
+
+impl Store for ClusterStore {
+    fn write(&self, groups: Vec<GroupIn>, now: i64) -> meterstream_storage::Result<WriteOutcome> {
+        // Ingest goes through `ingest::write_groups`, which publishes; a direct write is local.
+        self.inner.write(groups, now)
+    }
+    fn stream(&self, path: &str) -> meterstream_storage::Result<meterstream_storage::StreamInfo> {
+        self.inner.stream(path)
+    }
+    fn put_stream(
+        &self,
+        path: &str,
+        update: meterstream_storage::stream::StreamUpdate,
+        now: i64,
+    ) -> meterstream_storage::Result<meterstream_storage::StreamInfo> {
+        let record = LogRecord::PutStream {
+            path: path.to_string(),
+            update,
+            now,
+        };
+        self.change(path, record)?;
+        self.inner.stream(path)
+    }
+    fn delete_stream(&self, path: &str) -> meterstream_storage::Result<()> {
+        let record = LogRecord::DeleteStream {
+            path: path.to_string(),
+        };
+        self.change(path, record).map(|_| ())
+    }
+    fn list_streams(
+        &self,
+        filter: &meterstream_storage::StreamFilter,
+        order: meterstream_storage::query::Order,
+        limit: usize,
+        cursor: Option<&meterstream_storage::query::Cursor>,
+    ) -> meterstream_storage::Result<
+        meterstream_storage::query::Page<meterstream_storage::StreamInfo>,
+    > {
+        self.inner.list_streams(filter, order, limit, cursor)
+    }
+    fn matching_streams(
+        &self,
+        pattern: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> meterstream_storage::Result<Vec<(String, StreamType)>> {
+        self.inner.matching_streams(pattern, after, limit)
+    }
+    fn children(
+        &self,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&meterstream_storage::query::Cursor>,
+    ) -> meterstream_storage::Result<
+        meterstream_storage::query::Page<meterstream_storage::query::Child>,
+    > {
+        self.inner.children(prefix, limit, cursor)
+    }
+    fn history(
+        &self,
+        path: &str,
+        query: &meterstream_storage::query::HistoryQuery,
+    ) -> meterstream_storage::Result<meterstream_storage::query::Page<meterstream_storage::DataPoint>>
+    {
+        self.inner.history(path, query)
+    }
+    fn rollups(
+        &self,
+        path: &str,
+        query: &meterstream_storage::store::RollupQuery,
+    ) -> meterstream_storage::Result<
+        meterstream_storage::query::Page<meterstream_storage::rollup::RollupValue>,
+    > {
+        self.inner.rollups(path, query)
+    }
+    fn delete_history(&self, path: &str, from: i64, to: i64) -> meterstream_storage::Result<u64> {
+        let record = LogRecord::DeleteHistory {
+            path: path.to_string(),
+            from,
+            to,
+        };
+        self.change(path, record)
+    }
+    fn sweep_retention(&self, now: i64) -> meterstream_storage::Result<u64> {
+        self.inner.sweep_retention(now)
+    }
+    fn stats(&self) -> meterstream_storage::store::StoreStats {
+        self.inner.stats()
+    }
+    fn metrics(&self) -> &meterstream_storage::metrics::StoreMetrics {
+        self.inner.metrics()
+    }
+    fn feed(
+        &self,
+        after: u64,
+        max_points: usize,
+    ) -> meterstream_storage::Result<meterstream_storage::feed::Feed> {
+        self.inner.feed(after, max_points)
+    }
+    fn feed_hold(&self, consumer: &str, seq: Option<u64>) -> meterstream_storage::Result<()> {
+        self.inner.feed_hold(consumer, seq)
+    }
+    fn feed_consumer(&self, consumer: &str) -> Option<u64> {
+        self.inner.feed_consumer(consumer)
+    }
+    fn applied_seq(&self) -> u64 {
+        self.inner.applied_seq()
+    }
+    fn on_applied(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        self.inner.on_applied(f)
+    }
+    fn close(&self) {
+        self.inner.close()
     }
 }
 
@@ -408,8 +609,8 @@ fn precheck(
     (parts, errors, kept)
 }
 
-/// The device whose partition answers this request: reads of one stream, and everything about
-/// a device's commands (which the partition's log holds).
+/// The device whose partition answers this request: reads and changes of one stream, and
+/// everything about a device's commands (which the partition's log holds).
 fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String> {
     const ONE_STREAM: [&str; 4] = [
         "/ws/v1/streams/history/",
@@ -431,10 +632,36 @@ fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String>
         }
         return None;
     }
-    if method != actix_web::http::Method::GET {
-        return None;
-    }
-    let tail = decode(ONE_STREAM.iter().find_map(|p| path.strip_prefix(p))?)?;
+    use actix_web::http::Method;
+    // Changes of one stream go to its holder too, which logs them (see `ClusterStore`).
+    let write = match *method {
+        Method::GET => false,
+        Method::PUT | Method::DELETE
+            if path.starts_with("/ws/v1/streams/inventory/")
+                || path.starts_with("/ws/DataStream/") =>
+        {
+            true
+        }
+        Method::POST if path.starts_with("/ws/DataStream/") => true,
+        Method::DELETE
+            if path.starts_with("/ws/v1/streams/history/")
+                || path.starts_with("/ws/DataPoint/") =>
+        {
+            true
+        }
+        _ => return None,
+    };
+    let prefixes: &[&str] = if write {
+        &[
+            "/ws/v1/streams/inventory/",
+            "/ws/DataStream/",
+            "/ws/v1/streams/history/",
+            "/ws/DataPoint/",
+        ]
+    } else {
+        &ONE_STREAM
+    };
+    let tail = decode(prefixes.iter().find_map(|p| path.strip_prefix(p))?)?;
     let device = meterstream_storage::path::device_id(&tail);
     (!device.is_empty()).then(|| device.to_string())
 }
@@ -603,6 +830,20 @@ mod tests {
             Some("gw9")
         );
         assert_eq!(routed_device(&get, "/ws/v1/devices/gw9/history"), None);
+        let (put, delete) = (
+            actix_web::http::Method::PUT,
+            actix_web::http::Method::DELETE,
+        );
+        assert_eq!(
+            routed_device(&put, "/ws/v1/streams/inventory/gw3/m/v").as_deref(),
+            Some("gw3")
+        );
+        assert_eq!(
+            routed_device(&delete, "/ws/v1/streams/history/gw4/m/v").as_deref(),
+            Some("gw4")
+        );
+        assert_eq!(routed_device(&put, "/ws/v1/streams/history/gw4/m/v"), None);
+        assert_eq!(routed_device(&delete, "/ws/v1/alerts/inventory/x"), None);
         assert_eq!(
             routed_device(
                 &actix_web::http::Method::POST,

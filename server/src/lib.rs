@@ -458,6 +458,18 @@ pub async fn run(
             Some(Arc::new(c))
         }
     };
+    // On a cluster node, changes to streams go through the partitions' logs; the engine itself
+    // is what applying writes to.
+    let engine = store.clone();
+    let outcomes = Arc::new(cluster::Outcomes::default());
+    let store: Arc<dyn Store> = match &cluster {
+        None => store,
+        Some(c) => Arc::new(cluster::ClusterStore {
+            inner: engine.clone(),
+            cluster: c.clone(),
+            outcomes: outcomes.clone(),
+        }),
+    };
     let hook: cluster_registry::Hook = Arc::new(std::sync::OnceLock::new());
     let registry: Arc<dyn Registry> = match &cluster {
         None => registry,
@@ -546,7 +558,8 @@ pub async fn run(
             _ => {}
         }));
         c.node.run(Arc::new(cluster::StoreApply {
-            store: store.clone(),
+            store: engine.clone(),
+            outcomes: outcomes.clone(),
             devices: devices.clone(),
             contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,
         }));

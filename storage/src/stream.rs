@@ -41,7 +41,7 @@ impl StreamMeta {
 }
 
 /// Changes to a stream's metadata; `None` leaves a field as it is (or at its default on creation).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamUpdate {
     /// New type; changing the type of a stream that holds points is a conflict.
     pub stream_type: Option<StreamType>,

@@ -552,6 +552,60 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         );
     }
 
+    // Changes of a stream through any node: its metadata, then a range of its points deleted;
+    // every node reads the result (device meta0 is not one of the gateways verified later).
+    let items: Vec<Value> = (0..10)
+        .map(|k| json!({"stream_id": "meta0/m/v", "timestamp": 1_790_000_000_000i64 + k * 1000, "value": k}))
+        .collect();
+    let r = c
+        .post(format!("{}/ws/v1/streams/history", nodes[0].url))
+        .json(&items)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .put(format!(
+            "{}/ws/v1/streams/inventory/meta0/m/v",
+            nodes[1].url
+        ))
+        .json(&json!({"units": "V", "description": "phase voltage"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let r = c
+        .delete(format!(
+            "{}/ws/v1/streams/history/meta0/m/v?start_time=1790000002000&end_time=1790000005000",
+            nodes[2].url
+        ))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{} {:?}", r.status(), r.text());
+    for n in &all {
+        let s = get_json(&c, &format!("{}/ws/v1/streams/inventory/meta0/m/v", n.url));
+        assert_eq!(
+            (s["units"].as_str(), s["description"].as_str()),
+            (Some("V"), Some("phase voltage")),
+            "on {}",
+            n.id
+        );
+        let h = get_json(
+            &c,
+            &format!("{}/ws/v1/streams/history/meta0/m/v?size=100", n.url),
+        );
+        let values: Vec<f64> = h["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            vec![0.0, 1.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+            "on {}",
+            n.id
+        );
+    }
+
     // A command queued through one node reaches an agent polling another, and its result comes
     // back to the first. Another is queued for a device of the node about to be killed.
     let (queued_at, polled_at) = (&nodes[0], &nodes[2]);
