@@ -249,6 +249,17 @@ impl ClusterStore {
     fn change(&self, path: &str, record: LogRecord) -> meterstream_storage::Result<u64> {
         meterstream_storage::path::validate_path(path)?;
         let device = meterstream_storage::path::device_id(path);
+        // Only the holder can tell what applying a change comes to; requests naming the stream
+        // in their path are routed there, so this refuses only changes of several streams in
+        // one body, before anything is logged.
+        let p = self.cluster.node.partition_of(device);
+        if !matches!(self.cluster.node.route(p), Route::Local | Route::Rebuilding) {
+            return Err(StorageError::invalid(
+                path,
+                "another node of the cluster holds this stream's device; change it through a \
+                 request naming the stream in its path (any node routes that one)",
+            ));
+        }
         let seq = self
             .cluster
             .record(device, &record)
