@@ -124,45 +124,40 @@ impl Leases {
                 if e.operation == kv::Operation::Put
                     && e.value.as_ref() == self.node.as_bytes() =>
             {
-                match self
-                    .kv
-                    .update(key(partition), self.node.clone().into(), e.revision)
-                    .await
-                {
-                    Ok(revision) => Ok(Some(Lease {
-                        partition,
-                        revision,
-                    })),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                    Err(e) => Err(ClusterError::nats("renewing a lease", e)),
-                }
+                self.write_at(partition, e.revision).await
             }
             _ => Ok(None),
         }
     }
 
-    /// Renews a held lease: `None` when it was lost (expired and taken, or rewritten).
-    pub async fn renew(&self, lease: Lease) -> Result<Option<Lease>> {
+    /// Writes the lease of `partition` for this node if its revision is still `revision`:
+    /// `None` when it is not.
+    async fn write_at(&self, partition: u32, revision: u64) -> Result<Option<Lease>> {
         match self
             .kv
-            .update(
-                key(lease.partition),
-                self.node.clone().into(),
-                lease.revision,
-            )
+            .update(key(partition), self.node.clone().into(), revision)
             .await
         {
-            Ok(revision) => Ok(Some(Lease { revision, ..lease })),
-            // A renewal whose acknowledgement was lost (a NATS server failing over) moved the
-            // revision on with this node's own id: still ours. Another node's id: lost.
-            // No key at all (it lapsed and nobody took it): taken again if still free.
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                match self.adopt(lease.partition).await? {
-                    Some(l) => Ok(Some(l)),
-                    None => self.claim_free(lease.partition).await,
-                }
-            }
+            Ok(revision) => Ok(Some(Lease {
+                partition,
+                revision,
+            })),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(ClusterError::nats("renewing a lease", e)),
+        }
+    }
+
+    /// Renews a held lease: `None` when it was lost (expired and taken, or rewritten).
+    pub async fn renew(&self, lease: Lease) -> Result<Option<Lease>> {
+        if let Some(l) = self.write_at(lease.partition, lease.revision).await? {
+            return Ok(Some(l));
+        }
+        // A renewal whose acknowledgement was lost (a NATS server failing over) moved the
+        // revision on with this node's own id: still ours. Another node's id: lost. No key at
+        // all (it lapsed and nobody took it): taken again if still free.
+        match self.adopt(lease.partition).await? {
+            Some(l) => Ok(Some(l)),
+            None => self.claim_free(lease.partition).await,
         }
     }
 

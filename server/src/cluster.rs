@@ -178,18 +178,7 @@ impl StoreApply {
                 lifetime,
                 now,
             } => {
-                let c = Command {
-                    id: sequence,
-                    device_id: device.clone(),
-                    command,
-                    parameters,
-                    lifetime,
-                    status: CommandStatus::Queued,
-                    result: serde_json::Value::Null,
-                    created: now,
-                    updated: now,
-                    expires: now.saturating_add((lifetime as i64).saturating_mul(1000)),
-                };
+                let c = Command::queued(sequence, &device, &command, parameters, lifetime, now);
                 registry.insert_command(&c).map_err(|e| e.to_string())?;
                 self.devices.wake(&device);
             }

@@ -168,6 +168,31 @@ pub struct Command {
     pub expires: i64,
 }
 
+impl Command {
+    /// A command queued at `now` for `device`, expiring `lifetime` seconds later.
+    pub fn queued(
+        id: u64,
+        device: &str,
+        command: &str,
+        parameters: serde_json::Value,
+        lifetime: u64,
+        now: i64,
+    ) -> Command {
+        Command {
+            id,
+            device_id: device.into(),
+            command: command.into(),
+            parameters,
+            lifetime,
+            status: CommandStatus::Queued,
+            result: serde_json::Value::Null,
+            created: now,
+            updated: now,
+            expires: now.saturating_add((lifetime as i64).saturating_mul(1000)),
+        }
+    }
+}
+
 /// A credential: a person (user name and password), an integration (API key) or a gateway
 /// (device key). Only a hash of its secret is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -901,18 +926,7 @@ impl Registry for SledRegistry {
         self.meta
             .insert(b"next_command_id", &(id + 1).to_be_bytes())
             .map_err(db_err)?;
-        let c = Command {
-            id,
-            device_id: device.into(),
-            command: command.into(),
-            parameters,
-            lifetime,
-            status: CommandStatus::Queued,
-            result: serde_json::Value::Null,
-            created: now,
-            updated: now,
-            expires: now.saturating_add((lifetime as i64).saturating_mul(1000)),
-        };
+        let c = Command::queued(id, device, command, parameters, lifetime, now);
         self.put_command(&c)?;
         self.flush()?;
         Ok(c)
