@@ -625,12 +625,18 @@ fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String>
             .map(|c| c.into_owned())
     };
     if let Some(rest) = path.strip_prefix("/ws/v1/devices/") {
-        let (id, tail) = rest.split_once('/')?;
-        if tail == "commands" || tail.starts_with("commands/") {
-            let id = decode(id)?;
-            return (!id.is_empty()).then_some(id);
-        }
-        return None;
+        // A device's state (connection, history, commands) is kept by its partition's holder.
+        let id = match rest.split_once('/') {
+            Some((id, tail)) if tail == "commands" || tail.starts_with("commands/") => id,
+            Some(("inventory" | "history", id))
+                if *method == actix_web::http::Method::GET && !id.contains('/') =>
+            {
+                id
+            }
+            _ => return None,
+        };
+        let id = decode(id)?;
+        return (!id.is_empty()).then_some(id);
     }
     use actix_web::http::Method;
     // Changes of one stream go to its holder too, which logs them (see `ClusterStore`).
@@ -830,6 +836,15 @@ mod tests {
             Some("gw9")
         );
         assert_eq!(routed_device(&get, "/ws/v1/devices/gw9/history"), None);
+        assert_eq!(
+            routed_device(&get, "/ws/v1/devices/inventory/gw9").as_deref(),
+            Some("gw9")
+        );
+        assert_eq!(
+            routed_device(&get, "/ws/v1/devices/history/gw%209").as_deref(),
+            Some("gw 9")
+        );
+        assert_eq!(routed_device(&get, "/ws/v1/devices/inventory"), None);
         let (put, delete) = (
             actix_web::http::Method::PUT,
             actix_web::http::Method::DELETE,

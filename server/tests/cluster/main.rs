@@ -464,6 +464,18 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
     assert_eq!(acked.lock().unwrap().len(), 6 * 20 * 30);
     verify(&c, &all, &acked.lock().unwrap());
 
+    // A gateway's connection is known on every node (its partition's holder records it when it
+    // applies the gateway's points, whichever node took them).
+    for n in &all {
+        let d = get_json(&c, &format!("{}/ws/v1/devices/inventory/gw4", n.url));
+        assert_eq!(
+            (d["id"].as_str(), d["connection_status"].as_str()),
+            (Some("gw4"), Some("connected")),
+            "on {}",
+            n.id
+        );
+    }
+
     // Credentials and alert rules made through one node hold on every node; a revocation
     // through another holds everywhere.
     let r = c
