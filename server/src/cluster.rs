@@ -462,6 +462,145 @@ impl Cluster {
         Ok(seq)
     }
 
+    /// The streams passing `filter` whose partitions this node holds, a page at a time as
+    /// [`Store::list_streams`] gives them (the store also keeps partitions it held before).
+    /// Blocking.
+    pub fn held_streams(
+        &self,
+        store: &dyn Store,
+        filter: &meterstream_storage::StreamFilter,
+        order: meterstream_storage::query::Order,
+        limit: usize,
+        cursor: Option<&meterstream_storage::query::Cursor>,
+    ) -> meterstream_storage::Result<
+        meterstream_storage::query::Page<meterstream_storage::StreamInfo>,
+    > {
+        let held = |path: &str| {
+            let p = self
+                .node
+                .partition_of(meterstream_storage::path::device_id(path));
+            self.node.route(p) == Route::Local
+        };
+        let mut items = Vec::new();
+        let mut cursor = cursor.cloned();
+        loop {
+            let page = store.list_streams(filter, order, limit.max(100), cursor.as_ref())?;
+            let last = page.items.last().map(|s| s.path.clone());
+            for s in page.items {
+                if !held(&s.path) {
+                    continue;
+                }
+                if items.len() == limit {
+                    let key = items
+                        .last()
+                        .map(|s: &meterstream_storage::StreamInfo| s.path.clone())
+                        .unwrap_or_default();
+                    return Ok(meterstream_storage::query::Page {
+                        items,
+                        next: Some(meterstream_storage::query::Cursor::Key { order, key }),
+                    });
+                }
+                items.push(s);
+            }
+            match (page.next, last) {
+                (Some(_), Some(key)) => {
+                    cursor = Some(meterstream_storage::query::Cursor::Key { order, key })
+                }
+                _ => return Ok(meterstream_storage::query::Page { items, next: None }),
+            }
+        }
+    }
+
+    /// A stream inventory page of the whole cluster: this node's part (`own`, a page as
+    /// `wire::streams_page` writes it) and every other live node's, asked with the same query,
+    /// merged in path order and cut at `limit`. 503 while a partition has no holder (its
+    /// streams would be missing) or a node does not answer.
+    pub async fn gather_streams(
+        &self,
+        req: &actix_web::HttpRequest,
+        own: Vec<u8>,
+        order: meterstream_storage::query::Order,
+        limit: usize,
+    ) -> Result<Vec<u8>, ApiError> {
+        let unavailable = |message: String| ApiError::Unavailable {
+            message,
+            retry_after: 1,
+        };
+        if let Some(p) = self.node.owners().iter().position(Option::is_none) {
+            return Err(unavailable(format!(
+                "partition {p} is moving between nodes; the listing would miss its streams"
+            )));
+        }
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut pages = vec![serde_json::from_slice::<serde_json::Value>(&own)
+            .map_err(|e| ApiError::Internal(e.to_string()))?];
+        let others: Vec<_> = self
+            .node
+            .members()
+            .into_iter()
+            .filter(|m| m.id != self.node.id())
+            .collect();
+        let asks = others.iter().map(|m| {
+            let mut r = self
+                .http
+                .get(format!("{}{path}", m.url.trim_end_matches('/')))
+                .header(HOP_HEADER, self.node.id());
+            for (name, value) in req.headers() {
+                if matches!(
+                    name.as_str(),
+                    "authorization" | "x-api-key-id" | "x-api-key-secret"
+                ) {
+                    r = r.header(name.as_str(), value.as_bytes());
+                }
+            }
+            async move {
+                let res = r.send().await.map_err(|e| e.to_string())?;
+                if !res.status().is_success() {
+                    return Err(format!("answered {}", res.status()));
+                }
+                res.json::<serde_json::Value>()
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        for (m, r) in others
+            .iter()
+            .zip(futures_util::future::join_all(asks).await)
+        {
+            pages.push(r.map_err(|e| unavailable(format!("node {} did not answer: {e}", m.id)))?);
+        }
+        let more = pages.iter().any(|p| p.get("cursor").is_some());
+        let mut items: Vec<serde_json::Value> = pages
+            .into_iter()
+            .filter_map(
+                |mut p| match p.get_mut("list").map(serde_json::Value::take) {
+                    Some(serde_json::Value::Array(a)) => Some(a),
+                    _ => None,
+                },
+            )
+            .flatten()
+            .collect();
+        let id = |v: &serde_json::Value| v["id"].as_str().unwrap_or_default().to_string();
+        items.sort_by_key(id);
+        if order == meterstream_storage::query::Order::Desc {
+            items.reverse();
+        }
+        let more = more || items.len() > limit;
+        items.truncate(limit);
+        let mut out = serde_json::json!({"count": items.len(), "size": limit});
+        if more {
+            if let Some(last) = items.last() {
+                let c = meterstream_storage::query::Cursor::Key {
+                    order,
+                    key: id(last),
+                };
+                out["cursor"] = c.encode().into();
+            }
+        }
+        out["list"] = items.into();
+        serde_json::to_vec(&out).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     /// Forwards `req` (with `body`) to the node at `base` and gives its answer back.
     async fn forward(
         &self,

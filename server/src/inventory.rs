@@ -36,13 +36,23 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
             .push(meterstream_storage::Condition::Within(ps));
     }
     let st2 = st.clone();
-    let body = web::block(move || -> Result<Vec<u8>, ApiError> {
-        let page = st2
-            .store
-            .list_streams(&filter, order, limit, cursor.as_ref())?;
+    let local = move || -> Result<Vec<u8>, ApiError> {
+        let page = match &st2.cluster {
+            None => st2
+                .store
+                .list_streams(&filter, order, limit, cursor.as_ref())?,
+            Some(c) => c.held_streams(&*st2.store, &filter, order, limit, cursor.as_ref())?,
+        };
         Ok(wire::streams_page(&page.items, limit, page.next))
-    })
-    .await??;
+    };
+    let body = match &st.cluster {
+        // A cluster node asked by a client gathers every holder's part (docs/scale-out.md).
+        Some(c) if !req.headers().contains_key(crate::cluster::HOP_HEADER) => {
+            let own = web::block(local).await??;
+            c.gather_streams(&req, own, order, limit).await?
+        }
+        _ => web::block(local).await??,
+    };
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))

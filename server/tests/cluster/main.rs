@@ -618,6 +618,31 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         );
     }
 
+    // The stream inventory, paged, from any node, is every stream of the cluster once, in path
+    // order.
+    let mut want: Vec<String> = (0..6)
+        .flat_map(|d| (0..3).map(move |k| format!("gw{d}/m/v{k}")))
+        .collect();
+    want.push("meta0/m/v".into());
+    for n in &all {
+        let mut got: Vec<String> = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10 {
+            let v = get_json(
+                &c,
+                &format!("{}/ws/v1/streams/inventory?size=5{cursor}", n.url),
+            );
+            let list = v["list"].as_array().unwrap();
+            assert!(list.len() <= 5);
+            got.extend(list.iter().map(|s| s["id"].as_str().unwrap().to_string()));
+            match v["cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "the inventory through {}", n.id);
+    }
+
     // A command queued through one node reaches an agent polling another, and its result comes
     // back to the first. Another is queued for a device of the node about to be killed.
     let (queued_at, polled_at) = (&nodes[0], &nodes[2]);
