@@ -511,29 +511,70 @@ impl Cluster {
         }
     }
 
-    /// A stream inventory page of the whole cluster: this node's part (`own`, a page as
-    /// `wire::streams_page` writes it) and every other live node's, asked with the same query,
-    /// merged in path order and cut at `limit`. 503 while a partition has no holder (its
-    /// streams would be missing) or a node does not answer.
-    pub async fn gather_streams(
+    /// The top-level children (one folder per device, and single-segment streams) of the
+    /// devices this node holds, a page at a time as [`Store::children`] gives them. Blocking.
+    pub fn held_children(
+        &self,
+        store: &dyn Store,
+        limit: usize,
+        cursor: Option<&meterstream_storage::query::Cursor>,
+    ) -> meterstream_storage::Result<meterstream_storage::query::Page<meterstream_storage::Child>>
+    {
+        use meterstream_storage::Child;
+        let name = |c: &Child| match c {
+            Child::Folder { name, .. } => (name.clone(), 1),
+            Child::Stream(info) => (info.path.clone(), 0),
+        };
+        let held = |device: &str| self.node.route(self.node.partition_of(device)) == Route::Local;
+        let key = |(n, k): (String, u8)| meterstream_storage::query::Cursor::Key {
+            order: meterstream_storage::query::Order::Asc,
+            key: format!("{n}\u{1}{k}"),
+        };
+        let mut items: Vec<Child> = Vec::new();
+        let mut cursor = cursor.cloned();
+        loop {
+            let page = store.children("", limit.max(100), cursor.as_ref())?;
+            let last = page.items.last().map(name);
+            for c in page.items {
+                if !held(&name(&c).0) {
+                    continue;
+                }
+                if items.len() == limit {
+                    let next = items.last().map(|c| key(name(c)));
+                    return Ok(meterstream_storage::query::Page { items, next });
+                }
+                items.push(c);
+            }
+            match (page.next, last) {
+                (Some(_), Some(l)) => cursor = Some(key(l)),
+                _ => return Ok(meterstream_storage::query::Page { items, next: None }),
+            }
+        }
+    }
+
+    /// A page of the whole cluster: this node's part (`own`, a page as `wire::list` makes it)
+    /// and every other live node's, asked with the same query, merged in the order of `key`
+    /// (which also gives the cursor after the last item) and cut at `limit`. 503 while a
+    /// partition has no holder (its items would be missing) or a node does not answer.
+    pub async fn gather(
         &self,
         req: &actix_web::HttpRequest,
-        own: Vec<u8>,
+        own: serde_json::Value,
+        key: fn(&serde_json::Value) -> String,
         order: meterstream_storage::query::Order,
         limit: usize,
-    ) -> Result<Vec<u8>, ApiError> {
+    ) -> Result<serde_json::Value, ApiError> {
         let unavailable = |message: String| ApiError::Unavailable {
             message,
             retry_after: 1,
         };
         if let Some(p) = self.node.owners().iter().position(Option::is_none) {
             return Err(unavailable(format!(
-                "partition {p} is moving between nodes; the listing would miss its streams"
+                "partition {p} is moving between nodes; the listing would miss its items"
             )));
         }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let mut pages = vec![serde_json::from_slice::<serde_json::Value>(&own)
-            .map_err(|e| ApiError::Internal(e.to_string()))?];
+        let mut pages = vec![own];
         let others: Vec<_> = self
             .node
             .members()
@@ -580,25 +621,20 @@ impl Cluster {
             )
             .flatten()
             .collect();
-        let id = |v: &serde_json::Value| v["id"].as_str().unwrap_or_default().to_string();
-        items.sort_by_key(id);
+        items.sort_by_key(key);
         if order == meterstream_storage::query::Order::Desc {
             items.reverse();
         }
         let more = more || items.len() > limit;
         items.truncate(limit);
-        let mut out = serde_json::json!({"count": items.len(), "size": limit});
-        if more {
-            if let Some(last) = items.last() {
-                let c = meterstream_storage::query::Cursor::Key {
-                    order,
-                    key: id(last),
-                };
-                out["cursor"] = c.encode().into();
-            }
-        }
-        out["list"] = items.into();
-        serde_json::to_vec(&out).map_err(|e| ApiError::Internal(e.to_string()))
+        let next = match items.last() {
+            Some(last) if more => Some(meterstream_storage::query::Cursor::Key {
+                order,
+                key: key(last),
+            }),
+            _ => None,
+        };
+        Ok(crate::wire::list(items, limit, next))
     }
 
     /// Forwards `req` (with `body`) to the node at `base` and gives its answer back.
@@ -678,6 +714,18 @@ pub async fn status(
     })))
 }
 
+/// The order and cursor key of a stream inventory item: its path.
+pub fn stream_key(v: &serde_json::Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// The order and cursor key of a folder listing item: its name, a stream before a folder of
+/// the same name (the store's own `name\u{1}kind`).
+pub fn folder_key(v: &serde_json::Value) -> String {
+    let kind = if v["kind"] == "stream" { 0 } else { 1 };
+    format!("{}\u{1}{kind}", v["name"].as_str().unwrap_or_default())
+}
+
 /// Refuses, item by item, what can be refused without stored state, and splits the rest by
 /// partition. Returns the parts, the errors and the number of points kept.
 fn precheck(
@@ -751,11 +799,13 @@ fn precheck(
 /// The device whose partition answers this request: reads and changes of one stream, and
 /// everything about a device's commands (which the partition's log holds).
 fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String> {
-    const ONE_STREAM: [&str; 4] = [
+    const ONE_STREAM: [&str; 5] = [
         "/ws/v1/streams/history/",
         "/ws/v1/streams/rollups/",
         "/ws/v1/streams/inventory/",
         "/ws/DataPoint/",
+        // Everything below a device's folder is its holder's.
+        "/ws/v1/streams/folders/",
     ];
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)

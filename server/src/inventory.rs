@@ -48,8 +48,12 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     let body = match &st.cluster {
         // A cluster node asked by a client gathers every holder's part (docs/scale-out.md).
         Some(c) if !req.headers().contains_key(crate::cluster::HOP_HEADER) => {
-            let own = web::block(local).await??;
-            c.gather_streams(&req, own, order, limit).await?
+            let own: serde_json::Value = serde_json::from_slice(&web::block(local).await??)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let merged = c
+                .gather(&req, own, crate::cluster::stream_key, order, limit)
+                .await?;
+            serde_json::to_vec(&merged).map_err(|e| ApiError::Internal(e.to_string()))?
         }
         _ => web::block(local).await??,
     };
@@ -176,8 +180,17 @@ pub async fn folders(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
     let cursor = p.cursor()?;
     p.finish(&["size", "cursor"])?;
     let st2 = st.clone();
+    // In a cluster, the top level (one folder per device) is gathered from every node, each
+    // answering for the devices it holds; a deeper prefix was routed to its device's holder.
+    let gather = prefix.is_empty()
+        && st.cluster.is_some()
+        && !req.headers().contains_key(crate::cluster::HOP_HEADER);
+    let top = prefix.is_empty();
     let body = web::block(move || -> Result<serde_json::Value, ApiError> {
-        let page = st2.store.children(&prefix, limit, cursor.as_ref())?;
+        let page = match &st2.cluster {
+            Some(c) if top => c.held_children(&*st2.store, limit, cursor.as_ref())?,
+            _ => st2.store.children(&prefix, limit, cursor.as_ref())?,
+        };
         // A limited credential sees the folders on the way to its prefixes (without their
         // stream counts, which would count streams outside its scope) and what lies inside.
         let visible = |path: &str, folder: bool| match &scope {
@@ -216,5 +229,21 @@ pub async fn folders(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRe
         Ok(body)
     })
     .await??;
+    let body = match &st.cluster {
+        Some(c) if gather => {
+            let mut merged = c
+                .gather(
+                    &req,
+                    body,
+                    crate::cluster::folder_key,
+                    meterstream_storage::query::Order::Asc,
+                    limit,
+                )
+                .await?;
+            merged["path"] = json!("");
+            merged
+        }
+        _ => body,
+    };
     Ok(HttpResponse::Ok().json(body))
 }

@@ -641,6 +641,37 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
             }
         }
         assert_eq!(got, want, "the inventory through {}", n.id);
+        // Folders: the top level gathered from every node (paged by 3), a device's own from
+        // its holder.
+        let mut top: Vec<(String, i64)> = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10 {
+            let v = get_json(
+                &c,
+                &format!("{}/ws/v1/streams/folders?size=3{cursor}", n.url),
+            );
+            top.extend(v["list"].as_array().unwrap().iter().map(|f| {
+                (
+                    f["name"].as_str().unwrap().to_string(),
+                    f["stream_count"].as_i64().unwrap(),
+                )
+            }));
+            match v["cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+        let mut want_top: Vec<(String, i64)> = (0..6).map(|d| (format!("gw{d}"), 3)).collect();
+        want_top.push(("meta0".into(), 1));
+        assert_eq!(top, want_top, "the top folders through {}", n.id);
+        let inner = get_json(&c, &format!("{}/ws/v1/streams/folders/gw2/m", n.url));
+        let names: Vec<&str> = inner["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["v0", "v1", "v2"], "gw2/m through {}", n.id);
     }
 
     // A command queued through one node reaches an agent polling another, and its result comes
