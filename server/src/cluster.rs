@@ -564,6 +564,20 @@ impl Cluster {
         order: meterstream_storage::query::Order,
         limit: usize,
     ) -> Result<serde_json::Value, ApiError> {
+        let cursor = |key: String| meterstream_storage::query::Cursor::Key { order, key }.encode();
+        self.gather_with(req, own, key, order, limit, cursor).await
+    }
+
+    /// [`Cluster::gather`] for a listing whose cursor is `cursor(key of the last item)`.
+    pub async fn gather_with(
+        &self,
+        req: &actix_web::HttpRequest,
+        own: serde_json::Value,
+        key: fn(&serde_json::Value) -> String,
+        order: meterstream_storage::query::Order,
+        limit: usize,
+        cursor: impl Fn(String) -> String,
+    ) -> Result<serde_json::Value, ApiError> {
         let unavailable = |message: String| ApiError::Unavailable {
             message,
             retry_after: 1,
@@ -628,13 +642,20 @@ impl Cluster {
         let more = more || items.len() > limit;
         items.truncate(limit);
         let next = match items.last() {
-            Some(last) if more => Some(meterstream_storage::query::Cursor::Key {
-                order,
-                key: key(last),
-            }),
+            Some(last) if more => Some(cursor(key(last))),
             _ => None,
         };
-        Ok(crate::wire::list(items, limit, next))
+        let mut out = serde_json::json!({"count": items.len(), "size": limit});
+        if let Some(c) = next {
+            out["cursor"] = c.into();
+        }
+        out["list"] = items.into();
+        Ok(out)
+    }
+
+    /// Whether this node holds `device`'s partition (and has applied it).
+    pub fn holds_device(&self, device: &str) -> bool {
+        self.node.route(self.node.partition_of(device)) == Route::Local
     }
 
     /// Forwards `req` (with `body`) to the node at `base` and gives its answer back.

@@ -520,6 +520,10 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
                 if !who.covers_device(&d.id) {
                     continue;
                 }
+                // A cluster node's registry also keeps devices it held before.
+                if st2.cluster.as_ref().is_some_and(|c| !c.holds_device(&d.id)) {
+                    continue;
+                }
                 let v = device_json(&d, dv.live(&d.id), health(&*st2.store, &d.id));
                 if filter.as_ref().is_none_or(|f| matches(f, &v)) {
                     if out.len() == size {
@@ -539,6 +543,22 @@ pub async fn list(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     let mut body = json!({"count": list.len(), "size": size, "list": list});
     if let Some(c) = next {
         body["cursor"] = c.into();
+    }
+    // A cluster node asked by a client gathers every holder's devices (docs/scale-out.md).
+    if let Some(c) = &st.cluster {
+        if !req.headers().contains_key(crate::cluster::HOP_HEADER) {
+            let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
+            body = c
+                .gather_with(
+                    &req,
+                    body,
+                    id,
+                    meterstream_storage::query::Order::Asc,
+                    size,
+                    |k| opaque_cursor(&k),
+                )
+                .await?;
+        }
     }
     Ok(HttpResponse::Ok().json(body))
 }

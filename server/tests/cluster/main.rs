@@ -476,6 +476,31 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         );
     }
 
+    // The device inventory, paged by 4 from any node: every gateway once, in id order.
+    for n in &all {
+        let mut ids: Vec<String> = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10 {
+            let v = get_json(
+                &c,
+                &format!("{}/ws/v1/devices/inventory?size=4{cursor}", n.url),
+            );
+            ids.extend(
+                v["list"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["id"].as_str().unwrap().to_string()),
+            );
+            match v["cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..6).map(|d| format!("gw{d}")).collect();
+        assert_eq!(ids, want, "the device inventory through {}", n.id);
+    }
+
     // Credentials and alert rules made through one node hold on every node; a revocation
     // through another holds everywhere.
     let r = c
