@@ -1025,56 +1025,39 @@ mod tests {
     }
 
     #[test]
-    fn only_reads_of_one_stream_are_routed() {
-        let get = actix_web::http::Method::GET;
-        assert_eq!(
-            routed_device(&get, "/ws/v1/streams/history/gw%201/m/v").as_deref(),
-            Some("gw 1")
-        );
-        assert_eq!(
-            routed_device(&get, "/ws/DataPoint/gw2/x").as_deref(),
-            Some("gw2")
-        );
-        assert_eq!(routed_device(&get, "/ws/v1/streams/inventory"), None);
-        let post = actix_web::http::Method::POST;
-        assert_eq!(
-            routed_device(&post, "/ws/v1/devices/gw%2F9/commands").as_deref(),
-            Some("gw/9")
-        );
-        assert_eq!(
-            routed_device(&get, "/ws/v1/devices/gw9/commands/poll").as_deref(),
-            Some("gw9")
-        );
-        assert_eq!(routed_device(&get, "/ws/v1/devices/gw9/history"), None);
-        assert_eq!(
-            routed_device(&get, "/ws/v1/devices/inventory/gw9").as_deref(),
-            Some("gw9")
-        );
-        assert_eq!(
-            routed_device(&get, "/ws/v1/devices/history/gw%209").as_deref(),
-            Some("gw 9")
-        );
-        assert_eq!(routed_device(&get, "/ws/v1/devices/inventory"), None);
-        let (put, delete) = (
-            actix_web::http::Method::PUT,
-            actix_web::http::Method::DELETE,
-        );
-        assert_eq!(
-            routed_device(&put, "/ws/v1/streams/inventory/gw3/m/v").as_deref(),
-            Some("gw3")
-        );
-        assert_eq!(
-            routed_device(&delete, "/ws/v1/streams/history/gw4/m/v").as_deref(),
-            Some("gw4")
-        );
-        assert_eq!(routed_device(&put, "/ws/v1/streams/history/gw4/m/v"), None);
-        assert_eq!(routed_device(&delete, "/ws/v1/alerts/inventory/x"), None);
-        assert_eq!(
-            routed_device(
-                &actix_web::http::Method::POST,
-                "/ws/v1/streams/history/gw1/a"
+    fn requests_are_routed_by_the_device_they_name() {
+        use actix_web::http::Method;
+        let cases: [(Method, &str, Option<&str>); 15] = [
+            (
+                Method::GET,
+                "/ws/v1/streams/history/gw%201/m/v",
+                Some("gw 1"),
             ),
-            None
-        );
+            (Method::GET, "/ws/DataPoint/gw2/x", Some("gw2")),
+            (Method::GET, "/ws/v1/streams/inventory", None),
+            (Method::GET, "/ws/v1/streams/folders/gw2/m", Some("gw2")),
+            (Method::GET, "/ws/v1/streams/folders", None),
+            (Method::POST, "/ws/v1/devices/gw%2F9/commands", Some("gw/9")),
+            (Method::GET, "/ws/v1/devices/gw9/commands/poll", Some("gw9")),
+            (Method::GET, "/ws/v1/devices/gw9/history", None),
+            (Method::GET, "/ws/v1/devices/inventory/gw9", Some("gw9")),
+            (Method::GET, "/ws/v1/devices/history/gw%209", Some("gw 9")),
+            (Method::GET, "/ws/v1/devices/inventory", None),
+            (Method::PUT, "/ws/v1/streams/inventory/gw3/m/v", Some("gw3")),
+            (
+                Method::DELETE,
+                "/ws/v1/streams/history/gw4/m/v",
+                Some("gw4"),
+            ),
+            (Method::PUT, "/ws/v1/streams/history/gw4/m/v", None),
+            (Method::DELETE, "/ws/v1/alerts/inventory/x", None),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(
+                routed_device(&method, path).as_deref(),
+                want,
+                "{method} {path}"
+            );
+        }
     }
 }
