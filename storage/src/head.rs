@@ -261,16 +261,30 @@ impl Head {
             return Ok(());
         }
         if self.mins_old.len() >= MAX_PIECES {
-            // Few, larger pieces: many small ones cost more memory than they save time. With
-            // every minute decoded, the new piece holds all the older ones.
+            // Few, larger pieces: many small ones cost more memory than they save time.
+            // The newest minutes move to an allocation of their own *before* the thaw, and the
+            // thawed vector is freed whole. Thawing first and shrinking the thawed vector in
+            // place (bb1143d) left a hole of about 1 KB beside every head's minutes: resident
+            // memory after the standard ingest rose from 150-157 MB to 157-175 MB.
+            let keep = self.mins.split_off(self.mins.len() - OPEN_MINUTES);
             self.thaw_minutes()?;
+            self.mins_old = vec![buckets::encode(&self.mins, MINUTE).into_boxed_slice()];
+            self.mins = keep;
+            return Ok(());
         }
         let old = self.mins.len() - OPEN_MINUTES;
         self.mins_old
             .push(buckets::encode(&self.mins[..old], MINUTE).into_boxed_slice());
-        self.mins.drain(..old);
-        // Room for the minutes until the next settle, no more (a thawed head held them all).
-        self.mins.shrink_to(2 * OPEN_MINUTES);
+        if self.mins.capacity() > 2 * OPEN_MINUTES {
+            // A thawed head (after a correction or a delete) held them all: the newest minutes
+            // get an allocation of their own, with room until the next settle, and the large
+            // one is freed whole rather than shrunk in place (see above).
+            let mut kept = Vec::with_capacity(2 * OPEN_MINUTES);
+            kept.extend_from_slice(&self.mins[old..]);
+            self.mins = kept;
+        } else {
+            self.mins.drain(..old);
+        }
         Ok(())
     }
 
