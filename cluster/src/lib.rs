@@ -3,6 +3,7 @@
 //! real `nats-server` 2.9.
 //!
 //! # Layout
+//! - `events`: the shared stream of alarm and device events, applied by every node.
 //! - `lease`: partition ownership through a replicated KV bucket, created by hand on 2.9 servers.
 //! - `log`: the replicated log of data points, partitioned over several JetStream streams.
 //! - `members`: the live nodes and the URLs they are reached at.
@@ -10,6 +11,7 @@
 //! - `partition`: which partition a device belongs to.
 //! - `registry`: the registries every node shares (credentials, alert rules, monitors).
 
+pub mod events;
 pub mod lease;
 pub mod log;
 pub mod members;

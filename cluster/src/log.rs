@@ -146,12 +146,7 @@ impl PointLog {
             .get_stream_no_info(self.stream_of(partition))
             .await
             .map_err(|e| ClusterError::nats("opening a point log stream", e))?;
-        Ok(DirectReader {
-            stream,
-            subject: subject(partition),
-            next: from.max(1),
-            idle: IDLE_MIN,
-        })
+        Ok(DirectReader::new(stream, subject(partition), from))
     }
 }
 
@@ -169,6 +164,16 @@ pub struct DirectReader {
 }
 
 impl DirectReader {
+    /// Reads `subject` of `stream` from sequence `from` on.
+    pub(crate) fn new(stream: stream::Stream<()>, subject: String, from: u64) -> DirectReader {
+        DirectReader {
+            stream,
+            subject,
+            next: from.max(1),
+            idle: IDLE_MIN,
+        }
+    }
+
     /// The next message as (sequence, body): `None` when there is none yet, after a pause of at
     /// most `wait` (none when `wait` is zero).
     pub async fn next(&mut self, wait: Duration) -> Result<Option<(u64, bytes::Bytes)>> {

@@ -14,6 +14,7 @@
 //! that position, and the log after it brings it up to date. A node that never held the
 //! partition starts from the log's first message.
 
+use crate::events::EventLog;
 use crate::lease::{Lease, Leases};
 use crate::log::PointLog;
 use crate::members::{Member, Members};
@@ -46,6 +47,8 @@ pub struct NodeConfig {
     pub log_max_age: Duration,
     /// How long a repeated message id is recognized.
     pub duplicate_window: Duration,
+    /// How long the event stream keeps events (zero: for ever).
+    pub events_max_age: Duration,
     /// Where the node keeps its positions.
     pub dir: PathBuf,
 }
@@ -60,6 +63,10 @@ pub trait Apply: Send + Sync + 'static {
         entries: &[(u64, bytes::Bytes)],
     ) -> std::result::Result<(), String>;
 }
+
+/// Applies one event of the shared event stream: (its sequence, its body). Blocking; an
+/// error is retried from the same event after a pause.
+pub type ApplyEvent = Arc<dyn Fn(u64, &[u8]) -> std::result::Result<(), String> + Send + Sync>;
 
 /// Where a partition's queries go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +95,9 @@ struct Shared {
     leases: Leases,
     members: Members,
     registry: SharedRegistry,
+    events: EventLog,
+    /// The last event applied here.
+    events_applied: AtomicU64,
     /// The last revision of the shared registry applied here.
     registry_rev: AtomicU64,
     apply: std::sync::OnceLock<Arc<dyn Apply>>,
@@ -121,7 +131,7 @@ const OPEN_PATIENCE: Duration = Duration::from_secs(60);
 async fn open_all(
     client: &async_nats::Client,
     cfg: &NodeConfig,
-) -> Result<(Leases, Members, PointLog, SharedRegistry)> {
+) -> Result<(Leases, Members, PointLog, SharedRegistry, EventLog)> {
     let leases = Leases::open(
         client.clone(),
         "MS_LEASES",
@@ -141,7 +151,14 @@ async fn open_all(
     )
     .await?;
     let registry = SharedRegistry::open(client.clone(), "MS_REGISTRY", cfg.replicas).await?;
-    Ok((leases, members, log, registry))
+    let events = EventLog::open(
+        client.clone(),
+        cfg.replicas,
+        cfg.events_max_age,
+        cfg.duplicate_window,
+    )
+    .await?;
+    Ok((leases, members, log, registry, events))
 }
 
 /// Most log entries applied in one call.
@@ -178,7 +195,7 @@ impl Node {
             }
             // A JetStream cluster that is still electing its leaders refuses to create streams
             // for a while; keep trying for the connection's patience.
-            let (leases, members, log, registry) = loop {
+            let (leases, members, log, registry, events) = loop {
                 match open_all(&client, &cfg).await {
                     Ok(all) => break all,
                     Err(e) if started.elapsed() < OPEN_PATIENCE => {
@@ -189,6 +206,7 @@ impl Node {
                 }
             };
             let positions = load_positions(&cfg.dir.join("positions"));
+            let events_applied = AtomicU64::new(load_events_position(&cfg.dir.join("positions")));
             let applied = (0..cfg.partitions)
                 .map(|p| AtomicU64::new(positions.get(&p).copied().unwrap_or(0)))
                 .collect();
@@ -206,6 +224,8 @@ impl Node {
                 leases,
                 members,
                 registry,
+                events,
+                events_applied,
                 registry_rev: AtomicU64::new(0),
                 apply: std::sync::OnceLock::new(),
                 applied,
@@ -326,6 +346,105 @@ impl Node {
             std::thread::sleep(Duration::from_millis(2));
         }
         true
+    }
+
+    /// Applies the event stream with `apply` (sequence, body), from where this node left it:
+    /// every event the stream held before this returns (so the node serves with the statuses
+    /// the cluster has), then each as it comes, for as long as the node runs. An event whose
+    /// apply fails is tried again after a pause. Blocking.
+    pub fn watch_events(&self, apply: ApplyEvent) -> Result<()> {
+        let shared = self.shared.clone();
+        let target = self.handle().block_on(async {
+            let started = Instant::now();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), shared.events.last_sequence())
+                    .await
+                {
+                    Ok(Ok(seq)) => return Ok(seq),
+                    Ok(Err(e)) if started.elapsed() >= OPEN_PATIENCE => return Err(e),
+                    Err(_) if started.elapsed() >= OPEN_PATIENCE => {
+                        return Err(ClusterError::nats(
+                            "reading the event stream",
+                            "no answer within the patience allowed",
+                        ))
+                    }
+                    _ => tracing::info!("the event stream is not ready yet; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })?;
+        let shared = self.shared.clone();
+        self.handle().spawn(async move {
+            loop {
+                if shared.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                let from = shared.events_applied.load(Ordering::Acquire) + 1;
+                let r: Result<()> = async {
+                    let mut reader = shared.events.read_from(from).await?;
+                    while !shared.stopping.load(Ordering::Acquire) {
+                        let Some((seq, body)) = reader.next(Duration::from_millis(100)).await?
+                        else {
+                            continue;
+                        };
+                        if let Err(e) = apply(seq, &body) {
+                            return Err(ClusterError::nats("applying an event", e));
+                        }
+                        shared.events_applied.store(seq, Ordering::Release);
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "reading the event stream failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
+        if self.await_events(target, OPEN_PATIENCE) {
+            tracing::info!(sequence = target, "read the event stream");
+            Ok(())
+        } else {
+            Err(ClusterError::nats(
+                "reading the event stream",
+                "it was not read within the patience allowed",
+            ))
+        }
+    }
+
+    /// Publishes an event under its id; (its sequence, whether the stream had that id
+    /// already, within its duplicate window). Blocking.
+    pub fn publish_event(&self, id: &str, body: bytes::Bytes) -> Result<(u64, bool)> {
+        let shared = self.shared.clone();
+        let id = id.to_string();
+        self.handle()
+            .block_on(async move { shared.events.publish(&id, body).await })
+    }
+
+    /// Waits (at most `timeout`) until this node has applied the event stream up to
+    /// `sequence`; whether it has. Blocking.
+    pub fn await_events(&self, sequence: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.shared.events_applied.load(Ordering::Acquire) < sequence {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// How far this node applied the event stream.
+    pub fn events_position(&self) -> u64 {
+        self.shared.events_applied.load(Ordering::Acquire)
+    }
+
+    /// Whether this node holds `partition`'s lease now (applied or still catching up).
+    pub fn holds(&self, partition: u32) -> bool {
+        matches!(
+            route(&self.shared, partition),
+            Route::Local | Route::Rebuilding
+        )
     }
 
     /// The partition of a device.
@@ -810,9 +929,20 @@ fn load_positions(path: &std::path::Path) -> HashMap<u32, u64> {
         .collect()
 }
 
-/// Writes the positions (`<partition> <sequence>` lines) to a new file renamed over the old.
+/// How far the node applied the event stream (the `events <sequence>` line), 0 if never.
+fn load_events_position(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("events ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Writes the positions (`events <sequence>`, then `<partition> <sequence>` lines) to a new file renamed over the old.
 fn save_positions(shared: &Shared) {
-    let mut text = String::new();
+    let mut text = format!("events {}\n", shared.events_applied.load(Ordering::Acquire));
     for (p, a) in shared.applied.iter().enumerate() {
         let a = a.load(Ordering::Acquire);
         if a > 0 {

@@ -108,6 +108,9 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
+/// Whether this node answers for a key (a device id, a monitor id) now.
+pub type Holds = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Applies log records to the node's store and registry.
 pub struct StoreApply {
     /// The store (the node's own engine).

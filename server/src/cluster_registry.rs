@@ -1,7 +1,13 @@
-//! The registry of a cluster node (docs/scale-out.md, "Registries"): credentials, alert rules
-//! and monitors are written to the shared registry (`MS_REGISTRY`) and reach this node's own
-//! registry through its watch, like every other node's; the rest (devices, commands, alarm
-//! statuses, the outbox, deliveries) is this node's, for the partitions it holds.
+//! The registry of a cluster node (docs/scale-out.md, "Registries" and "Events and
+//! webhooks"):
+//! - credentials, alert rules and monitors (and the shared part of a monitor's delivery
+//!   state) are written to the shared registry (`MS_REGISTRY`) and reach this node's own
+//!   registry through its watch, like every other node's;
+//! - alarm status changes and device connection events are published to the event stream
+//!   (`MS_EVENTS`) under their event ids, and every node applies that stream, in order, into
+//!   its own registry: the same statuses, history and outbox everywhere, the outbox numbered
+//!   by the stream's sequence;
+//! - the rest (devices, commands, deliveries) is this node's, for the partitions it holds.
 
 use meterstream_cluster::node::Node;
 use meterstream_cluster::registry::{key, parse_key, Change};
@@ -11,7 +17,8 @@ use meterstream_storage::registry::{
     AlarmChange, AlarmStatus, ChangeOutcome, Command, Credential, Delivery, Device, DeviceEvent,
     Monitor, MonitorState, OutboxEvent, Registry,
 };
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long a write waits for this node's watch to apply it.
@@ -25,6 +32,91 @@ pub type Hook = Arc<OnceLock<Box<dyn Fn(&str, &str) + Send + Sync>>>;
 pub struct ClusterRegistry {
     local: Arc<dyn Registry>,
     node: Arc<Node>,
+    applied: Arc<Applied>,
+    /// Serializes the read-modify-writes of monitor states (this node's worker, the watch).
+    monitor_states: Arc<Mutex<()>>,
+}
+
+/// One event of the shared event stream.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventRecord {
+    /// An alarm status change, with the server time of the node that made it.
+    Alarm { change: AlarmChange, now: i64 },
+    /// A device's connection event, with its deterministic id.
+    Device {
+        device: String,
+        id: String,
+        event: DeviceEvent,
+    },
+}
+
+/// What applying an event came to, for the writer waiting on this node.
+#[derive(Debug, Clone)]
+enum EventOutcome {
+    Alarm(ChangeOutcome),
+    Device(Option<DeviceEvent>),
+}
+
+/// The outcomes of the events applied last, by sequence (a bounded number).
+#[derive(Default)]
+struct Applied(Mutex<BTreeMap<u64, EventOutcome>>);
+
+impl Applied {
+    const KEEP: usize = 4096;
+
+    fn put(&self, seq: u64, o: EventOutcome) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(seq, o);
+        while m.len() > Self::KEEP {
+            m.pop_first();
+        }
+    }
+
+    fn take(&self, seq: u64) -> Option<EventOutcome> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq)
+    }
+}
+
+/// The part of a monitor's delivery state every node shares: where its alarm and device
+/// events stand (the outbox is the same everywhere), and whether it is on. Its data point
+/// cursors are each node's own, over the partitions it holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SharedMonitorState {
+    status: String,
+    reason: Option<String>,
+    outbox_cursor: u64,
+}
+
+impl SharedMonitorState {
+    fn of(st: &MonitorState) -> SharedMonitorState {
+        SharedMonitorState {
+            status: st.status.clone(),
+            reason: st.reason.clone(),
+            outbox_cursor: st.outbox_cursor,
+        }
+    }
+
+    fn onto(&self, st: &mut MonitorState) {
+        st.status = self.status.clone();
+        st.reason = self.reason.clone();
+        st.outbox_cursor = self.outbox_cursor;
+    }
+}
+
+/// A device event's id: the same whichever holder makes it (from the same log record).
+fn device_event_id(device: &str, e: &DeviceEvent) -> String {
+    format!("device/{device}/{}/{}", e.status, e.time)
+}
+
+fn events_unavailable(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io {
+        path: "nats:MS_EVENTS".into(),
+        source: std::io::Error::other(format!("{what} the cluster's event stream: {e}")),
+    }
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StorageError {
@@ -43,8 +135,60 @@ impl ClusterRegistry {
         hook: Hook,
     ) -> std::result::Result<ClusterRegistry, meterstream_cluster::ClusterError> {
         let target = local.clone();
-        node.watch_registry(Arc::new(move |c: Change| apply(&*target, &hook, c)))?;
-        Ok(ClusterRegistry { local, node })
+        let monitor_states = Arc::new(Mutex::new(()));
+        let ms = monitor_states.clone();
+        node.watch_registry(Arc::new(move |c: Change| apply(&*target, &hook, &ms, c)))?;
+        let applied = Arc::new(Applied::default());
+        let (target, out) = (local.clone(), applied.clone());
+        node.watch_events(Arc::new(move |seq, body| {
+            apply_event(&*target, &out, seq, body)
+        }))?;
+        Ok(ClusterRegistry {
+            local,
+            node,
+            applied,
+            monitor_states,
+        })
+    }
+
+    /// Publishes `rec` under `id` unless this node knows the id; the sequence to wait for,
+    /// `None` when it is a duplicate.
+    fn publish_event(&self, id: &str, rec: &EventRecord) -> Result<Option<u64>> {
+        if self.local.knows_event(id)? {
+            return Ok(None);
+        }
+        let body = serde_json::to_vec(rec).map_err(|e| events_unavailable("encoding for", e))?;
+        let (seq, duplicate) = self
+            .node
+            .publish_event(id, body.into())
+            .map_err(|e| events_unavailable("publishing to", e))?;
+        if duplicate {
+            // Made by another node too (a partition that moved) and published first; this
+            // node waits for it all the same, so that its statuses include it on return.
+            if !self.node.await_events(seq, APPLY_WAIT) {
+                return Err(events_unavailable("applying", "not applied in time"));
+            }
+            return Ok(None);
+        }
+        Ok(Some(seq))
+    }
+
+    /// Waits until this node applied the event stream up to `seq`.
+    fn await_event(&self, seq: u64) -> Result<()> {
+        if self.node.await_events(seq, APPLY_WAIT) {
+            Ok(())
+        } else {
+            Err(events_unavailable(
+                "applying",
+                "published, but not yet applied by this node",
+            ))
+        }
+    }
+
+    /// Whether this node delivers monitor `id`'s alarm and device events: it holds the
+    /// partition its id falls in.
+    pub fn delivers(&self, monitor: &str) -> bool {
+        self.node.holds(self.node.partition_of(monitor))
     }
 
     fn put<T: serde::Serialize>(&self, kind: &str, id: &str, value: Option<&T>) -> Result<()> {
@@ -67,7 +211,7 @@ impl ClusterRegistry {
 }
 
 /// Applies one change of the shared registry to `local`.
-fn apply(local: &dyn Registry, hook: &Hook, c: Change) {
+fn apply(local: &dyn Registry, hook: &Hook, monitor_states: &Mutex<()>, c: Change) {
     let Some((kind, id)) = parse_key(&c.key) else {
         tracing::warn!(key = %c.key, "a shared registry key that is not ours; skipped");
         return;
@@ -91,6 +235,18 @@ fn apply(local: &dyn Registry, hook: &Hook, c: Change) {
             .delete_monitor(&id)
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        ("monstate", false) => serde_json::from_slice::<SharedMonitorState>(&c.value)
+            .map_err(|e| e.to_string())
+            .and_then(|shared| {
+                let _g = monitor_states.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = local
+                    .monitor_state(&id)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
+                shared.onto(&mut st);
+                local.put_monitor_state(&id, &st).map_err(|e| e.to_string())
+            }),
+        ("monstate", true) => Ok(()),
         _ => Err(format!("unknown kind {kind:?}")),
     };
     if let Err(e) = r {
@@ -100,6 +256,42 @@ fn apply(local: &dyn Registry, hook: &Hook, c: Change) {
     if let Some(h) = hook.get() {
         h(kind, &id);
     }
+}
+
+/// Applies one event of the shared stream to `local`, its outbox entry numbered `seq`.
+/// Idempotent: an event whose id `local` recorded adds nothing.
+fn apply_event(
+    local: &dyn Registry,
+    applied: &Applied,
+    seq: u64,
+    body: &[u8],
+) -> std::result::Result<(), String> {
+    let rec: EventRecord = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            // Not ours (or from a newer version): skipped rather than blocking every event
+            // after it.
+            tracing::error!(seq, error = %e, "an event that cannot be read; skipped");
+            return Ok(());
+        }
+    };
+    local.set_outbox_next(seq);
+    let out = match rec {
+        EventRecord::Alarm { change, now } => EventOutcome::Alarm(
+            local
+                .alarm_changes(std::slice::from_ref(&change), now)
+                .map_err(|e| e.to_string())?
+                .pop()
+                .unwrap_or(ChangeOutcome::Duplicate),
+        ),
+        EventRecord::Device { device, id, event } => EventOutcome::Device(
+            local
+                .add_event_once(&device, event, &id)
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    applied.put(seq, out);
+    Ok(())
 }
 
 impl Registry for ClusterRegistry {
@@ -120,6 +312,7 @@ impl Registry for ClusterRegistry {
     fn delete_monitor(&self, id: &str) -> Result<bool> {
         let found = self.local.monitor(id)?.is_some();
         self.put::<Monitor>("monitor", id, None)?;
+        self.put::<SharedMonitorState>("monstate", id, None)?;
         Ok(found)
     }
 
@@ -133,7 +326,34 @@ impl Registry for ClusterRegistry {
         self.local.devices(after, limit)
     }
     fn add_event(&self, device: &str, event: DeviceEvent) -> Result<DeviceEvent> {
-        self.local.add_event(device, event)
+        let id = device_event_id(device, &event);
+        let rec = EventRecord::Device {
+            device: device.to_string(),
+            id: id.clone(),
+            event: event.clone(),
+        };
+        let Some(seq) = self.publish_event(&id, &rec)? else {
+            return Ok(event);
+        };
+        self.await_event(seq)?;
+        Ok(match self.applied.take(seq) {
+            Some(EventOutcome::Device(Some(e))) => e,
+            _ => event,
+        })
+    }
+    fn add_event_once(
+        &self,
+        device: &str,
+        event: DeviceEvent,
+        id: &str,
+    ) -> Result<Option<DeviceEvent>> {
+        self.local.add_event_once(device, event, id)
+    }
+    fn knows_event(&self, id: &str) -> Result<bool> {
+        self.local.knows_event(id)
+    }
+    fn set_outbox_next(&self, next: u64) {
+        self.local.set_outbox_next(next)
     }
     fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>> {
         self.local.events(device, after, limit)
@@ -202,8 +422,35 @@ impl Registry for ClusterRegistry {
     ) -> Result<Vec<(Vec<u8>, AlarmStatus)>> {
         self.local.alarm_history(alert_id, after, limit)
     }
+    /// Each change is published to the event stream under its event id, in order, and the
+    /// outcomes are what applying them here came to. A change this node knows, or that the
+    /// stream had (another holder made it first), is a duplicate.
     fn alarm_changes(&self, changes: &[AlarmChange], now: i64) -> Result<Vec<ChangeOutcome>> {
-        self.local.alarm_changes(changes, now)
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut published = Vec::new();
+        for c in changes {
+            let rec = EventRecord::Alarm {
+                change: c.clone(),
+                now,
+            };
+            match self.publish_event(&c.event_id, &rec)? {
+                None => outcomes.push(Some(ChangeOutcome::Duplicate)),
+                Some(seq) => {
+                    published.push((outcomes.len(), seq));
+                    outcomes.push(None);
+                }
+            }
+        }
+        if let Some(&(_, last)) = published.last() {
+            self.await_event(last)?;
+        }
+        for (i, seq) in published {
+            outcomes[i] = Some(match self.applied.take(seq) {
+                Some(EventOutcome::Alarm(o)) => o,
+                _ => ChangeOutcome::Duplicate,
+            });
+        }
+        Ok(outcomes.into_iter().flatten().collect())
     }
     fn status(&self, alert_id: &str, source: &str) -> Result<Option<AlarmStatus>> {
         self.local.status(alert_id, source)
@@ -225,14 +472,42 @@ impl Registry for ClusterRegistry {
     fn outbox_last(&self) -> u64 {
         self.local.outbox_last()
     }
-    fn prune_outbox(&self, before: i64) -> Result<usize> {
-        self.local.prune_outbox(before)
+    fn prune_outbox(&self, before: i64, _keep_ids: bool) -> Result<usize> {
+        // The ids stay: a partition rebuilt from the log makes its events again, and they
+        // must be recognized for as long as the log can do that.
+        self.local.prune_outbox(before, true)
     }
     fn monitor_state(&self, id: &str) -> Result<Option<MonitorState>> {
         self.local.monitor_state(id)
     }
+    /// The shared part (status, alarm and device events' cursor) goes through the shared
+    /// registry, written by the node that delivers the monitor's events (or when the monitor
+    /// has none yet, or is disabled); the data point cursors stay here.
     fn put_monitor_state(&self, id: &str, st: &MonitorState) -> Result<()> {
-        self.local.put_monitor_state(id, st)
+        let current = self.local.monitor_state(id)?;
+        let shared = SharedMonitorState::of(st);
+        let publish = match &current {
+            None => true,
+            Some(cur) => {
+                SharedMonitorState::of(cur) != shared
+                    && (self.delivers(id) || st.status == "disabled" || cur.status == "disabled")
+            }
+        };
+        if publish {
+            self.put("monstate", id, Some(&shared))?;
+        }
+        let _g = self
+            .monitor_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut st = st.clone();
+        if !publish {
+            // What the cluster says stands; this node changes only its own cursors.
+            if let Some(cur) = self.local.monitor_state(id)? {
+                SharedMonitorState::of(&cur).onto(&mut st);
+            }
+        }
+        self.local.put_monitor_state(id, &st)
     }
     fn add_delivery(&self, monitor: &str, d: Delivery, keep: usize) -> Result<Delivery> {
         self.local.add_delivery(monitor, d, keep)

@@ -84,8 +84,8 @@ pub struct ClusterConfig {
     /// Seconds a partition lease lives without renewal: a dead node's partitions move after
     /// it. Default 10.
     pub lease_ttl: f64,
-    /// Seconds the point log keeps messages; 0 keeps them for ever, which a new owner needs
-    /// to rebuild a partition until snapshots land. Default 0.
+    /// Seconds the point log, and the event stream with it, keep messages; 0 keeps them for
+    /// ever, which a new owner needs to rebuild a partition until snapshots land. Default 0.
     pub log_max_age: u64,
     /// Seconds a repeated batch id is recognized. Default 120.
     pub duplicate_window: u64,
@@ -465,6 +465,10 @@ impl Config {
             lease_ttl: Duration::from_secs_f64(c.lease_ttl),
             log_max_age: Duration::from_secs(c.log_max_age),
             duplicate_window: Duration::from_secs(c.duplicate_window),
+            // Events are kept as long as the points they came from: a node rebuilding a
+            // partition from the log makes its events again, and recognizes them only while
+            // the event stream still holds them (docs/scale-out.md, "Events and webhooks").
+            events_max_age: Duration::from_secs(c.log_max_age),
             dir: self.data_dir.join("cluster"),
         })
     }

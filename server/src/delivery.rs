@@ -109,6 +109,9 @@ pub struct Dispatcher {
     workers: Mutex<HashMap<String, WorkerHandle>>,
     data: Arc<Notify>,
     closing: AtomicBool,
+    /// On a cluster node: whether this node delivers a monitor's alarm and device events
+    /// (every node delivers the data points of the partitions it holds).
+    delivers: std::sync::OnceLock<crate::cluster::Holds>,
 }
 
 impl Dispatcher {
@@ -142,9 +145,16 @@ impl Dispatcher {
             workers: Mutex::new(HashMap::new()),
             data,
             closing: AtomicBool::new(false),
+            delivers: std::sync::OnceLock::new(),
         });
         d.reconcile().map_err(std::io::Error::other)?;
         Ok(d)
+    }
+
+    /// On a cluster node: `delivers(monitor)` says whether this node delivers the monitor's
+    /// alarm and device events (whose cursor the nodes share). Set once, at start.
+    pub fn set_cluster(&self, delivers: crate::cluster::Holds) {
+        let _ = self.delivers.set(delivers);
     }
 
     /// Starts workers for new monitors, wakes those of changed ones and stops those of deleted
@@ -338,8 +348,10 @@ impl Dispatcher {
             .iter()
             .filter_map(|t| t.strip_prefix("DataPoint/"))
             .collect();
-        let alarms = m.topics.iter().any(|t| t == "AlarmStatus");
-        let devices = m.topics.iter().any(|t| t == "devices");
+        // On a cluster node, one node delivers a monitor's alarm and device events.
+        let here = self.delivers.get().is_none_or(|f| f(&m.id));
+        let alarms = here && m.topics.iter().any(|t| t == "AlarmStatus");
+        let devices = here && m.topics.iter().any(|t| t == "devices");
         let replay_until = st.replay_until.unwrap_or((0, 0));
         let from = (st.log_cursor, st.log_offset, st.outbox_cursor);
         // Data point events, each with its time and the cursor after it.
@@ -769,14 +781,24 @@ async fn worker_step(
     quiet_advance: &mut Instant,
 ) -> Result<bool, String> {
     let (reg, mid) = (d.registry.clone(), id.to_string());
-    let Some((m, mut st)) = blocking(move || {
+    let Some((m, st)) = blocking(move || {
         let m = reg.monitor(&mid).map_err(|e| e.to_string())?;
         let st = reg.monitor_state(&mid).map_err(|e| e.to_string())?;
-        Ok(m.map(|m| (m, st.unwrap_or_default())))
+        Ok(m.map(|m| (m, st)))
     })
     .await?
     else {
         return Ok(false);
+    };
+    let mut st = match st {
+        Some(st) => st,
+        // A cluster node learns a new monitor before its shared state: it waits for it,
+        // rather than starting from nothing.
+        None if d.delivers.get().is_some() => {
+            let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+            return Ok(true);
+        }
+        None => MonitorState::default(),
     };
     if st.status == "disabled" {
         let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;

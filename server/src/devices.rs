@@ -52,6 +52,9 @@ pub struct Devices {
     /// Set when the server stops: waits end at once.
     closing: std::sync::atomic::AtomicBool,
     closed: Notify,
+    /// On a cluster node: whether this node answers for a device now. Only those are marked
+    /// disconnected by the sweep (another node's devices are its to sweep).
+    holds: std::sync::OnceLock<crate::cluster::Holds>,
 }
 
 impl Devices {
@@ -88,7 +91,18 @@ impl Devices {
             notify: Mutex::new(HashMap::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
             closed: Notify::new(),
+            holds: std::sync::OnceLock::new(),
         })
+    }
+
+    /// On a cluster node: `holds(device)` says whether this node answers for the device now.
+    /// Set once, at start.
+    pub fn set_cluster(&self, holds: crate::cluster::Holds) {
+        let _ = self.holds.set(holds);
+    }
+
+    fn answers_for(&self, device: &str) -> bool {
+        self.holds.get().is_none_or(|f| f(device))
     }
 
     fn notifier(&self, id: &str) -> Arc<Notify> {
@@ -167,7 +181,9 @@ impl Devices {
             let mut live = self.live.lock();
             live.iter_mut()
                 .map(|(id, l)| (id.as_str(), l))
-                .filter(|(_, l)| l.connected && now - l.last_seen > self.timeout_ms)
+                .filter(|(id, l)| {
+                    l.connected && now - l.last_seen > self.timeout_ms && self.answers_for(id)
+                })
                 .map(|(id, l)| {
                     l.connected = false;
                     (id.to_string(), l.last_seen)

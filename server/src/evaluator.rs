@@ -92,6 +92,9 @@ pub struct Evaluator {
     cond: Condvar,
     stop: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// On a cluster node: whether this node answers for a device (holds its partition and has
+    /// applied it). The clock rules are checked only for those.
+    holds: std::sync::OnceLock<crate::cluster::Holds>,
     /// Figures.
     pub stats: EvaluatorStats,
 }
@@ -108,6 +111,7 @@ impl Evaluator {
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
+            holds: std::sync::OnceLock::new(),
             stats: EvaluatorStats::default(),
         });
         let weak: Weak<Evaluator> = Arc::downgrade(&ev);
@@ -123,6 +127,16 @@ impl Evaluator {
             .expect("spawning the alarm evaluator thread");
         *ev.thread.lock() = Some(t);
         ev
+    }
+
+    /// On a cluster node: `holds(device)` says whether this node answers for the device now.
+    /// Set once, at start.
+    pub fn set_cluster(&self, holds: crate::cluster::Holds) {
+        let _ = self.holds.set(holds);
+    }
+
+    fn answers_for(&self, device: &str) -> bool {
+        self.holds.get().is_none_or(|f| f(device))
     }
 
     /// Tells the evaluator that alert rules (or device groups) changed. Points applied from now
@@ -841,11 +855,13 @@ impl Worker {
         if self.changes.is_empty() {
             return Ok(());
         }
-        let changes = std::mem::take(&mut self.changes);
+        // Kept until written: a failed write (a cluster's event stream failing over) is tried
+        // again with the next flush, and changes written before are recognized by their ids.
         let out = ev
             .registry
-            .alarm_changes(&changes, meterstream_storage::time::now_ms())
+            .alarm_changes(&self.changes, meterstream_storage::time::now_ms())
             .map_err(|e| e.to_string())?;
+        self.changes.clear();
         let applied = out
             .iter()
             .filter(|o| matches!(o, ChangeOutcome::Applied(_)))
@@ -880,6 +896,9 @@ impl Worker {
                 continue;
             };
             if let AlertRule::Missing { duration_ms } = self.rules[ri].alert.rule {
+                if !ev.answers_for(meterstream_storage::path::device_id(&key.1)) {
+                    continue;
+                }
                 if !st.held.state().active()
                     && meterstream_storage::alarm::missing(st.last_arrival, now, duration_ms)
                 {
@@ -900,6 +919,9 @@ impl Worker {
             .collect();
         if !device_rules.is_empty() {
             for d in ev.registry.all_devices().map_err(|e| e.to_string())? {
+                if !ev.answers_for(&d.id) {
+                    continue;
+                }
                 for &ri in &device_rules {
                     let rule = &self.rules[ri];
                     if !rule.covers_device(&d.id, &self.groups) {

@@ -295,7 +295,7 @@ async fn prune_outbox(registry: Arc<dyn Registry>, window_s: u64) {
         tick.tick().await;
         let r = registry.clone();
         let before = meterstream_storage::time::now_ms() - (window_s as i64 + 3600) * 1000;
-        match tokio::task::spawn_blocking(move || r.prune_outbox(before)).await {
+        match tokio::task::spawn_blocking(move || r.prune_outbox(before, false)).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning the outbox failed"),
             Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
             Ok(Ok(_)) => {}
@@ -556,6 +556,16 @@ pub async fn run(
             }
             "cred" => au.forget(id),
             _ => {}
+        }));
+        let holds = |c: &Arc<cluster::Cluster>| {
+            let c = c.clone();
+            Box::new(move |device: &str| c.holds_device(device))
+        };
+        evaluator.set_cluster(holds(c));
+        devices.set_cluster(holds(c));
+        let node = c.node.clone();
+        dispatcher.set_cluster(Box::new(move |monitor: &str| {
+            node.holds(node.partition_of(monitor))
         }));
         c.node.run(Arc::new(cluster::StoreApply {
             store: engine.clone(),

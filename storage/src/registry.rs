@@ -325,7 +325,8 @@ pub struct OutboxEvent {
 }
 
 /// What changes an alarm status.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AlarmChangeKind {
     /// The evaluator moved it to `to` at data (or server) time `at`, because of `value`.
     Evaluated {
@@ -358,7 +359,7 @@ pub enum AlarmChangeKind {
 }
 
 /// One change of an alarm status, with its event id.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmChange {
     /// Event id; a change whose id was already recorded is skipped.
     pub event_id: String,
@@ -552,13 +553,28 @@ pub trait Registry: Send + Sync {
     ) -> Result<Vec<AlarmStatus>>;
     /// Removes every status and history entry of an alert (when it is deleted).
     fn forget_alert(&self, alert_id: &str) -> Result<()>;
+    /// Whether an event with this id was recorded (an alarm change, or a device event added
+    /// with [`Registry::add_event_once`]).
+    fn knows_event(&self, id: &str) -> Result<bool>;
+    /// The next outbox event gets sequence number `next` at least (a cluster node numbers its
+    /// outbox as the shared event stream is, so that every node's outbox is the same).
+    fn set_outbox_next(&self, next: u64);
+    /// Adds a device event with the event id `id` unless that id was recorded; the stored
+    /// event, or `None` when it was.
+    fn add_event_once(
+        &self,
+        device: &str,
+        event: DeviceEvent,
+        id: &str,
+    ) -> Result<Option<DeviceEvent>>;
     /// Outbox events after outbox sequence number `after`, at most `limit`.
     fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>>;
     /// The highest outbox sequence number written (0 if none).
     fn outbox_last(&self) -> u64;
-    /// Deletes outbox events written before `before` (Unix ms), with their event ids; returns
-    /// how many.
-    fn prune_outbox(&self, before: i64) -> Result<usize>;
+    /// Deletes outbox events written before `before` (Unix ms), with their event ids unless
+    /// `keep_ids` (a cluster node keeps them for as long as the log can make the events
+    /// again); returns how many.
+    fn prune_outbox(&self, before: i64, keep_ids: bool) -> Result<usize>;
     /// A monitor's delivery state.
     fn monitor_state(&self, id: &str) -> Result<Option<MonitorState>>;
     /// Stores a monitor's delivery state, durably.
@@ -848,21 +864,21 @@ impl SledRegistry {
     }
 }
 
-impl Registry for SledRegistry {
-    fn device(&self, id: &str) -> Result<Option<Device>> {
-        get_json(&self.devices, id.as_bytes())
-    }
-
-    fn put_device(&self, d: &Device) -> Result<()> {
-        put_json(&self.db, &self.devices, d.id.as_bytes(), d)
-    }
-
-    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>> {
-        page_json(&self.devices, after, limit)
-    }
-
-    fn add_event(&self, device: &str, mut event: DeviceEvent) -> Result<DeviceEvent> {
+impl SledRegistry {
+    /// Adds a device event and its outbox announcement in one transaction. With `id`, the
+    /// announcement has that event id, recorded, and an id recorded before adds nothing.
+    fn add_device_event(
+        &self,
+        device: &str,
+        mut event: DeviceEvent,
+        id: Option<&str>,
+    ) -> Result<Option<DeviceEvent>> {
         let _g = self.lock.lock();
+        if let Some(id) = id {
+            if self.event_ids.contains_key(id.as_bytes()).map_err(db_err)? {
+                return Ok(None);
+            }
+        }
         let p = prefix(device);
         let last = self
             .events
@@ -877,7 +893,7 @@ impl Registry for SledRegistry {
         let seq = *self.outbox_next.lock();
         let ob = OutboxEvent {
             seq,
-            id: format!("device/{device}/{}", event.seq),
+            id: id.map_or_else(|| format!("device/{device}/{}", event.seq), str::to_string),
             topic: format!("devices/{device}"),
             operation: "UPDATE".into(),
             timestamp: event.time,
@@ -890,16 +906,47 @@ impl Registry for SledRegistry {
             }),
         };
         let (k, v, obv) = (key(device, event.seq), encode(&event)?, encode(&ob)?);
-        (&self.events, &self.outbox)
-            .transaction(|(ev, o)| {
+        (&self.events, &self.outbox, &self.event_ids)
+            .transaction(|(ev, o, ids)| {
                 ev.insert(k.as_slice(), v.as_slice())?;
                 o.insert(&seq.to_be_bytes(), obv.as_slice())?;
+                if id.is_some() {
+                    ids.insert(ob.id.as_bytes(), &seq.to_be_bytes())?;
+                }
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| db_err(format!("{e:?}")))?;
         self.flush()?;
         *self.outbox_next.lock() = seq + 1;
-        Ok(event)
+        Ok(Some(event))
+    }
+}
+
+impl Registry for SledRegistry {
+    fn device(&self, id: &str) -> Result<Option<Device>> {
+        get_json(&self.devices, id.as_bytes())
+    }
+
+    fn put_device(&self, d: &Device) -> Result<()> {
+        put_json(&self.db, &self.devices, d.id.as_bytes(), d)
+    }
+
+    fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>> {
+        page_json(&self.devices, after, limit)
+    }
+
+    fn add_event(&self, device: &str, event: DeviceEvent) -> Result<DeviceEvent> {
+        self.add_device_event(device, event, None)
+            .map(|e| e.expect("an event without an id is always added"))
+    }
+
+    fn add_event_once(
+        &self,
+        device: &str,
+        event: DeviceEvent,
+        id: &str,
+    ) -> Result<Option<DeviceEvent>> {
+        self.add_device_event(device, event, Some(id))
     }
 
     fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>> {
@@ -1198,6 +1245,16 @@ impl Registry for SledRegistry {
         self.flush()
     }
 
+    fn knows_event(&self, id: &str) -> Result<bool> {
+        self.event_ids.contains_key(id.as_bytes()).map_err(db_err)
+    }
+
+    fn set_outbox_next(&self, next: u64) {
+        let _g = self.lock.lock();
+        let mut n = self.outbox_next.lock();
+        *n = (*n).max(next);
+    }
+
     fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>> {
         self.outbox
             .range(after.saturating_add(1).to_be_bytes()..)
@@ -1210,7 +1267,7 @@ impl Registry for SledRegistry {
         *self.outbox_next.lock() - 1
     }
 
-    fn prune_outbox(&self, before: i64) -> Result<usize> {
+    fn prune_outbox(&self, before: i64, keep_ids: bool) -> Result<usize> {
         let mut n = 0;
         for kv in self.outbox.iter() {
             let (k, v) = kv.map_err(db_err)?;
@@ -1218,7 +1275,9 @@ impl Registry for SledRegistry {
             if ev.timestamp >= before {
                 break;
             }
-            self.event_ids.remove(ev.id.as_bytes()).map_err(db_err)?;
+            if !keep_ids {
+                self.event_ids.remove(ev.id.as_bytes()).map_err(db_err)?;
+            }
             self.outbox.remove(k).map_err(db_err)?;
             n += 1;
         }
@@ -1471,7 +1530,7 @@ mod tests {
         let hist = r.alarm_history("a", None, 100).unwrap();
         assert_eq!(hist.len(), 4);
         // Pruning drops the old events and their ids.
-        assert_eq!(r.prune_outbox(1_600).unwrap(), 3);
+        assert_eq!(r.prune_outbox(1_600, false).unwrap(), 3);
         assert_eq!(r.outbox_after(0, 100).unwrap()[0].seq, 4);
     }
 
@@ -1509,6 +1568,56 @@ mod tests {
         .unwrap();
         assert_eq!(r.deliver("gw1", 0, 2_300).unwrap().len(), 1);
         assert_eq!(r.deliver("gw2", 0, 2_300).unwrap()[0].id, other.id);
+    }
+
+    #[test]
+    fn events_with_given_ids_are_recorded_once_and_numbered_from_a_given_outbox_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SledRegistry::open(dir.path()).unwrap();
+        let ev = |status: &str, time: i64| DeviceEvent {
+            seq: 0,
+            time,
+            status: status.into(),
+            address: None,
+        };
+        // A cluster node numbers its outbox as the shared event stream is.
+        r.set_outbox_next(41);
+        let first = r
+            .add_event_once("gw1", ev("connected", 1_000), "device/gw1/connected/1000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.seq, 1);
+        assert!(r.knows_event("device/gw1/connected/1000").unwrap());
+        // Made again (a partition's new holder replaying its log): nothing is added.
+        assert_eq!(
+            r.add_event_once("gw1", ev("connected", 1_000), "device/gw1/connected/1000")
+                .unwrap(),
+            None
+        );
+        // The next number never goes back.
+        r.set_outbox_next(10);
+        r.add_event_once(
+            "gw1",
+            ev("disconnected", 9_000),
+            "device/gw1/disconnected/9000",
+        )
+        .unwrap()
+        .unwrap();
+        let out = r.outbox_after(0, 10).unwrap();
+        let got: Vec<(u64, &str)> = out.iter().map(|e| (e.seq, e.id.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (41, "device/gw1/connected/1000"),
+                (42, "device/gw1/disconnected/9000")
+            ]
+        );
+        assert_eq!(r.events("gw1", 0, 10).unwrap().len(), 2);
+        // Pruned keeping the ids, an event is still known.
+        assert_eq!(r.prune_outbox(2_000, true).unwrap(), 1);
+        assert!(r.knows_event("device/gw1/connected/1000").unwrap());
+        assert_eq!(r.prune_outbox(10_000, false).unwrap(), 1);
+        assert!(!r.knows_event("device/gw1/disconnected/9000").unwrap());
     }
 
     #[test]

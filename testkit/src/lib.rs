@@ -4,10 +4,13 @@
 //! WebDriver is JSON over HTTP; blocking reqwest is enough). Started headless with an empty
 //! profile and the flags the dashboards issue names; a phone's viewport is emulated below
 //! 500 px, because chromium keeps windows at least that wide.
+//!
+//! [`Receiver`]: a webhook receiver for monitors' deliveries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly
 
 use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,5 +194,101 @@ impl Drop for Browser {
         let _ = self.cmd("DELETE", "", Value::Null);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// A webhook receiver: a Python HTTP server with its own Standard Webhooks verifier
+/// (`receiver.py`) on 127.0.0.1, logging every request it answers.
+pub struct Receiver {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    /// Starts one on a free port, answering 200.
+    pub fn start() -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("received.jsonl");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the test receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("the receiver prints its port");
+        Receiver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn control(&self, what: &str, body: &str) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/{what}", self.url))
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    /// How the receiver answers from now on: "200", "503", "429:0.3", "410", "hang".
+    pub fn mode(&self, m: &str) {
+        self.control("_mode", m);
+    }
+
+    /// The secret the receiver verifies signatures with from now on.
+    pub fn secret(&self, s: &str) {
+        self.control("_secret", s);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The messages of the requests answered 2xx, in order.
+    pub fn delivered(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r["status"]
+                    .as_u64()
+                    .is_some_and(|s| (200..300).contains(&s))
+            })
+            .flat_map(|r| r["body"]["Document"]["Msg"].as_array().unwrap().clone())
+            .collect()
+    }
+
+    /// Waits (at most `secs`) until `f` holds for the delivered messages.
+    pub fn wait_for(&self, secs: u64, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let d = self.delivered();
+            if f(&d) || Instant::now() > deadline {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

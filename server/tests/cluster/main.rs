@@ -125,7 +125,9 @@ fn start_node(id: &str, dir: &std::path::Path, nats: &[String]) -> Node {
         &conf,
         format!(
             "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ncheckpoint_interval = 1\n\
-             chunk_points = 64\n\n[cluster]\nnats_urls = [{}]\nnode_id = {id:?}\n\
+             chunk_points = 64\n\
+             allow_private_webhook_targets = true\nwebhook_max_backoff = 0.2\n\n\
+             [cluster]\nnats_urls = [{}]\nnode_id = {id:?}\n\
              partitions = {PARTITIONS}\nlog_streams = 4\nreplicas = 3\nlease_ttl = {LEASE_TTL}\n",
             dir.join("data").display().to_string(),
             urls.join(", ")
@@ -418,6 +420,126 @@ fn run_gateways(
             std::thread::spawn(move || gateway(format!("gw{d}"), urls, batches, acked, stop))
         })
         .collect()
+}
+
+/// The node holding `device`'s partition, in `via`'s view.
+fn holder_of(c: &reqwest::blocking::Client, via: &Node, device: &str) -> String {
+    let p = meterstream_cluster::partition::of_device(device, PARTITIONS as u32);
+    status(c, &via.url).unwrap()["owners"][p as usize]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Posts (seconds after `t0`, value) points of `stream` through `n`.
+fn post_points(c: &reqwest::blocking::Client, n: &Node, stream: &str, t0: i64, pts: &[(i64, f64)]) {
+    let body: Vec<Value> = pts
+        .iter()
+        .map(|(s, v)| json!({"stream_id": stream, "timestamp": t0 + s * 1000, "value": v}))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let r = c
+            .post(format!("{}/ws/v1/streams/history", n.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        if r.status() == 503 && started.elapsed() < MOVE_BOUND {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        assert!(r.status().is_success(), "{:?}", r.text());
+        return;
+    }
+}
+
+/// An alert's transitions (source, state, seconds after `t0`) in `n`'s history, once it has
+/// `want` of them (at most `MOVE_BOUND`).
+fn transitions(
+    c: &reqwest::blocking::Client,
+    n: &Node,
+    alert: &str,
+    t0: i64,
+    want: usize,
+) -> Vec<(String, String, i64)> {
+    let started = Instant::now();
+    loop {
+        let v = get_json(
+            c,
+            &format!("{}/ws/v1/alerts/history/{alert}?size=1000", n.url),
+        );
+        let mut got: Vec<(String, String, i64)> = v["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let changed = t["changed"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<jiff::Timestamp>()
+                    .unwrap()
+                    .as_millisecond();
+                (
+                    t["source"].as_str().unwrap().to_string(),
+                    t["state"].as_str().unwrap().to_string(),
+                    (changed - t0) / 1000,
+                )
+            })
+            .collect();
+        got.sort();
+        if got.len() >= want || started.elapsed() > MOVE_BOUND {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The events of `alert` a receiver took for monitor path `hook`: (event id, source, state,
+/// seconds after `t0`), each id once, in the order first delivered. Every delivery of one id
+/// carries the same event.
+fn alarm_events(
+    rx: &meterstream_testkit::Receiver,
+    hook: &str,
+    alert: &str,
+    t0: i64,
+) -> Vec<(String, String, String, i64)> {
+    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in rx.requests() {
+        if r["path"].as_str() != Some(hook)
+            || !r["status"]
+                .as_u64()
+                .is_some_and(|s| (200..300).contains(&s))
+        {
+            continue;
+        }
+        assert_eq!(r["verified"], true, "a signed delivery: {r}");
+        for m in r["body"]["Document"]["Msg"].as_array().unwrap() {
+            let id = m["event_id"].as_str().unwrap().to_string();
+            if !id.starts_with(&format!("{alert}/")) {
+                continue;
+            }
+            let a = &m["AlarmStatus"];
+            if let Some(first) = seen.get(&id) {
+                assert_eq!(first, a, "event {id} delivered again with other contents");
+                continue;
+            }
+            seen.insert(id.clone(), a.clone());
+            let changed = a["changed"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .as_millisecond();
+            out.push((
+                id,
+                a["source"].as_str().unwrap().to_string(),
+                a["state"].as_str().unwrap().to_string(),
+                (changed - t0) / 1000,
+            ));
+        }
+    }
+    out
 }
 
 #[test]
@@ -763,6 +885,80 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         })
         .collect();
 
+    // Alarms and webhooks. A device whose partition node b holds; an alert over its streams;
+    // monitors until one is delivered by b (a monitor's alarm events are delivered by the
+    // holder of its id's partition), all to one receiver, each on a path of its own.
+    let victim = &nodes[1];
+    let device = (0..200)
+        .map(|k| format!("al{k}"))
+        .find(|d| holder_of(&c, &nodes[0], d) == victim.id)
+        .unwrap();
+    let r = c
+        .post(format!("{}/ws/v1/alerts/inventory", nodes[0].url))
+        .json(&json!({
+            "name": "Overvoltage", "severity": "major",
+            "scope": {"type": "Resource", "value": format!("{device}/m/*")},
+            "rule": {"type": "DataPoint condition",
+                     "fire": {"op": ">", "threshold": 250.0, "duration_ms": 10_000},
+                     "reset": {"op": "<", "threshold": 240.0, "duration_ms": 0}}
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let alert = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rx = meterstream_testkit::Receiver::start();
+    let mut hooks: Vec<(String, String)> = Vec::new();
+    for i in 0..12 {
+        let r = c
+            .post(format!("{}/ws/v1/monitors/inventory", nodes[2].url))
+            .json(
+                &json!({"topics": ["AlarmStatus"], "url": format!("{}/m{i}", rx.url),
+                          "batch_duration": 0.1}),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let m: Value = r.json().unwrap();
+        rx.secret(m["secret"].as_str().unwrap());
+        let id = m["id"].as_str().unwrap().to_string();
+        let deliverer = holder_of(&c, &nodes[0], &id);
+        hooks.push((format!("/m{i}"), deliverer.clone()));
+        if deliverer == victim.id && hooks.len() >= 3 {
+            break;
+        }
+    }
+    assert!(
+        hooks.iter().any(|(_, d)| *d == victim.id),
+        "no monitor delivered by {}: {hooks:?}",
+        victim.id
+    );
+    // v1 goes over the threshold long enough to fire (at 10 s) before the kill; v2 is over it
+    // for only 5 s, mid-condition, when its partition's holder is killed.
+    let t0 = (meterstream_storage::time::now_ms() / 1000 - 600) * 1000;
+    let (v1, v2) = (format!("{device}/m/v1"), format!("{device}/m/v2"));
+    let over: Vec<(i64, f64)> = (0..=12).map(|s| (s, 260.0)).collect();
+    post_points(&c, &nodes[0], &v1, t0, &over);
+    post_points(&c, &nodes[2], &v2, t0, &over[..6]);
+    let fired = vec![(v1.clone(), "triggered".to_string(), 10)];
+    for n in &all {
+        assert_eq!(transitions(&c, n, &alert, t0, 1), fired, "on {}", n.id);
+    }
+    // Every monitor has it before the kill.
+    let started = Instant::now();
+    while hooks
+        .iter()
+        .any(|(h, _)| alarm_events(&rx, h, &alert, t0).is_empty())
+    {
+        assert!(
+            started.elapsed() < MOVE_BOUND,
+            "v1's transition not delivered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // 2. kill -9 one meterstream node during ingest.
     let gateways = run_gateways(6, &all, (20, 400), &acked, &stop);
     std::thread::sleep(Duration::from_millis(1_500));
@@ -781,6 +977,46 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         killed.elapsed()
     );
     verify(&c, &survivors, &acked.lock().unwrap());
+    // The alarms after the move: v1 stays triggered (its transition is not made again by the
+    // new holder, which evaluates the partition's points from the log) and resets at 21 s; v2,
+    // mid-condition at the kill, fires once at 10 s and resets at 16 s.
+    let more: Vec<(i64, f64)> = (13..=20).map(|s| (s, 260.0)).collect();
+    post_points(&c, &nodes[2], &v1, t0, &more);
+    post_points(&c, &nodes[0], &v1, t0, &[(21, 230.0)]);
+    let more: Vec<(i64, f64)> = (6..=15).map(|s| (s, 260.0)).collect();
+    post_points(&c, &nodes[0], &v2, t0, &more);
+    post_points(&c, &nodes[2], &v2, t0, &[(16, 230.0)]);
+    let mut want = vec![
+        (v1.clone(), "reset".to_string(), 21),
+        (v1.clone(), "triggered".to_string(), 10),
+        (v2.clone(), "reset".to_string(), 16),
+        (v2.clone(), "triggered".to_string(), 10),
+    ];
+    want.sort();
+    for n in &survivors {
+        assert_eq!(transitions(&c, n, &alert, t0, 4), want, "on {}", n.id);
+    }
+    // Each monitor, the one that was delivered by the killed node too, got each transition
+    // once (by event id), with the same contents whenever it came again.
+    for (hook, deliverer) in &hooks {
+        let started = Instant::now();
+        let got = loop {
+            let got = alarm_events(&rx, hook, &alert, t0);
+            if got.len() >= 4 || started.elapsed() > MOVE_BOUND {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut states: Vec<(String, String, i64)> = got
+            .iter()
+            .map(|e| (e.1.clone(), e.2.clone(), e.3))
+            .collect();
+        states.sort();
+        assert_eq!(
+            states, want,
+            "monitor {hook} (delivered by {deliverer} before the kill): {got:?}"
+        );
+    }
     // The commands queued before the kill are there on whichever node holds their devices now.
     for (device, cid) in &survivors_cmds {
         for n in &survivors {
