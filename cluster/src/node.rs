@@ -566,7 +566,9 @@ impl Node {
             .collect()
     }
 
-    fn handle(&self) -> &tokio::runtime::Handle {
+    /// The node's own runtime (two threads, driving its own IO): work that must not depend on
+    /// the caller's runtime, such as asking the other nodes from a blocking thread.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
 

@@ -106,6 +106,8 @@ pub struct Cluster {
     /// The node.
     pub node: Arc<Node>,
     http: reqwest::Client,
+    /// For asking every other node ([`Cluster::ask_others`]), used on the node's runtime only.
+    fan_http: reqwest::Client,
 }
 
 /// Whether this node answers for a key (a device id, a monitor id) now.
@@ -401,14 +403,20 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Cluster, meterstream_cluster::ClusterError> {
         let node = Arc::new(Node::connect(cfg)?);
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| meterstream_cluster::ClusterError::Nats {
-                what: "building the HTTP client",
-                message: e.to_string(),
-            })?;
-        Ok(Cluster { node, http })
+        let client = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| meterstream_cluster::ClusterError::Nats {
+                    what: "building the HTTP client",
+                    message: e.to_string(),
+                })
+        };
+        Ok(Cluster {
+            node,
+            http: client()?,
+            fan_http: client()?,
+        })
     }
 
     /// Checks `groups` as far as no stored state is needed, publishes the good points by
@@ -581,52 +589,9 @@ impl Cluster {
         limit: usize,
         cursor: impl Fn(String) -> String,
     ) -> Result<serde_json::Value, ApiError> {
-        let unavailable = |message: String| ApiError::Unavailable {
-            message,
-            retry_after: 1,
-        };
-        if let Some(p) = self.node.owners().iter().position(Option::is_none) {
-            return Err(unavailable(format!(
-                "partition {p} is moving between nodes; the listing would miss its items"
-            )));
-        }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut pages = vec![own];
-        let others: Vec<_> = self
-            .node
-            .members()
-            .into_iter()
-            .filter(|m| m.id != self.node.id())
-            .collect();
-        let asks = others.iter().map(|m| {
-            let mut r = self
-                .http
-                .get(format!("{}{path}", m.url.trim_end_matches('/')))
-                .header(HOP_HEADER, self.node.id());
-            for (name, value) in req.headers() {
-                if matches!(
-                    name.as_str(),
-                    "authorization" | "x-api-key-id" | "x-api-key-secret"
-                ) {
-                    r = r.header(name.as_str(), value.as_bytes());
-                }
-            }
-            async move {
-                let res = r.send().await.map_err(|e| e.to_string())?;
-                if !res.status().is_success() {
-                    return Err(format!("answered {}", res.status()));
-                }
-                res.json::<serde_json::Value>()
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        });
-        for (m, r) in others
-            .iter()
-            .zip(futures_util::future::join_all(asks).await)
-        {
-            pages.push(r.map_err(|e| unavailable(format!("node {} did not answer: {e}", m.id)))?);
-        }
+        pages.extend(self.ask_others(path, req.headers()).await?);
         let more = pages.iter().any(|p| p.get("cursor").is_some());
         let mut items: Vec<serde_json::Value> = pages
             .into_iter()
@@ -654,6 +619,63 @@ impl Cluster {
         }
         out["list"] = items.into();
         Ok(out)
+    }
+
+    /// Asks every other live node for `path` (with the query), as a request forwarded from
+    /// this one with the caller's credentials, and gives their JSON answers. 503 while a
+    /// partition has no holder, or when a node does not answer: an answer missing some
+    /// partitions' items would look complete. Runs on the node's runtime.
+    pub async fn ask_others(
+        &self,
+        path: &str,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let task = self.asking(path, headers);
+        self.node
+            .handle()
+            .spawn(task)
+            .await
+            .map_err(|e| ApiError::Internal(format!("asking the other nodes: {e}")))?
+    }
+
+    /// [`Cluster::ask_others`] from a blocking thread.
+    pub fn ask_others_blocking(
+        &self,
+        path: &str,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        self.node.handle().block_on(self.asking(path, headers))
+    }
+
+    fn asking(
+        &self,
+        path: &str,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> impl std::future::Future<Output = Result<Vec<serde_json::Value>, ApiError>> + Send + 'static
+    {
+        let owners = self.node.owners();
+        let others: Vec<_> = self
+            .node
+            .members()
+            .into_iter()
+            .filter(|m| m.id != self.node.id())
+            .collect();
+        let creds: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(name, _)| {
+                matches!(
+                    name.as_str(),
+                    "authorization" | "x-api-key-id" | "x-api-key-secret"
+                )
+            })
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let (http, me, path) = (
+            self.fan_http.clone(),
+            self.node.id().to_string(),
+            path.to_string(),
+        );
+        async move { ask(http, me, owners, others, path, creds).await }
     }
 
     /// Whether this node holds `device`'s partition (and has applied it).
@@ -736,6 +758,52 @@ pub async fn status(
         "local": n.local_partitions(),
         "positions": positions,
     })))
+}
+
+/// Asks each of `others` for `path` with the caller's credentials `creds` (see
+/// [`Cluster::ask_others`]).
+async fn ask(
+    http: reqwest::Client,
+    me: String,
+    owners: Vec<Option<String>>,
+    others: Vec<meterstream_cluster::members::Member>,
+    path: String,
+    creds: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let unavailable = |message: String| ApiError::Unavailable {
+        message,
+        retry_after: 1,
+    };
+    if let Some(p) = owners.iter().position(Option::is_none) {
+        return Err(unavailable(format!(
+            "partition {p} is moving between nodes; the answer would miss its items"
+        )));
+    }
+    let asks = others.iter().map(|m| {
+        let mut r = http
+            .get(format!("{}{path}", m.url.trim_end_matches('/')))
+            .header(HOP_HEADER, me.as_str());
+        for (name, value) in &creds {
+            r = r.header(name.as_str(), value.as_slice());
+        }
+        async move {
+            let res = r.send().await.map_err(|e| e.to_string())?;
+            if !res.status().is_success() {
+                return Err(format!("answered {}", res.status()));
+            }
+            res.json::<serde_json::Value>()
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    let mut out = Vec::with_capacity(others.len());
+    for (m, r) in others
+        .iter()
+        .zip(futures_util::future::join_all(asks).await)
+    {
+        out.push(r.map_err(|e| unavailable(format!("node {} did not answer: {e}", m.id)))?);
+    }
+    Ok(out)
 }
 
 /// The order and cursor key of a stream inventory item: its path.
@@ -882,7 +950,9 @@ fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String>
     };
     let tail = decode(prefixes.iter().find_map(|p| path.strip_prefix(p))?)?;
     let device = meterstream_storage::path::device_id(&tail);
-    (!device.is_empty()).then(|| device.to_string())
+    // A pattern over every device (`*/*/active_power`) is gathered from every node by its
+    // handler; one with a device id is that device's holder's, like a stream.
+    (!device.is_empty() && !device.contains('*')).then(|| device.to_string())
 }
 
 /// Middleware: sends a query of one stream to the node holding its partition (see the module

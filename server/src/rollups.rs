@@ -25,6 +25,7 @@ use meterstream_storage::{
     Cursor, Fill, Interval, Method, Order, RollupQuery, RollupValue, StorageError, Store,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 const PARAMS: &[&str] = &[
     "interval",
@@ -320,6 +321,48 @@ fn rows_cursor(c: Option<&Cursor>) -> Result<Option<(String, i64)>, ApiError> {
 }
 
 fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
+    page_held(store, r, &|_| true)
+}
+
+/// Which streams a node answers for: on a cluster node, those of the partitions it holds (its
+/// store may keep partitions it held before).
+type Held<'a> = &'a (dyn Fn(&str) -> bool + Sync);
+
+/// Per interval, over the streams of an aggregate that have a value there: (sum, count) for
+/// `sum` and `average`, (min or max, count) for the others.
+type Partials = BTreeMap<i64, (f64, u64)>;
+
+/// Whether (stream, interval start) comes after the page's cursor.
+fn after_cursor(after: &Option<(String, i64)>, order: Order, s: &str, t: i64) -> bool {
+    match after {
+        None => true,
+        Some((cs, ct)) => {
+            s > cs.as_str()
+                || (s == cs.as_str()
+                    && if order == Order::Asc {
+                        t > *ct
+                    } else {
+                        t < *ct
+                    })
+        }
+    }
+}
+
+/// The first `limit` rows, and a cursor after the last when `more` or there were more.
+fn cut(mut rows: Vec<(String, RollupValue)>, limit: usize, order: Order, more: bool) -> Rows {
+    let next = (more || rows.len() > limit).then(|| {
+        let (s, v) = &rows[rows.len().min(limit) - 1];
+        Cursor::Key {
+            order,
+            key: format!("{s}\u{1}{}", v.timestamp),
+        }
+    });
+    rows.truncate(limit);
+    (rows, next)
+}
+
+/// The page of `r` over the streams `held` says this node answers for.
+fn page_held(store: &dyn Store, r: &Request, held: Held<'_>) -> Result<Rows, ApiError> {
     let q = &r.query;
     if !r.pattern && r.aggregate.is_none() {
         let page = store.rollups(&r.target, q)?;
@@ -330,139 +373,265 @@ fn page_of(store: &dyn Store, r: &Request) -> Result<Rows, ApiError> {
             .collect();
         return Ok((rows, page.next));
     }
-    let after = rows_cursor(q.cursor.as_ref())?;
-    let is_after = |s: &str, t: i64| match &after {
-        None => true,
-        Some((cs, ct)) => {
-            s > cs.as_str()
-                || (s == cs.as_str()
-                    && if q.order == Order::Asc {
-                        t > *ct
-                    } else {
-                        t < *ct
-                    })
-        }
+    let rows = match r.aggregate {
+        Some(agg) => aggregate_rows(r, partials(store, r, agg, held)?, agg)?,
+        None => stream_rows(store, r, held)?,
     };
-    let mut rows: Vec<(String, RollupValue)> = Vec::new();
-    if let Some(agg) = r.aggregate {
-        let streams: Vec<String> = if r.pattern {
-            matching_streams(store, &r.target, None, usize::MAX)?
-                .into_iter()
-                .filter(|(_, numeric)| *numeric)
-                .map(|(p, _)| p)
-                .collect()
-        } else {
-            vec![r.target.clone()]
-        };
-        // Combine per interval over the streams that have a value there (in path order, so the
-        // sums do not depend on threads), then fill.
-        let mut acc: BTreeMap<i64, (f64, u64)> = BTreeMap::new();
-        for series in many_series(
-            store,
-            &streams,
-            q,
-            Fill::None,
-            Order::Asc,
-            MAX_INTERVALS + 1,
-        )? {
-            for v in series {
-                let Some(x) = v.value else { continue };
-                let e = acc.entry(v.timestamp).or_insert(match agg {
-                    Aggregate::Min => (f64::INFINITY, 0),
-                    Aggregate::Max => (f64::NEG_INFINITY, 0),
-                    _ => (0.0, 0),
-                });
-                e.0 = match agg {
-                    Aggregate::Sum | Aggregate::Average => e.0 + x,
-                    Aggregate::Min => e.0.min(x),
-                    Aggregate::Max => e.0.max(x),
-                };
-                e.1 += 1;
-            }
-        }
-        let combined: Vec<(i64, f64)> = acc
+    Ok(cut(rows, q.limit, q.order, false))
+}
+
+/// The aggregate's partials over the streams `held` says this node answers for, combined per
+/// interval in path order (so that sums do not depend on threads).
+fn partials(
+    store: &dyn Store,
+    r: &Request,
+    agg: Aggregate,
+    held: Held<'_>,
+) -> Result<Partials, ApiError> {
+    let streams: Vec<String> = if r.pattern {
+        matching_streams(store, &r.target, None, usize::MAX)?
             .into_iter()
-            .map(|(t, (v, n))| {
-                (
-                    t,
-                    if agg == Aggregate::Average {
-                        v / n as f64
-                    } else {
-                        v
-                    },
-                )
-            })
-            .collect();
-        let from = q.from.or(combined.first().map(|c| c.0)).unwrap_or(0);
-        let to = q.to.or(combined.last().map(|c| c.0 + 1)).unwrap_or(0);
-        let mut filled = fill_intervals(&combined, q.interval, &q.tz, q.fill, from, to)?;
-        if q.order == Order::Desc {
-            filled.reverse();
-        }
-        rows.extend(
-            filled
-                .into_iter()
-                .filter(|v| is_after(&r.target, v.timestamp))
-                .map(|v| (r.target.clone(), v)),
-        );
+            .filter(|(p, numeric)| *numeric && held(p))
+            .map(|(p, _)| p)
+            .collect()
     } else {
-        // Streams in path order, time in `order` within each; only the streams this page needs,
-        // fetched a batch at a time from where the previous page ended.
-        let mut from: Option<String> = None;
-        if let Some((cs, ct)) = &after {
-            // The cursor's stream may have intervals left.
+        vec![r.target.clone()]
+    };
+    let mut acc = Partials::new();
+    for series in many_series(
+        store,
+        &streams,
+        &r.query,
+        Fill::None,
+        Order::Asc,
+        MAX_INTERVALS + 1,
+    )? {
+        for v in series {
+            let Some(x) = v.value else { continue };
+            merge_partial(&mut acc, agg, v.timestamp, x, 1);
+        }
+    }
+    Ok(acc)
+}
+
+/// Adds `x` (over `n` streams) to the partial of interval `t`.
+fn merge_partial(acc: &mut Partials, agg: Aggregate, t: i64, x: f64, n: u64) {
+    let e = acc.entry(t).or_insert(match agg {
+        Aggregate::Min => (f64::INFINITY, 0),
+        Aggregate::Max => (f64::NEG_INFINITY, 0),
+        _ => (0.0, 0),
+    });
+    e.0 = match agg {
+        Aggregate::Sum | Aggregate::Average => e.0 + x,
+        Aggregate::Min => e.0.min(x),
+        Aggregate::Max => e.0.max(x),
+    };
+    e.1 += n;
+}
+
+/// The aggregate's rows from its partials: combined, filled, in the query's order, after the
+/// cursor.
+fn aggregate_rows(
+    r: &Request,
+    acc: Partials,
+    agg: Aggregate,
+) -> Result<Vec<(String, RollupValue)>, ApiError> {
+    let q = &r.query;
+    let after = rows_cursor(q.cursor.as_ref())?;
+    let combined: Vec<(i64, f64)> = acc
+        .into_iter()
+        .map(|(t, (v, n))| {
+            (
+                t,
+                if agg == Aggregate::Average {
+                    v / n as f64
+                } else {
+                    v
+                },
+            )
+        })
+        .collect();
+    let from = q.from.or(combined.first().map(|c| c.0)).unwrap_or(0);
+    let to = q.to.or(combined.last().map(|c| c.0 + 1)).unwrap_or(0);
+    let mut filled = fill_intervals(&combined, q.interval, &q.tz, q.fill, from, to)?;
+    if q.order == Order::Desc {
+        filled.reverse();
+    }
+    Ok(filled
+        .into_iter()
+        .filter(|v| after_cursor(&after, q.order, &r.target, v.timestamp))
+        .map(|v| (r.target.clone(), v))
+        .collect())
+}
+
+/// Up to `limit + 1` rows of the streams `held` says this node answers for, after the cursor:
+/// streams in path order, time in `order` within each; only the streams this page needs,
+/// fetched a batch at a time from where the previous page ended.
+fn stream_rows(
+    store: &dyn Store,
+    r: &Request,
+    held: Held<'_>,
+) -> Result<Vec<(String, RollupValue)>, ApiError> {
+    let q = &r.query;
+    let after = rows_cursor(q.cursor.as_ref())?;
+    let mut rows: Vec<(String, RollupValue)> = Vec::new();
+    let mut from: Option<String> = None;
+    if let Some((cs, ct)) = &after {
+        // The cursor's stream may have intervals left.
+        if held(cs) {
             rows.extend(
                 whole_series(store, cs, q, q.fill, q.order, Some(*ct), q.limit + 1)?
                     .into_iter()
-                    .filter(|v| is_after(cs, v.timestamp))
+                    .filter(|v| after_cursor(&after, q.order, cs, v.timestamp))
                     .map(|v| (cs.clone(), v)),
             );
-            from = Some(cs.clone());
         }
-        // Small first batches, so that small pages stay cheap.
-        let mut batch_size = 1;
-        'streams: while rows.len() <= q.limit {
-            let batch = if r.pattern {
-                matching_streams(store, &r.target, from.as_deref(), batch_size)?
-            } else if from.is_none() {
-                vec![(r.target.clone(), true)]
-            } else {
-                Vec::new()
-            };
-            let Some((last, _)) = batch.last().cloned() else {
-                break;
-            };
-            let numeric: Vec<String> = batch
-                .into_iter()
-                .filter(|(_, n)| *n)
-                .map(|(p, _)| p)
-                .collect();
-            for (s, series) in numeric.iter().zip(many_series(
-                store,
-                &numeric,
-                q,
-                q.fill,
-                q.order,
-                q.limit + 1,
-            )?) {
-                rows.extend(series.into_iter().map(|v| (s.clone(), v)));
-                if rows.len() > q.limit {
-                    break 'streams;
-                }
+        from = Some(cs.clone());
+    }
+    // Small first batches, so that small pages stay cheap.
+    let mut batch_size = 1;
+    'streams: while rows.len() <= q.limit {
+        let batch = if r.pattern {
+            matching_streams(store, &r.target, from.as_deref(), batch_size)?
+        } else if from.is_none() {
+            vec![(r.target.clone(), true)]
+        } else {
+            Vec::new()
+        };
+        let Some((last, _)) = batch.last().cloned() else {
+            break;
+        };
+        let numeric: Vec<String> = batch
+            .into_iter()
+            .filter(|(p, n)| *n && held(p))
+            .map(|(p, _)| p)
+            .collect();
+        for (s, series) in numeric.iter().zip(many_series(
+            store,
+            &numeric,
+            q,
+            q.fill,
+            q.order,
+            q.limit + 1,
+        )?) {
+            rows.extend(series.into_iter().map(|v| (s.clone(), v)));
+            if rows.len() > q.limit {
+                break 'streams;
             }
-            from = Some(last);
-            batch_size = (batch_size * 2).min(256);
+        }
+        from = Some(last);
+        batch_size = (batch_size * 2).min(256);
+    }
+    Ok(rows)
+}
+
+/// On a cluster node, a pattern over every device (`*/…`) is answered by every node for the
+/// partitions it holds, and merged by the node asked (docs/scale-out.md, "Queries").
+fn gathered_by(st: &AppState, r: &Request) -> Option<Arc<crate::cluster::Cluster>> {
+    st.cluster
+        .clone()
+        .filter(|_| r.pattern && meterstream_storage::path::device_id(&r.target).contains('*'))
+}
+
+/// This node's part of a gathered rollup, for the node gathering it: the aggregate's partials
+/// per interval, or up to `size` rows (and whether there were more) of the streams it holds.
+fn part_json(
+    store: &dyn Store,
+    r: &Request,
+    held: Held<'_>,
+) -> Result<serde_json::Value, ApiError> {
+    use serde_json::json;
+    Ok(match r.aggregate {
+        Some(agg) => {
+            let p: Vec<serde_json::Value> = partials(store, r, agg, held)?
+                .into_iter()
+                .map(|(t, (v, n))| json!([t, v, n]))
+                .collect();
+            json!({ "partials": p })
+        }
+        None => {
+            let mut rows = stream_rows(store, r, held)?;
+            let more = rows.len() > r.query.limit;
+            rows.truncate(r.query.limit);
+            let rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(s, v)| json!([s, v.timestamp, v.value.filter(|x| x.is_finite())]))
+                .collect();
+            json!({ "rows": rows, "more": more })
+        }
+    })
+}
+
+/// The page of `r` gathered from every node of the cluster: this node's part and the others'
+/// (asked with the request's credentials, on `path` with this page's cursor and size). Every
+/// stream is one node's, so rows merge by stream; partials add up per interval. Blocking.
+fn gathered(
+    c: &crate::cluster::Cluster,
+    store: &dyn Store,
+    r: &Request,
+    path: &str,
+    query: &str,
+    headers: &actix_web::http::header::HeaderMap,
+) -> Result<Rows, ApiError> {
+    let held = |p: &str| c.holds_device(meterstream_storage::path::device_id(p));
+    let mut parts = vec![part_json(store, r, &held)?];
+    // The peers answer the same page: the same cursor and size, whatever the format.
+    let mut peer = format!("{path}?");
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let k = kv.split('=').next().unwrap_or_default();
+        if !matches!(k, "cursor" | "size" | "format") {
+            peer.push_str(kv);
+            peer.push('&');
         }
     }
-    let next = (rows.len() > q.limit).then(|| {
-        let (s, v) = &rows[q.limit - 1];
-        Cursor::Key {
-            order: q.order,
-            key: format!("{s}\u{1}{}", v.timestamp),
+    peer.push_str(&format!("size={}", r.query.limit));
+    if let Some(cur) = &r.query.cursor {
+        peer.push_str("&cursor=");
+        peer.extend(percent_encoding::utf8_percent_encode(
+            &cur.encode(),
+            percent_encoding::NON_ALPHANUMERIC,
+        ));
+    }
+    parts.extend(c.ask_others_blocking(&peer, headers)?);
+    let bad = || ApiError::Internal("a node's part of a gathered rollup was malformed".into());
+    let q = &r.query;
+    match r.aggregate {
+        Some(agg) => {
+            let mut acc = Partials::new();
+            for p in &parts {
+                for e in p["partials"].as_array().ok_or_else(bad)? {
+                    let (Some(t), Some(v), Some(n)) = (e[0].as_i64(), e[1].as_f64(), e[2].as_u64())
+                    else {
+                        return Err(bad());
+                    };
+                    merge_partial(&mut acc, agg, t, v, n);
+                }
+            }
+            Ok(cut(aggregate_rows(r, acc, agg)?, q.limit, q.order, false))
         }
-    });
-    rows.truncate(q.limit);
-    Ok((rows, next))
+        None => {
+            let mut more = false;
+            let mut rows: Vec<(String, RollupValue)> = Vec::new();
+            for p in &parts {
+                more |= p["more"].as_bool().unwrap_or(false);
+                for e in p["rows"].as_array().ok_or_else(bad)? {
+                    let (Some(s), Some(t)) = (e[0].as_str(), e[1].as_i64()) else {
+                        return Err(bad());
+                    };
+                    rows.push((
+                        s.to_string(),
+                        RollupValue {
+                            timestamp: t,
+                            value: e[2].as_f64(),
+                        },
+                    ));
+                }
+            }
+            // Stable: each stream's rows keep their node's time order.
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(cut(rows, q.limit, q.order, more))
+        }
+    }
 }
 
 fn csv_rows(rows: &[(String, RollupValue)]) -> Result<bytes::Bytes, ApiError> {
@@ -491,10 +660,33 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
     } else {
         who.require_path(&r.target)?;
     }
+    let cluster = gathered_by(&st, &r);
+    if let Some(c) = cluster.clone() {
+        if req.headers().contains_key(crate::cluster::HOP_HEADER) {
+            // Another node gathers this pattern: this node's part.
+            let st2 = st.clone();
+            let part = web::block(move || {
+                let held = |p: &str| c.holds_device(meterstream_storage::path::device_id(p));
+                part_json(&*st2.store, &r, &held)
+            })
+            .await??;
+            return Ok(HttpResponse::Ok().json(part));
+        }
+    }
+    // This node's page, or the cluster's.
+    let (path, query, headers) = (
+        req.path().to_string(),
+        req.query_string().to_string(),
+        req.headers().clone(),
+    );
+    let page = move |store: &dyn Store, r: &Request| match &cluster {
+        None => page_of(store, r),
+        Some(c) => gathered(c, store, r, &path, &query, &headers),
+    };
     if r.csv {
-        let (st2, r2) = (st.clone(), r.clone());
+        let (st2, r2, page2) = (st.clone(), r.clone(), page.clone());
         let (first, next) = web::block(move || -> Result<_, ApiError> {
-            let (rows, next) = page_of(&*st2.store, &r2)?;
+            let (rows, next) = page2(&*st2.store, &r2)?;
             let mut b = crate::csv_export::rows([["stream_id", "timestamp", "value"]])?.to_vec();
             b.extend_from_slice(&csv_rows(&rows)?);
             Ok((bytes::Bytes::from(b), next))
@@ -504,14 +696,14 @@ pub async fn get(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         return Ok(crate::csv_export::stream(first, next, move |c| {
             let mut r = r.clone();
             r.query.cursor = Some(c);
-            let (rows, next) = page_of(&*store, &r)?;
+            let (rows, next) = page(&*store, &r)?;
             Ok((csv_rows(&rows)?, next))
         }));
     }
     let limit = r.query.limit;
     let st2 = st.clone();
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
-        let (rows, next) = page_of(&*st2.store, &r)?;
+        let (rows, next) = page(&*st2.store, &r)?;
         Ok(match r.layout {
             wire::Layout::Rows => rows_json(&rows, limit, next),
             wire::Layout::Columns => series_json(&rows, limit, next),
