@@ -891,11 +891,13 @@ fn precheck(
 /// The device whose partition answers this request: reads and changes of one stream, and
 /// everything about a device's commands (which the partition's log holds).
 fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String> {
-    const ONE_STREAM: [&str; 5] = [
+    const ONE_STREAM: [&str; 6] = [
         "/ws/v1/streams/history/",
         "/ws/v1/streams/rollups/",
         "/ws/v1/streams/inventory/",
         "/ws/DataPoint/",
+        // A stream and the streams under it: all below one device.
+        "/ws/DataStream/",
         // Everything below a device's folder is its holder's.
         "/ws/v1/streams/folders/",
     ];

@@ -717,11 +717,31 @@ async fn get_streams_inner(
         filter.conditions.push(Condition::Within(ps));
     }
     let (st2, asked) = (st.clone(), cursor.clone());
-    let page = web::block(move || {
-        st2.store
-            .list_streams(&filter, Order::Asc, size, cursor.as_ref())
+    let forwarded = req.headers().contains_key(crate::cluster::HOP_HEADER);
+    let page = web::block(move || match &st2.cluster {
+        None => st2
+            .store
+            .list_streams(&filter, Order::Asc, size, cursor.as_ref()),
+        // A cluster node answers for the partitions it holds (below a device, the request was
+        // routed to its holder).
+        Some(c) => c.held_streams(&*st2.store, &filter, Order::Asc, size, cursor.as_ref()),
     })
     .await??;
+    let page = match &st.cluster {
+        Some(_) if forwarded && prefix.is_empty() => {
+            // Another node gathers the listing: this node's part, in MessagePack (which keeps
+            // every value as stored) inside JSON.
+            use base64::Engine;
+            let bytes = rmp_serde::to_vec_named(&page.items)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(HttpResponse::Ok().json(serde_json::json!({
+                "streams": base64::engine::general_purpose::STANDARD.encode(bytes),
+                "more": page.next.is_some(),
+            })));
+        }
+        Some(c) if prefix.is_empty() => gather_streams(c, req, page, size, asked.as_ref()).await?,
+        _ => page,
+    };
     if page.items.is_empty() && asked.is_none() && !prefix.is_empty() {
         return Err(ApiError::Storage(
             meterstream_storage::StorageError::StreamNotFound { path: prefix },
@@ -749,6 +769,48 @@ async fn get_streams_inner(
         "DataStream",
         &items,
     ))
+}
+
+/// The cluster's page of streams: this node's and every other node's parts (each the streams of
+/// the partitions it holds after the same cursor), merged in path order and cut at `size`.
+async fn gather_streams(
+    c: &crate::cluster::Cluster,
+    req: &HttpRequest,
+    own: meterstream_storage::query::Page<StreamInfo>,
+    size: usize,
+    asked: Option<&Cursor>,
+) -> Result<meterstream_storage::query::Page<StreamInfo>, ApiError> {
+    use base64::Engine;
+    let mut path = format!("{}?size={size}", req.path());
+    if let Some(a) = asked {
+        path.push_str("&pageCursor=");
+        path.extend(percent_encoding::utf8_percent_encode(
+            &a.encode(),
+            percent_encoding::NON_ALPHANUMERIC,
+        ));
+    }
+    let mut more = own.next.is_some();
+    let mut items = own.items;
+    for part in c.ask_others(&path, req.headers()).await? {
+        let bad = || ApiError::Internal("a node's part of the stream listing was malformed".into());
+        more |= part["more"].as_bool().ok_or_else(bad)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(part["streams"].as_str().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
+        let streams: Vec<StreamInfo> = rmp_serde::from_slice(&bytes).map_err(|_| bad())?;
+        items.extend(streams);
+    }
+    items.sort_by(|a, b| a.path.cmp(&b.path));
+    let more = more || items.len() > size;
+    items.truncate(size);
+    let next = match items.last() {
+        Some(last) if more => Some(Cursor::Key {
+            order: Order::Asc,
+            key: last.path.clone(),
+        }),
+        _ => None,
+    };
+    Ok(meterstream_storage::query::Page { items, next })
 }
 
 const STREAM_FIELDS: &[&str] = &[

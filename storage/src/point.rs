@@ -28,7 +28,7 @@ impl Extras {
 }
 
 /// A stored data point, as read back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataPoint {
     /// The device's timestamp, ms since the epoch. With the stream, the point's identity.
     pub timestamp: i64,

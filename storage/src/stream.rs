@@ -58,7 +58,7 @@ pub struct StreamUpdate {
 }
 
 /// A stream as the store reports it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamInfo {
     /// The stream's path.
     pub path: String,

@@ -112,8 +112,9 @@ impl fmt::Display for StreamType {
     }
 }
 
-/// A stored value.
-#[derive(Debug, Clone, PartialEq)]
+/// A stored value (serializable for a cluster's nodes, in MessagePack, which keeps non-finite
+/// floats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     /// INTEGER or LONG.
     Int(i64),

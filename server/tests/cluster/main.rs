@@ -888,6 +888,49 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
             }
         }
         assert_eq!(got, want, "the inventory through {}", n.id);
+        // Digi's DataStream listing (JSON), paged by 4 until an empty page, the same.
+        let mut got: Vec<String> = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10 {
+            let r = c
+                .get(format!("{}/ws/DataStream?size=4{cursor}", n.url))
+                .header("accept", "application/json")
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().unwrap();
+            let items = v["items"].as_array().unwrap();
+            assert_eq!(v["resultSize"], items.len().to_string());
+            if items.is_empty() {
+                break;
+            }
+            got.extend(
+                items
+                    .iter()
+                    .map(|s| s["streamId"].as_str().unwrap().to_string()),
+            );
+            cursor = format!("&pageCursor={}", v["pageCursor"].as_str().unwrap());
+        }
+        assert_eq!(got, want, "Digi's DataStream listing through {}", n.id);
+        // Below a device, from its holder.
+        let r = c
+            .get(format!("{}/ws/DataStream/gw3", n.url))
+            .header("accept", "application/json")
+            .send()
+            .unwrap();
+        let v: Value = r.json().unwrap();
+        let ids: Vec<&str> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["streamId"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            ["gw3/m/v0", "gw3/m/v1", "gw3/m/v2"],
+            "gw3 through {}",
+            n.id
+        );
         // Folders: the top level gathered from every node (paged by 3), a device's own from
         // its holder.
         let mut top: Vec<(String, i64)> = Vec::new();
