@@ -916,6 +916,13 @@ fn routed_device(method: &actix_web::http::Method, path: &str) -> Option<String>
             {
                 id
             }
+            // A device's registration and description: recorded by its holder, which also
+            // records the contact.
+            Some(("inventory", id))
+                if *method == actix_web::http::Method::PUT && !id.contains('/') =>
+            {
+                id
+            }
             _ => return None,
         };
         let id = decode(id)?;

@@ -35,6 +35,8 @@ pub struct ClusterRegistry {
     applied: Arc<Applied>,
     /// Serializes the read-modify-writes of monitor states (this node's worker, the watch).
     monitor_states: Arc<Mutex<()>>,
+    /// Serializes the read-modify-writes of devices (their holder's contact, the watch).
+    devices: Arc<Mutex<()>>,
 }
 
 /// One event of the shared event stream.
@@ -107,6 +109,43 @@ impl SharedMonitorState {
     }
 }
 
+/// A device's descriptive fields, which every node shares (its connection state is its
+/// holder's).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DeviceInfo {
+    model: Option<String>,
+    agent_version: Option<String>,
+    meters: Vec<meterstream_storage::registry::MeterInfo>,
+    location: Option<(f64, f64)>,
+    tags: Vec<String>,
+    group: Option<String>,
+    registered: i64,
+}
+
+impl DeviceInfo {
+    fn of(d: &Device) -> DeviceInfo {
+        DeviceInfo {
+            model: d.model.clone(),
+            agent_version: d.agent_version.clone(),
+            meters: d.meters.clone(),
+            location: d.location,
+            tags: d.tags.clone(),
+            group: d.group.clone(),
+            registered: d.registered,
+        }
+    }
+
+    fn onto(self, d: &mut Device) {
+        d.model = self.model;
+        d.agent_version = self.agent_version;
+        d.meters = self.meters;
+        d.location = self.location;
+        d.tags = self.tags;
+        d.group = self.group;
+        d.registered = self.registered;
+    }
+}
+
 /// A device event's id: the same whichever holder makes it (from the same log record).
 fn device_event_id(device: &str, e: &DeviceEvent) -> String {
     format!("device/{device}/{}/{}", e.status, e.time)
@@ -136,8 +175,12 @@ impl ClusterRegistry {
     ) -> std::result::Result<ClusterRegistry, meterstream_cluster::ClusterError> {
         let target = local.clone();
         let monitor_states = Arc::new(Mutex::new(()));
-        let ms = monitor_states.clone();
-        node.watch_registry(Arc::new(move |c: Change| apply(&*target, &hook, &ms, c)))?;
+        let locks = Locks {
+            monitor_states: monitor_states.clone(),
+            devices: Arc::new(Mutex::new(())),
+        };
+        let l2 = locks.clone();
+        node.watch_registry(Arc::new(move |c: Change| apply(&*target, &hook, &l2, c)))?;
         let applied = Arc::new(Applied::default());
         let (target, out) = (local.clone(), applied.clone());
         node.watch_events(Arc::new(move |seq, body| {
@@ -148,6 +191,7 @@ impl ClusterRegistry {
             node,
             applied,
             monitor_states,
+            devices: locks.devices,
         })
     }
 
@@ -211,7 +255,14 @@ impl ClusterRegistry {
 }
 
 /// Applies one change of the shared registry to `local`.
-fn apply(local: &dyn Registry, hook: &Hook, monitor_states: &Mutex<()>, c: Change) {
+/// The locks the watch shares with the registry.
+#[derive(Clone)]
+struct Locks {
+    monitor_states: Arc<Mutex<()>>,
+    devices: Arc<Mutex<()>>,
+}
+
+fn apply(local: &dyn Registry, hook: &Hook, locks: &Locks, c: Change) {
     let Some((kind, id)) = parse_key(&c.key) else {
         tracing::warn!(key = %c.key, "a shared registry key that is not ours; skipped");
         return;
@@ -238,7 +289,10 @@ fn apply(local: &dyn Registry, hook: &Hook, monitor_states: &Mutex<()>, c: Chang
         ("monstate", false) => serde_json::from_slice::<SharedMonitorState>(&c.value)
             .map_err(|e| e.to_string())
             .and_then(|shared| {
-                let _g = monitor_states.lock().unwrap_or_else(|e| e.into_inner());
+                let _g = locks
+                    .monitor_states
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let mut st = local
                     .monitor_state(&id)
                     .map_err(|e| e.to_string())?
@@ -247,6 +301,17 @@ fn apply(local: &dyn Registry, hook: &Hook, monitor_states: &Mutex<()>, c: Chang
                 local.put_monitor_state(&id, &st).map_err(|e| e.to_string())
             }),
         ("monstate", true) => Ok(()),
+        ("device", false) => serde_json::from_slice::<DeviceInfo>(&c.value)
+            .map_err(|e| e.to_string())
+            .and_then(|info| {
+                let _g = locks.devices.lock().unwrap_or_else(|e| e.into_inner());
+                let mut d = local
+                    .device(&id)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_else(|| Device::new(&id, info.registered));
+                info.onto(&mut d);
+                local.put_device(&d).map_err(|e| e.to_string())
+            }),
         _ => Err(format!("unknown kind {kind:?}")),
     };
     if let Err(e) = r {
@@ -319,8 +384,29 @@ impl Registry for ClusterRegistry {
     fn device(&self, id: &str) -> Result<Option<Device>> {
         self.local.device(id)
     }
+    /// The holder's record of a device: its connection state as given, its descriptive
+    /// fields as the cluster has them (a contact never overwrites what an operator set).
     fn put_device(&self, d: &Device) -> Result<()> {
-        self.local.put_device(d)
+        let _g = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = d.clone();
+        if let Some(cur) = self.local.device(&d.id)? {
+            DeviceInfo::of(&cur).onto(&mut d);
+        }
+        self.local.put_device(&d)
+    }
+    /// Descriptive fields go to every node through the shared registry, then the record here.
+    fn put_device_info(&self, d: &Device) -> Result<()> {
+        let info = DeviceInfo::of(d);
+        let current = self.local.device(&d.id)?;
+        if current.as_ref().map(DeviceInfo::of) != Some(info.clone()) {
+            self.put("device", &d.id, Some(&info))?;
+        }
+        let _g = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = d.clone();
+        if let Some(cur) = self.local.device(&d.id)? {
+            DeviceInfo::of(&cur).onto(&mut d);
+        }
+        self.local.put_device(&d)
     }
     fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>> {
         self.local.devices(after, limit)

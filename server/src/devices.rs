@@ -687,7 +687,7 @@ pub async fn put(
         if let Some(v) = u.group {
             d.group = Some(v);
         }
-        dv.registry.put_device(&d)?;
+        dv.registry.put_device_info(&d)?;
         Ok(device_json(&d, dv.live(&id), health(&*st2.store, &id)))
     })
     .await??;

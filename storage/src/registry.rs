@@ -459,6 +459,12 @@ pub trait Registry: Send + Sync {
     fn device(&self, id: &str) -> Result<Option<Device>>;
     /// Creates or replaces a device.
     fn put_device(&self, d: &Device) -> Result<()>;
+    /// Creates or replaces a device whose descriptive fields (model, agent version, meters,
+    /// location, tags, group) an operator or the device itself set. A cluster node shares
+    /// those fields with every node; elsewhere this is [`Registry::put_device`].
+    fn put_device_info(&self, d: &Device) -> Result<()> {
+        self.put_device(d)
+    }
     /// Devices in id order after `after`, at most `limit`.
     fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>>;
     /// Every device, in id order.

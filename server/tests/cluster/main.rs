@@ -698,6 +698,36 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         );
     }
 
+    // A device's description, set through any node, is its holder's and every node's, and
+    // survives the holder's death (checked after the kill below).
+    let described = |d: usize| {
+        json!({"model": format!("M{d}"), "tags": [format!("t{d}")],
+               "group": if d % 2 == 0 { "north" } else { "south" }})
+    };
+    for d in 0..6 {
+        let r = c
+            .put(format!("{}/ws/v1/devices/inventory/gw{d}", all[d % 3].url))
+            .json(&described(d))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+    }
+    let check_described = |nodes: &[&Node]| {
+        for n in nodes {
+            for d in 0..6 {
+                let v = get_json(&c, &format!("{}/ws/v1/devices/inventory/gw{d}", n.url));
+                let want = described(d);
+                assert_eq!(
+                    (&v["model"], &v["tags"], &v["group"]),
+                    (&want["model"], &want["tags"], &want["group"]),
+                    "gw{d} through {}",
+                    n.id
+                );
+            }
+        }
+    };
+    check_described(&all);
+
     // The device inventory, paged by 4 from any node: every gateway once, in id order.
     for n in &all {
         let mut ids: Vec<String> = Vec::new();
@@ -1121,6 +1151,7 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
     );
     verify(&c, &survivors, &acked.lock().unwrap());
     verify_pattern_rollups(&c, &survivors, &acked.lock().unwrap());
+    check_described(&survivors);
     // The alarms after the move: v1 stays triggered (its transition is not made again by the
     // new holder, which evaluates the partition's points from the log) and resets at 21 s; v2,
     // mid-condition at the kill, fires once at 10 s and resets at 16 s.
