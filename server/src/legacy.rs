@@ -1376,6 +1376,15 @@ pub async fn device_core(req: HttpRequest, st: web::Data<AppState>) -> HttpRespo
     legacy(&req, device_core_inner(&req, st)).await
 }
 
+/// A device with its connection, as one node knows it (a cluster node sends these to the node
+/// gathering Digi's device listing).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeviceRow {
+    device: meterstream_storage::registry::Device,
+    connected: bool,
+    address: Option<String>,
+}
+
 async fn device_core_inner(
     req: &HttpRequest,
     st: web::Data<AppState>,
@@ -1401,49 +1410,78 @@ async fn device_core_inner(
         ));
     }
     p.finish(&["start", "size", "embed"])?;
+    // Every device the caller may see, with its connection (on a cluster node: those whose
+    // partition it holds, whose connection it knows).
     let st2 = st.clone();
-    let (items, total) = web::block(move || -> Result<_, ApiError> {
+    let who2 = who.clone();
+    let mut devices = web::block(move || -> Result<Vec<DeviceRow>, ApiError> {
         let dv = &st2.devices;
-        let mut items: Vec<Fields> = Vec::new();
-        let mut total = 0usize;
+        let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let page = dv.registry.devices(after.as_deref(), 500)?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
-            for d in page.iter().filter(|d| who.covers_device(&d.id)) {
-                total += 1;
-                if total <= start || items.len() == size {
+            for d in page {
+                if !who2.covers_device(&d.id)
+                    || st2.cluster.as_ref().is_some_and(|c| !c.holds_device(&d.id))
+                {
                     continue;
                 }
-                let (connected, address) = dv.connection(d);
-                let time = |t: Option<i64>| t.map(format_iso).unwrap_or_default();
-                let mut f: Fields = vec![
-                    ("id", Out::Object(vec![("devId", t(&d.id))])),
-                    ("devConnectwareId", t(&d.id)),
-                    ("dpConnectionStatus", t(if connected { "1" } else { "0" })),
-                    ("dpLastConnectTime", t(time(d.last_connect))),
-                    ("dpLastDisconnectTime", t(time(d.last_disconnect))),
-                    ("dpLastKnownIp", t(address.unwrap_or_default())),
-                    ("dpDeviceType", t(d.model.clone().unwrap_or_default())),
-                    (
-                        "dpFirmwareLevelDesc",
-                        t(d.agent_version.clone().unwrap_or_default()),
-                    ),
-                    ("devRecordStartDate", t(format_iso(d.registered))),
-                    ("grpPath", t(d.group.clone().unwrap_or_default())),
-                    ("dpTags", t(d.tags.join(","))),
-                ];
-                if let Some((lat, lon)) = d.location {
-                    f.push(("dpMapLat", t(lat.to_string())));
-                    f.push(("dpMapLong", t(lon.to_string())));
-                }
-                items.push(f);
+                let (connected, address) = dv.connection(&d);
+                out.push(DeviceRow {
+                    device: d,
+                    connected,
+                    address,
+                });
             }
         }
-        Ok((items, total))
+        Ok(out)
     })
     .await??;
+    if let Some(c) = &st.cluster {
+        if req.headers().contains_key(crate::cluster::HOP_HEADER) {
+            // Another node gathers the listing: this node's devices.
+            return Ok(HttpResponse::Ok().json(serde_json::json!({ "devices": devices })));
+        }
+        for part in c.ask_others(req.path(), req.headers()).await? {
+            let rows: Vec<DeviceRow> = serde_json::from_value(part["devices"].clone())
+                .map_err(|e| ApiError::Internal(format!("a node's devices were malformed: {e}")))?;
+            devices.extend(rows);
+        }
+        devices.sort_by(|a, b| a.device.id.cmp(&b.device.id));
+    }
+    let total = devices.len();
+    let items: Vec<Fields> = devices
+        .iter()
+        .skip(start)
+        .take(size)
+        .map(|r| {
+            let d = &r.device;
+            let time = |t: Option<i64>| t.map(format_iso).unwrap_or_default();
+            let mut f: Fields = vec![
+                ("id", Out::Object(vec![("devId", t(&d.id))])),
+                ("devConnectwareId", t(&d.id)),
+                ("dpConnectionStatus", t(if r.connected { "1" } else { "0" })),
+                ("dpLastConnectTime", t(time(d.last_connect))),
+                ("dpLastDisconnectTime", t(time(d.last_disconnect))),
+                ("dpLastKnownIp", t(r.address.clone().unwrap_or_default())),
+                ("dpDeviceType", t(d.model.clone().unwrap_or_default())),
+                (
+                    "dpFirmwareLevelDesc",
+                    t(d.agent_version.clone().unwrap_or_default()),
+                ),
+                ("devRecordStartDate", t(format_iso(d.registered))),
+                ("grpPath", t(d.group.clone().unwrap_or_default())),
+                ("dpTags", t(d.tags.join(","))),
+            ];
+            if let Some((lat, lon)) = d.location {
+                f.push(("dpMapLat", t(lat.to_string())));
+                f.push(("dpMapLong", t(lon.to_string())));
+            }
+            f
+        })
+        .collect();
     let remaining = total.saturating_sub(start + items.len());
     Ok(envelope(
         n,

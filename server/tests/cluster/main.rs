@@ -751,6 +751,42 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         }
         let want: Vec<String> = (0..6).map(|d| format!("gw{d}")).collect();
         assert_eq!(ids, want, "the device inventory through {}", n.id);
+        // Digi's DeviceCore listing, from offset 2, 3 at a time: the same devices, connected,
+        // with their descriptions, and the total.
+        let r = c
+            .get(format!("{}/ws/DeviceCore?start=2&size=3", n.url))
+            .header("accept", "application/json")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().unwrap();
+        assert_eq!(
+            v["resultTotalRows"], "6",
+            "DeviceCore through {}: {v}",
+            n.id
+        );
+        let got: Vec<(&str, &str, &str)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["devConnectwareId"].as_str().unwrap(),
+                    d["dpConnectionStatus"].as_str().unwrap(),
+                    d["grpPath"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gw2", "1", "north"),
+                ("gw3", "1", "south"),
+                ("gw4", "1", "north")
+            ],
+            "DeviceCore through {}",
+            n.id
+        );
     }
 
     // Credentials and alert rules made through one node hold on every node; a revocation
