@@ -974,10 +974,18 @@ pub async fn route(
     let Some(cluster) = st.as_ref().and_then(|s| s.cluster.clone()) else {
         return next.call(req).await.map(|r| r.map_into_left_body());
     };
-    let Some(device) = routed_device(req.method(), req.path()) else {
+    let quick = routed_device(req.method(), req.path());
+    // Digi's DataStream writes name their streams in the body: routed when they are one
+    // device's.
+    let by_body = quick.is_none()
+        && matches!(
+            *req.method(),
+            actix_web::http::Method::POST | actix_web::http::Method::PUT
+        )
+        && matches!(req.path(), "/ws/DataStream" | "/ws/DataStream/");
+    if quick.is_none() && !by_body {
         return next.call(req).await.map(|r| r.map_into_left_body());
-    };
-    let p = cluster.node.partition_of(&device);
+    }
     let forwarded = req.headers().contains_key(HOP_HEADER);
     // The body is read here, to be forwarded or handed on.
     let limit = st.as_ref().map_or(16 << 20, |s| s.body_limit);
@@ -999,6 +1007,18 @@ pub async fn route(
         }
     }
     let body = body.freeze();
+    let device = match quick {
+        Some(d) => d,
+        None => match crate::legacy::one_device_of_streams(&http, &body) {
+            Some(d) => d,
+            None => {
+                let req =
+                    ServiceRequest::from_parts(http, actix_web::dev::Payload::from(body.clone()));
+                return next.call(req).await.map(|r| r.map_into_left_body());
+            }
+        },
+    };
+    let p = cluster.node.partition_of(&device);
     let req = ServiceRequest::from_parts(http, actix_web::dev::Payload::from(body.clone()));
     let deadline = std::time::Instant::now() + ROUTE_WAIT;
     let answer = loop {

@@ -919,6 +919,25 @@ pub async fn put_streams(
     legacy(&req, put_streams_inner(&req, payload, st, false)).await
 }
 
+/// The one device whose streams a body of DataStream items names, when it names one (a cluster
+/// node routes such a `POST`/`PUT /ws/DataStream` to that device's holder, as Digi's clients
+/// create a stream); `None` when it names several devices or cannot be read (then the handler
+/// answers).
+pub fn one_device_of_streams(req: &HttpRequest, body: &[u8]) -> Option<String> {
+    let (items, _) = items_of(body, body_notation(req, body).ok()?, "DataStream").ok()?;
+    let mut device: Option<String> = None;
+    for it in &items {
+        let (path, _) = stream_update(it, "").ok()?;
+        let d = meterstream_storage::path::device_id(&path).to_string();
+        match &device {
+            None => device = Some(d),
+            Some(x) if *x == d => {}
+            Some(_) => return None,
+        }
+    }
+    device.filter(|d| !d.is_empty())
+}
+
 async fn put_streams_inner(
     req: &HttpRequest,
     payload: web::Payload,

@@ -1030,6 +1030,31 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         assert_eq!(names, ["v0", "v1", "v2"], "gw2/m through {}", n.id);
     }
 
+    // Digi's client creates a stream with POST /ws/DataStream and the stream in the body: any
+    // node takes it, whichever holds the stream's device.
+    for k in 0..3 {
+        let r = c
+            .post(format!("{}/ws/DataStream", nodes[0].url))
+            .body(format!(
+                "<DataStream><streamId>ds{k}/m/e</streamId><dataType>LONG</dataType>\
+                 <units>Wh</units></DataStream>"
+            ))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "ds{k}: {:?}", r.text());
+    }
+    for n in &all {
+        for k in 0..3 {
+            let v = get_json(&c, &format!("{}/ws/v1/streams/inventory/ds{k}/m/e", n.url));
+            assert_eq!(
+                (v["type"].as_str(), v["units"].as_str()),
+                (Some("LONG"), Some("Wh")),
+                "ds{k} through {}: {v}",
+                n.id
+            );
+        }
+    }
+
     // A command queued through one node reaches an agent polling another, and its result comes
     // back to the first. Another is queued for a device of the node about to be killed.
     let (queued_at, polled_at) = (&nodes[0], &nodes[2]);
