@@ -32,20 +32,13 @@ impl EventLog {
         duplicate_window: Duration,
     ) -> Result<EventLog> {
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: STREAM.into(),
-            subjects: vec![SUBJECT.into()],
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
+        js.get_or_create_stream(crate::log::direct_stream(
+            STREAM.into(),
+            vec![SUBJECT.into()],
+            replicas,
             max_age,
-            duplicate_window: if max_age.is_zero() {
-                duplicate_window
-            } else {
-                duplicate_window.min(max_age)
-            },
-            allow_direct: true,
-            ..Default::default()
-        })
+            duplicate_window,
+        ))
         .await
         .map_err(|e| ClusterError::nats("creating the event stream", e))?;
         Ok(EventLog { js })

@@ -36,6 +36,32 @@ pub fn subject(partition: u32) -> String {
     format!("ms.points.{partition}")
 }
 
+/// A file-backed stream on `subjects` with `replicas` replicas, keeping messages `max_age` (zero:
+/// for ever) and recognizing a repeated message id for `duplicate_window` (at most `max_age`),
+/// read by direct gets, which any replica answers.
+pub(crate) fn direct_stream(
+    name: String,
+    subjects: Vec<String>,
+    replicas: usize,
+    max_age: Duration,
+    duplicate_window: Duration,
+) -> stream::Config {
+    stream::Config {
+        name,
+        subjects,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        max_age,
+        duplicate_window: if max_age.is_zero() {
+            duplicate_window
+        } else {
+            duplicate_window.min(max_age)
+        },
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 impl PointLog {
     /// Opens (creating when missing) the `streams` streams of `partitions` partitions, each with
     /// `replicas` replicas, keeping messages `max_age` and recognizing a repeated message id for
@@ -51,24 +77,17 @@ impl PointLog {
         let streams = streams.clamp(1, partitions.max(1));
         let js = jetstream::new(client);
         for k in 0..streams {
-            js.get_or_create_stream(stream::Config {
-                name: format!("MS_POINTS_{k}"),
-                subjects: (k..partitions)
-                    .step_by(streams as usize)
-                    .map(subject)
-                    .collect(),
-                num_replicas: replicas,
-                storage: stream::StorageType::File,
+            let subjects = (k..partitions)
+                .step_by(streams as usize)
+                .map(subject)
+                .collect();
+            js.get_or_create_stream(direct_stream(
+                format!("MS_POINTS_{k}"),
+                subjects,
+                replicas,
                 max_age,
-                duplicate_window: if max_age.is_zero() {
-                    duplicate_window
-                } else {
-                    duplicate_window.min(max_age)
-                },
-                // Partitions are read by direct gets, which any replica answers.
-                allow_direct: true,
-                ..Default::default()
-            })
+                duplicate_window,
+            ))
             .await
             .map_err(|e| ClusterError::nats("creating a point log stream", e))?;
         }

@@ -422,6 +422,15 @@ fn run_gateways(
         .collect()
 }
 
+/// A JSON ISO time as Unix ms.
+fn ms_of(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond()
+}
+
 /// Every row of a rollup listing through `url` (Digi's rows), following its cursors: (stream,
 /// interval start, value).
 fn rollup_rows(c: &reqwest::blocking::Client, url: &str) -> Vec<(String, i64, Option<f64>)> {
@@ -430,12 +439,7 @@ fn rollup_rows(c: &reqwest::blocking::Client, url: &str) -> Vec<(String, i64, Op
     for _ in 0..1000 {
         let v = get_json(c, &format!("{url}{cursor}"));
         for r in v["list"].as_array().unwrap() {
-            let t = r["timestamp"]
-                .as_str()
-                .unwrap()
-                .parse::<jiff::Timestamp>()
-                .unwrap()
-                .as_millisecond();
+            let t = ms_of(&r["timestamp"]);
             out.push((
                 r["stream_id"].as_str().unwrap().to_string(),
                 t,
@@ -573,12 +577,7 @@ fn transitions(
             .unwrap()
             .iter()
             .map(|t| {
-                let changed = t["changed"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<jiff::Timestamp>()
-                    .unwrap()
-                    .as_millisecond();
+                let changed = ms_of(&t["changed"]);
                 (
                     t["source"].as_str().unwrap().to_string(),
                     t["state"].as_str().unwrap().to_string(),
@@ -625,12 +624,7 @@ fn alarm_events(
                 continue;
             }
             seen.insert(id.clone(), a.clone());
-            let changed = a["changed"]
-                .as_str()
-                .unwrap()
-                .parse::<jiff::Timestamp>()
-                .unwrap()
-                .as_millisecond();
+            let changed = ms_of(&a["changed"]);
             out.push((
                 id,
                 a["source"].as_str().unwrap().to_string(),
