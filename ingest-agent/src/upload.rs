@@ -150,6 +150,23 @@ pub struct Uploader {
     pub commands: tokio::sync::mpsc::UnboundedSender<Vec<crate::command::Incoming>>,
 }
 
+/// A batch's `Idempotency-Key`: the run's id, the first spool record it carries and a hash of
+/// all of them (the same records give the same key; other records, another).
+fn batch_key(run_id: &str, seqs: &[u64]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in seqs {
+        for b in s.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!(
+        "{run_id}-{}-{}-{h:016x}",
+        seqs.first().copied().unwrap_or(0),
+        seqs.len()
+    )
+}
+
 impl Uploader {
     /// Uploads for as long as the task runs.
     pub async fn run(self) {
@@ -170,6 +187,11 @@ impl Uploader {
         let min = Duration::from_secs_f64(self.upload.min_backoff);
         let max = Duration::from_secs_f64(self.upload.max_backoff);
         let flush = Duration::from_secs_f64(self.upload.flush_interval);
+        // This run's id: with the spool records a batch carries, its `Idempotency-Key`. A
+        // batch sent again by this run (its answer was lost, or a cluster node failed) has the
+        // same key, and a cluster stores it once; after a restart, keys are new, since the
+        // spool's sequence numbers could start again if its files were lost.
+        let run_id = format!("{:016x}", rand::thread_rng().gen::<u64>());
         let mut backoff = min;
         let mut limit = self.upload.batch_points;
         let live_max_delay = Duration::from_secs_f64(self.upload.live_max_delay);
@@ -234,7 +256,8 @@ impl Uploader {
                     "spool records that cannot be decoded are dropped"
                 );
             }
-            let answer = self.post(&client, &url, body).await;
+            let key = batch_key(&run_id, &seqs);
+            let answer = self.post(&client, &url, body, &key).await;
             match answer {
                 Answer::Stored { refused, message } => {
                     if refused > 0 {
@@ -296,10 +319,11 @@ impl Uploader {
         }
     }
 
-    async fn post(&self, client: &reqwest::Client, url: &str, body: Vec<u8>) -> Answer {
+    async fn post(&self, client: &reqwest::Client, url: &str, body: Vec<u8>, key: &str) -> Answer {
         let mut req = client
             .post(url)
             .header("content-type", "application/msgpack")
+            .header("idempotency-key", key)
             .body(body);
         req = crate::command::authorize(&self.server, req);
         let r = match req
@@ -437,6 +461,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use meterstream_storage::StreamType;
+
+    #[test]
+    fn a_batch_key_names_the_run_and_exactly_the_records() {
+        let k = batch_key("00ff", &[3, 4, 6]);
+        assert_eq!(
+            k,
+            batch_key("00ff", &[3, 4, 6]),
+            "the same records, the same key"
+        );
+        assert!(k.starts_with("00ff-3-3-"), "{k}");
+        // Same first record and count, another record: another key.
+        assert_ne!(k, batch_key("00ff", &[3, 5, 6]));
+        assert_ne!(k, batch_key("00fe", &[3, 4, 6]));
+        assert!(k.len() <= 200 && k.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
 
     #[test]
     fn rounds_become_one_group_per_stream_in_time_order() {

@@ -206,6 +206,7 @@ pub async fn upload(
         Some(_) => Some(crate::stream_id(&req)?),
         None => None,
     };
+    let key = crate::ingest::idempotency_key(&req, &who)?;
     let body = crate::read_body(&req, payload, st.body_limit).await?;
     let st2 = st.clone();
     let address = req.peer_addr().map(|a| a.ip().to_string());
@@ -214,7 +215,14 @@ pub async fn upload(
             .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))?;
         let now = meterstream_storage::time::now_ms();
         let mut p = parse(text, stream.as_deref(), now);
-        let out = crate::ingest::store_for(&st2, &who, p.groups, address.as_deref(), now)?;
+        let out = crate::ingest::store_for(
+            &st2,
+            &who,
+            p.groups,
+            address.as_deref(),
+            now,
+            key.as_deref(),
+        )?;
         st2.metrics.points_rejected.inc_by(p.errors.len() as u64);
         for f in out.faults {
             p.errors.push(LineError {

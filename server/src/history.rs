@@ -35,6 +35,7 @@ pub async fn post(
         })?),
     };
     params.finish(&["commands_after"])?;
+    let key = crate::ingest::idempotency_key(&req, &who)?;
     let body = crate::read_body(&req, payload, st.body_limit).await?;
     let st2 = st.clone();
     let address = req.peer_addr().map(|a| a.ip().to_string());
@@ -45,7 +46,14 @@ pub async fn post(
             Format::MsgPack => parse_msgpack(&body)?,
         };
         drop(body);
-        let mut out = crate::ingest::store_for(&st2, &who, parsed.groups, address.as_deref(), now)?;
+        let mut out = crate::ingest::store_for(
+            &st2,
+            &who,
+            parsed.groups,
+            address.as_deref(),
+            now,
+            key.as_deref(),
+        )?;
         st2.metrics
             .points_rejected
             .inc_by(parsed.faults.len() as u64);

@@ -358,11 +358,32 @@ pub fn write_groups(
     groups: Vec<GroupIn>,
     now: i64,
     address: Option<&str>,
+    key: Option<&str>,
 ) -> Result<meterstream_storage::store::WriteOutcome, ApiError> {
     match &st.cluster {
-        Some(c) => c.publish(groups, now, None, address),
+        Some(c) => c.publish(groups, now, key, address),
         None => Ok(st.store.write(groups, now)?),
     }
+}
+
+/// The request's `Idempotency-Key`, scoped to its credential: a batch sent again with the same
+/// key (a gateway retrying after a lost answer, through any node) is stored once in a
+/// cluster's log within its duplicate window. Up to 200 visible ASCII characters; a single
+/// node ignores it (writing the same points again changes nothing there).
+pub fn idempotency_key(
+    req: &actix_web::HttpRequest,
+    who: &crate::auth::Principal,
+) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v.to_str().unwrap_or_default();
+    if k.is_empty() || k.len() > 200 || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key: 1 to 200 visible ASCII characters".into(),
+        ));
+    }
+    Ok(Some(format!("{}/{k}", who.id)))
 }
 
 /// What [`store_for`] stored.
@@ -387,6 +408,7 @@ pub fn store_for(
     mut groups: Vec<GroupIn>,
     address: Option<&str>,
     now: i64,
+    key: Option<&str>,
 ) -> Result<Stored, ApiError> {
     let mut out = Stored::default();
     groups.retain(|g| {
@@ -407,7 +429,7 @@ pub fn store_for(
             devices.push(d.to_string());
         }
     }
-    let outcome = write_groups(st, groups, now, address)?;
+    let outcome = write_groups(st, groups, now, address, key)?;
     out.faults
         .extend(outcome.errors.into_iter().map(|e| ItemFault {
             index: e.index,

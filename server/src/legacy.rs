@@ -1097,6 +1097,7 @@ async fn post_points_inner(
         validate_path(&url)?;
     }
     Params::parse(req.query_string())?.finish(&[])?;
+    let key = crate::ingest::idempotency_key(req, &who)?;
     let body = crate::read_body(req, payload, st.body_limit).await?;
     let notation = body_notation(req, &body)?;
     let address = req.peer_addr().map(|a| a.ip().to_string());
@@ -1122,7 +1123,14 @@ async fn post_points_inner(
         st2.metrics
             .points_rejected
             .inc_by(parsed.faults.len() as u64);
-        let out = crate::ingest::store_for(&st2, &who, parsed.groups, address.as_deref(), now)?;
+        let out = crate::ingest::store_for(
+            &st2,
+            &who,
+            parsed.groups,
+            address.as_deref(),
+            now,
+            key.as_deref(),
+        )?;
         // Parse messages name fields (renamed to Digi's names); the store's name the stream.
         let mut faults: Vec<crate::ingest::ItemFault> = parsed
             .faults

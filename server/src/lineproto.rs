@@ -429,6 +429,7 @@ pub async fn write(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let template = st.line_protocol_template.clone();
+    let key = crate::ingest::idempotency_key(&req, &who)?;
     let st2 = st.clone();
     let out = web::block(move || -> Result<Result<usize, (u16, String)>, ApiError> {
         // An uncompressed body is parsed where it lies (it may be megabytes).
@@ -470,7 +471,7 @@ pub async fn write(
             }
         }
         let lines = parsed.lines;
-        let outcome = crate::ingest::write_groups(&st2, parsed.groups, now, None)?;
+        let outcome = crate::ingest::write_groups(&st2, parsed.groups, now, None, key.as_deref())?;
         st2.metrics.points_ingested.inc_by(outcome.stored as u64);
         if let Some(e) = outcome.errors.first() {
             st2.metrics

@@ -1049,6 +1049,52 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         }
     }
 
+    // A batch sent again with the same Idempotency-Key, through another node, is stored once in
+    // its partition's log; with another key it is a new message (harmless: the same points).
+    let p = meterstream_cluster::partition::of_device("idem0", PARTITIONS as u32) as usize;
+    let holder = holder_of(&c, &nodes[0], "idem0");
+    let holder = all.iter().find(|n| n.id == holder).unwrap();
+    let batch =
+        json!([{"stream_id": "idem0/m/v", "timestamp": 1_790_000_000_000i64, "value": 1.5}]);
+    let position = || {
+        status(&c, &holder.url).unwrap()["positions"][p]
+            .as_u64()
+            .unwrap()
+    };
+    let send = |via: &Node, key: &str| {
+        let r = c
+            .post(format!("{}/ws/v1/streams/history", via.url))
+            .header("idempotency-key", key)
+            .json(&batch)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text());
+        // Read back through the holder: applied.
+        get_json(
+            &c,
+            &format!("{}/ws/v1/streams/history/idem0/m/v", holder.url),
+        );
+        position()
+    };
+    let first = send(&nodes[0], "batch-1");
+    assert_eq!(
+        send(&nodes[2], "batch-1"),
+        first,
+        "the same key: stored once"
+    );
+    assert_eq!(
+        send(&nodes[1], "batch-2"),
+        first + 1,
+        "another key: a new message"
+    );
+    let r = c
+        .post(format!("{}/ws/v1/streams/history", nodes[0].url))
+        .header("idempotency-key", "has space")
+        .json(&batch)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
     // A command queued through one node reaches an agent polling another, and its result comes
     // back to the first. Another is queued for a device of the node about to be killed.
     let (queued_at, polled_at) = (&nodes[0], &nodes[2]);
