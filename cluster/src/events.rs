@@ -60,6 +60,33 @@ impl EventLog {
         Ok((ack.sequence, ack.duplicate))
     }
 
+    /// Publishes events under their ids, in order, all sent before any acknowledgement is
+    /// awaited (one connection keeps their order); for each, as [`EventLog::publish`].
+    pub async fn publish_all(
+        &self,
+        events: Vec<(String, bytes::Bytes)>,
+    ) -> Result<Vec<(u64, bool)>> {
+        let mut acks = Vec::with_capacity(events.len());
+        for (id, body) in events {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            acks.push(
+                self.js
+                    .publish_with_headers(SUBJECT, headers, body)
+                    .await
+                    .map_err(|e| ClusterError::nats("publishing an event", e))?,
+            );
+        }
+        let mut out = Vec::with_capacity(acks.len());
+        for a in acks {
+            let ack = a
+                .await
+                .map_err(|e| ClusterError::nats("awaiting an event's acknowledgement", e))?;
+            out.push((ack.sequence, ack.duplicate));
+        }
+        Ok(out)
+    }
+
     /// The sequence of the last event, 0 when there is none.
     pub async fn last_sequence(&self) -> Result<u64> {
         let stream = self

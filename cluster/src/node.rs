@@ -421,6 +421,14 @@ impl Node {
             .block_on(async move { shared.events.publish(&id, body).await })
     }
 
+    /// Publishes events `(id, body)` in order, pipelined; for each, (its sequence, whether the
+    /// stream had that id already). Blocking.
+    pub fn publish_events(&self, events: Vec<(String, bytes::Bytes)>) -> Result<Vec<(u64, bool)>> {
+        let shared = self.shared.clone();
+        self.handle()
+            .block_on(async move { shared.events.publish_all(events).await })
+    }
+
     /// Waits (at most `timeout`) until this node has applied the event stream up to
     /// `sequence`; whether it has. Blocking.
     pub fn await_events(&self, sequence: u64, timeout: Duration) -> bool {

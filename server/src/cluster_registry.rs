@@ -512,23 +512,44 @@ impl Registry for ClusterRegistry {
     /// outcomes are what applying them here came to. A change this node knows, or that the
     /// stream had (another holder made it first), is a duplicate.
     fn alarm_changes(&self, changes: &[AlarmChange], now: i64) -> Result<Vec<ChangeOutcome>> {
-        let mut outcomes = Vec::with_capacity(changes.len());
-        let mut published = Vec::new();
+        let mut outcomes: Vec<Option<ChangeOutcome>> = Vec::with_capacity(changes.len());
+        // Published together (an alarm storm is many changes at once), in order.
+        let mut batch: Vec<(String, bytes::Bytes)> = Vec::new();
+        let mut at: Vec<usize> = Vec::new();
         for c in changes {
+            if self.local.knows_event(&c.event_id)? {
+                outcomes.push(Some(ChangeOutcome::Duplicate));
+                continue;
+            }
             let rec = EventRecord::Alarm {
                 change: c.clone(),
                 now,
             };
-            match self.publish_event(&c.event_id, &rec)? {
-                None => outcomes.push(Some(ChangeOutcome::Duplicate)),
-                Some(seq) => {
-                    published.push((outcomes.len(), seq));
-                    outcomes.push(None);
-                }
-            }
+            let body =
+                serde_json::to_vec(&rec).map_err(|e| events_unavailable("encoding for", e))?;
+            at.push(outcomes.len());
+            outcomes.push(None);
+            batch.push((c.event_id.clone(), body.into()));
         }
-        if let Some(&(_, last)) = published.last() {
+        let placed = if batch.is_empty() {
+            Vec::new()
+        } else {
+            self.node
+                .publish_events(batch)
+                .map_err(|e| events_unavailable("publishing to", e))?
+        };
+        // Duplicates (another holder published first) are waited for too, so that this node's
+        // statuses include them on return.
+        if let Some(last) = placed.iter().map(|p| p.0).max() {
             self.await_event(last)?;
+        }
+        let mut published = Vec::new();
+        for (i, (seq, duplicate)) in at.into_iter().zip(placed) {
+            if duplicate {
+                outcomes[i] = Some(ChangeOutcome::Duplicate);
+            } else {
+                published.push((i, seq));
+            }
         }
         for (i, seq) in published {
             outcomes[i] = Some(match self.applied.take(seq) {
