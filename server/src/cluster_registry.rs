@@ -444,6 +444,9 @@ impl Registry for ClusterRegistry {
     fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>> {
         self.local.events(device, after, limit)
     }
+    fn last_event(&self, device: &str) -> Result<Option<DeviceEvent>> {
+        self.local.last_event(device)
+    }
     fn create_command(
         &self,
         device: &str,

@@ -146,22 +146,33 @@ impl Devices {
             .registry
             .device(id)?
             .unwrap_or_else(|| Device::new(id, now));
+        // Connected already when its newest event says so: a cluster node that takes over the
+        // device's partition hears from it without a new connection (the events are every
+        // node's).
+        let last = self.registry.last_event(id)?;
+        let reconnect = last.as_ref().is_none_or(|e| e.status != "connected");
         d.connected = true;
-        d.last_connect = Some(now);
+        d.last_connect = if reconnect {
+            Some(now)
+        } else {
+            d.last_connect.or(last.map(|e| e.time))
+        };
         d.last_seen = Some(now);
         if let Some(a) = address {
             d.last_address = Some(a.to_string());
         }
         self.registry.put_device(&d)?;
-        self.registry.add_event(
-            id,
-            DeviceEvent {
-                seq: 0,
-                time: now,
-                status: "connected".into(),
-                address: address.map(str::to_string),
-            },
-        )?;
+        if reconnect {
+            self.registry.add_event(
+                id,
+                DeviceEvent {
+                    seq: 0,
+                    time: now,
+                    status: "connected".into(),
+                    address: address.map(str::to_string),
+                },
+            )?;
+        }
         self.live.lock().insert(
             id.to_string(),
             Live {
@@ -170,7 +181,9 @@ impl Devices {
                 connected: true,
             },
         );
-        tracing::info!(device = id, "device connected");
+        if reconnect {
+            tracing::info!(device = id, "device connected");
+        }
         Ok(())
     }
 

@@ -482,6 +482,8 @@ pub trait Registry: Send + Sync {
     fn add_event(&self, device: &str, event: DeviceEvent) -> Result<DeviceEvent>;
     /// A device's events after seq `after`, oldest first, at most `limit`.
     fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>>;
+    /// A device's newest connection event.
+    fn last_event(&self, device: &str) -> Result<Option<DeviceEvent>>;
     /// Queues a command.
     fn create_command(
         &self,
@@ -953,6 +955,16 @@ impl Registry for SledRegistry {
         id: &str,
     ) -> Result<Option<DeviceEvent>> {
         self.add_device_event(device, event, Some(id))
+    }
+
+    fn last_event(&self, device: &str) -> Result<Option<DeviceEvent>> {
+        self.events
+            .scan_prefix(prefix(device))
+            .next_back()
+            .transpose()
+            .map_err(db_err)?
+            .map(|(_, v)| decode::<DeviceEvent>(&v))
+            .transpose()
     }
 
     fn events(&self, device: &str, after: u64, limit: usize) -> Result<Vec<DeviceEvent>> {

@@ -1253,6 +1253,20 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
     verify(&c, &survivors, &acked.lock().unwrap());
     verify_pattern_rollups(&c, &survivors, &acked.lock().unwrap());
     check_described(&survivors);
+    // The gateways never stopped sending: each has one connection event, however many holders
+    // its partition had (a new holder hears from it without a new connection).
+    for n in &survivors {
+        for d in 0..6 {
+            let v = get_json(&c, &format!("{}/ws/v1/devices/history/gw{d}", n.url));
+            let statuses: Vec<&str> = v["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["status"].as_str().unwrap())
+                .collect();
+            assert_eq!(statuses, ["connected"], "gw{d}'s history through {}", n.id);
+        }
+    }
     // The alarms after the move: v1 stays triggered (its transition is not made again by the
     // new holder, which evaluates the partition's points from the log) and resets at 21 s; v2,
     // mid-condition at the kill, fires once at 10 s and resets at 16 s.
