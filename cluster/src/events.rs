@@ -44,24 +44,9 @@ impl EventLog {
         Ok(EventLog { js })
     }
 
-    /// Publishes one event under its id and waits for JetStream's acknowledgement: (its
-    /// sequence, whether JetStream already had that id, in which case the sequence is the
-    /// first one's).
-    pub async fn publish(&self, id: &str, body: bytes::Bytes) -> Result<(u64, bool)> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id);
-        let ack = self
-            .js
-            .publish_with_headers(SUBJECT, headers, body)
-            .await
-            .map_err(|e| ClusterError::nats("publishing an event", e))?
-            .await
-            .map_err(|e| ClusterError::nats("awaiting an event's acknowledgement", e))?;
-        Ok((ack.sequence, ack.duplicate))
-    }
-
     /// Publishes events under their ids, in order, all sent before any acknowledgement is
-    /// awaited (one connection keeps their order); for each, as [`EventLog::publish`].
+    /// awaited (one connection keeps their order); for each, its sequence and whether
+    /// JetStream already had that id (then the sequence is the first one's).
     pub async fn publish_all(
         &self,
         events: Vec<(String, bytes::Bytes)>,

@@ -259,31 +259,11 @@ impl Node {
     /// it comes, for as long as the node runs. Blocking.
     pub fn watch_registry(&self, apply: Arc<dyn Fn(Change) + Send + Sync>) -> Result<()> {
         let shared = self.shared.clone();
-        let target = self.handle().block_on(async {
-            let started = Instant::now();
-            loop {
-                let r =
-                    tokio::time::timeout(Duration::from_secs(5), shared.registry.last_revision())
-                        .await;
-                match r {
-                    Ok(Ok(rev)) => return Ok(rev),
-                    Ok(Err(e)) if started.elapsed() < OPEN_PATIENCE => {
-                        tracing::info!(error = %e, "the shared registry is not ready yet; retrying")
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) if started.elapsed() < OPEN_PATIENCE => {
-                        tracing::info!("the shared registry did not answer yet; retrying")
-                    }
-                    Err(_) => {
-                        return Err(ClusterError::nats(
-                            "reading the shared registry",
-                            "no answer within the patience allowed",
-                        ))
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })?;
+        let target = self
+            .handle()
+            .block_on(patiently("the shared registry", || {
+                shared.registry.last_revision()
+            }))?;
         tracing::info!(revision = target, "reading the shared registry");
         let shared = self.shared.clone();
         self.handle().spawn(async move {
@@ -338,14 +318,7 @@ impl Node {
     }
 
     fn registry_await(&self, rev: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.shared.registry_rev.load(Ordering::Acquire) < rev {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        true
+        reaches(&self.shared.registry_rev, rev, timeout)
     }
 
     /// Applies the event stream with `apply` (sequence, body), from where this node left it:
@@ -354,25 +327,9 @@ impl Node {
     /// apply fails is tried again after a pause. Blocking.
     pub fn watch_events(&self, apply: ApplyEvent) -> Result<()> {
         let shared = self.shared.clone();
-        let target = self.handle().block_on(async {
-            let started = Instant::now();
-            loop {
-                match tokio::time::timeout(Duration::from_secs(5), shared.events.last_sequence())
-                    .await
-                {
-                    Ok(Ok(seq)) => return Ok(seq),
-                    Ok(Err(e)) if started.elapsed() >= OPEN_PATIENCE => return Err(e),
-                    Err(_) if started.elapsed() >= OPEN_PATIENCE => {
-                        return Err(ClusterError::nats(
-                            "reading the event stream",
-                            "no answer within the patience allowed",
-                        ))
-                    }
-                    _ => tracing::info!("the event stream is not ready yet; retrying"),
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })?;
+        let target = self.handle().block_on(patiently("the event stream", || {
+            shared.events.last_sequence()
+        }))?;
         let shared = self.shared.clone();
         self.handle().spawn(async move {
             loop {
@@ -412,15 +369,6 @@ impl Node {
         }
     }
 
-    /// Publishes an event under its id; (its sequence, whether the stream had that id
-    /// already, within its duplicate window). Blocking.
-    pub fn publish_event(&self, id: &str, body: bytes::Bytes) -> Result<(u64, bool)> {
-        let shared = self.shared.clone();
-        let id = id.to_string();
-        self.handle()
-            .block_on(async move { shared.events.publish(&id, body).await })
-    }
-
     /// Publishes events `(id, body)` in order, pipelined; for each, (its sequence, whether the
     /// stream had that id already). Blocking.
     pub fn publish_events(&self, events: Vec<(String, bytes::Bytes)>) -> Result<Vec<(u64, bool)>> {
@@ -432,14 +380,7 @@ impl Node {
     /// Waits (at most `timeout`) until this node has applied the event stream up to
     /// `sequence`; whether it has. Blocking.
     pub fn await_events(&self, sequence: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.shared.events_applied.load(Ordering::Acquire) < sequence {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        true
+        reaches(&self.shared.events_applied, sequence, timeout)
     }
 
     /// How far this node applied the event stream.
@@ -937,6 +878,44 @@ fn load_positions(path: &std::path::Path) -> HashMap<u32, u64> {
             Some((p.parse().ok()?, s.parse().ok()?))
         })
         .collect()
+}
+
+/// Waits (at most `timeout`, sleeping) until `counter` is at least `target`; whether it is.
+fn reaches(counter: &AtomicU64, target: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while counter.load(Ordering::Acquire) < target {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// The first answer of `read` (each try bounded by 5 s), retried every 200 ms for
+/// [`OPEN_PATIENCE`]: a JetStream cluster that is still electing leaders does not answer at
+/// once. `what` names it in logs and the error.
+async fn patiently<T, F, Fut>(what: &'static str, read: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), read()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if started.elapsed() >= OPEN_PATIENCE => return Err(e),
+            Err(_) if started.elapsed() >= OPEN_PATIENCE => {
+                return Err(ClusterError::nats(
+                    what,
+                    "no answer within the patience allowed",
+                ))
+            }
+            Ok(Err(e)) => tracing::info!(error = %e, "{what} is not ready yet; retrying"),
+            Err(_) => tracing::info!("{what} did not answer yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// How far the node applied the event stream (the `events <sequence>` line), 0 if never.

@@ -206,26 +206,39 @@ impl StoreApply {
     }
 }
 
-/// What applying stream changes came to (a count of points deleted, or the store's refusal),
-/// kept for the request waiting on them; the oldest are dropped past [`Outcomes::KEEP`].
-#[derive(Default)]
-pub struct Outcomes(parking_lot::Mutex<BTreeMap<u64, meterstream_storage::Result<u64>>>);
+/// What applying the last records came to, by sequence, for the requests that published them
+/// and wait on this node; the oldest are dropped past a bound.
+pub struct Recent<T> {
+    keep: usize,
+    map: parking_lot::Mutex<BTreeMap<u64, T>>,
+}
 
-impl Outcomes {
-    const KEEP: usize = 1024;
+impl<T> Recent<T> {
+    /// Keeping at most `keep`.
+    pub fn new(keep: usize) -> Recent<T> {
+        Recent {
+            keep,
+            map: parking_lot::Mutex::new(BTreeMap::new()),
+        }
+    }
 
-    fn put(&self, sequence: u64, r: meterstream_storage::Result<u64>) {
-        let mut m = self.0.lock();
-        m.insert(sequence, r);
-        while m.len() > Self::KEEP {
+    /// Records what `sequence` came to.
+    pub fn put(&self, sequence: u64, outcome: T) {
+        let mut m = self.map.lock();
+        m.insert(sequence, outcome);
+        while m.len() > self.keep {
             m.pop_first();
         }
     }
 
-    fn take(&self, sequence: u64) -> Option<meterstream_storage::Result<u64>> {
-        self.0.lock().remove(&sequence)
+    /// What `sequence` came to, once.
+    pub fn take(&self, sequence: u64) -> Option<T> {
+        self.map.lock().remove(&sequence)
     }
 }
+
+/// What applying stream changes came to: a count of points deleted, or the store's refusal.
+pub type Outcomes = Recent<meterstream_storage::Result<u64>>;
 
 /// The store of a cluster node: reads from the node's own engine (requests for one stream are
 /// routed to the partition's holder first); changes to streams go through the partition's log,
@@ -266,9 +279,15 @@ impl ClusterStore {
 }
 
 impl Store for ClusterStore {
+    /// Through the partitions' logs, as every write of a cluster node (`ingest::write_groups`
+    /// adds the client's idempotency key and address).
     fn write(&self, groups: Vec<GroupIn>, now: i64) -> meterstream_storage::Result<WriteOutcome> {
-        // Ingest goes through `ingest::write_groups`, which publishes; a direct write is local.
-        self.inner.write(groups, now)
+        self.cluster
+            .publish(groups, now, None, None)
+            .map_err(|e| StorageError::Io {
+                path: "nats:points".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
     }
     fn stream(&self, path: &str) -> meterstream_storage::Result<meterstream_storage::StreamInfo> {
         self.inner.stream(path)
@@ -486,12 +505,7 @@ impl Cluster {
     ) -> meterstream_storage::Result<
         meterstream_storage::query::Page<meterstream_storage::StreamInfo>,
     > {
-        let held = |path: &str| {
-            let p = self
-                .node
-                .partition_of(meterstream_storage::path::device_id(path));
-            self.node.route(p) == Route::Local
-        };
+        let held = |path: &str| self.holds_device(meterstream_storage::path::device_id(path));
         let mut items = Vec::new();
         let mut cursor = cursor.cloned();
         loop {
@@ -536,7 +550,7 @@ impl Cluster {
             Child::Folder { name, .. } => (name.clone(), 1),
             Child::Stream(info) => (info.path.clone(), 0),
         };
-        let held = |device: &str| self.node.route(self.node.partition_of(device)) == Route::Local;
+        let held = |device: &str| self.holds_device(device);
         let key = |(n, k): (String, u8)| meterstream_storage::query::Cursor::Key {
             order: meterstream_storage::query::Order::Asc,
             key: format!("{n}\u{1}{k}"),
@@ -757,6 +771,7 @@ pub async fn status(
         "owners": n.owners(),
         "local": n.local_partitions(),
         "positions": positions,
+        "events": n.events_position(),
     })))
 }
 

@@ -9,6 +9,7 @@
 //!   by the stream's sequence;
 //! - the rest (devices, commands, deliveries) is this node's, for the partitions it holds.
 
+use crate::cluster::Recent;
 use meterstream_cluster::node::Node;
 use meterstream_cluster::registry::{key, parse_key, Change};
 use meterstream_storage::alarm::Alert;
@@ -17,7 +18,6 @@ use meterstream_storage::registry::{
     AlarmChange, AlarmStatus, ChangeOutcome, Command, Credential, Delivery, Device, DeviceEvent,
     Monitor, MonitorState, OutboxEvent, Registry,
 };
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub type Hook = Arc<OnceLock<Box<dyn Fn(&str, &str) + Send + Sync>>>;
 pub struct ClusterRegistry {
     local: Arc<dyn Registry>,
     node: Arc<Node>,
-    applied: Arc<Applied>,
+    applied: Arc<Recent<EventOutcome>>,
     /// Serializes the read-modify-writes of monitor states (this node's worker, the watch).
     monitor_states: Arc<Mutex<()>>,
     /// Serializes the read-modify-writes of devices (their holder's contact, the watch).
@@ -58,29 +58,6 @@ enum EventRecord {
 enum EventOutcome {
     Alarm(ChangeOutcome),
     Device(Option<DeviceEvent>),
-}
-
-/// The outcomes of the events applied last, by sequence (a bounded number).
-#[derive(Default)]
-struct Applied(Mutex<BTreeMap<u64, EventOutcome>>);
-
-impl Applied {
-    const KEEP: usize = 4096;
-
-    fn put(&self, seq: u64, o: EventOutcome) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert(seq, o);
-        while m.len() > Self::KEEP {
-            m.pop_first();
-        }
-    }
-
-    fn take(&self, seq: u64) -> Option<EventOutcome> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&seq)
-    }
 }
 
 /// The part of a monitor's delivery state every node shares: where its alarm and device
@@ -181,7 +158,7 @@ impl ClusterRegistry {
         };
         let l2 = locks.clone();
         node.watch_registry(Arc::new(move |c: Change| apply(&*target, &hook, &l2, c)))?;
-        let applied = Arc::new(Applied::default());
+        let applied = Arc::new(Recent::new(4096));
         let (target, out) = (local.clone(), applied.clone());
         node.watch_events(Arc::new(move |seq, body| {
             apply_event(&*target, &out, seq, body)
@@ -195,38 +172,48 @@ impl ClusterRegistry {
         })
     }
 
-    /// Publishes `rec` under `id` unless this node knows the id; the sequence to wait for,
-    /// `None` when it is a duplicate.
-    fn publish_event(&self, id: &str, rec: &EventRecord) -> Result<Option<u64>> {
-        if self.local.knows_event(id)? {
-            return Ok(None);
-        }
-        let body = serde_json::to_vec(rec).map_err(|e| events_unavailable("encoding for", e))?;
-        let (seq, duplicate) = self
-            .node
-            .publish_event(id, body.into())
-            .map_err(|e| events_unavailable("publishing to", e))?;
-        if duplicate {
-            // Made by another node too (a partition that moved) and published first; this
-            // node waits for it all the same, so that its statuses include it on return.
-            if !self.node.await_events(seq, APPLY_WAIT) {
-                return Err(events_unavailable("applying", "not applied in time"));
+    /// Publishes the events `(id, record)` this node does not know, pipelined and in order
+    /// (an alarm storm is many at once), and waits until this node has applied them, and those
+    /// another node published first (a partition that moved), so that its statuses include
+    /// them on return. For each, what applying it here came to; `None` for a duplicate.
+    fn publish_events(
+        &self,
+        events: Vec<(String, EventRecord)>,
+    ) -> Result<Vec<Option<EventOutcome>>> {
+        let mut out: Vec<Option<EventOutcome>> = Vec::with_capacity(events.len());
+        let mut batch: Vec<(String, bytes::Bytes)> = Vec::new();
+        let mut at: Vec<usize> = Vec::new();
+        for (id, rec) in events {
+            out.push(None);
+            if self.local.knows_event(&id)? {
+                continue;
             }
-            return Ok(None);
+            let body =
+                serde_json::to_vec(&rec).map_err(|e| events_unavailable("encoding for", e))?;
+            at.push(out.len() - 1);
+            batch.push((id, body.into()));
         }
-        Ok(Some(seq))
-    }
-
-    /// Waits until this node applied the event stream up to `seq`.
-    fn await_event(&self, seq: u64) -> Result<()> {
-        if self.node.await_events(seq, APPLY_WAIT) {
-            Ok(())
-        } else {
-            Err(events_unavailable(
-                "applying",
-                "published, but not yet applied by this node",
-            ))
+        if batch.is_empty() {
+            return Ok(out);
         }
+        let placed = self
+            .node
+            .publish_events(batch)
+            .map_err(|e| events_unavailable("publishing to", e))?;
+        if let Some(last) = placed.iter().map(|p| p.0).max() {
+            if !self.node.await_events(last, APPLY_WAIT) {
+                return Err(events_unavailable(
+                    "applying",
+                    "published, but not yet applied by this node",
+                ));
+            }
+        }
+        for (i, (seq, duplicate)) in at.into_iter().zip(placed) {
+            if !duplicate {
+                out[i] = self.applied.take(seq);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether this node delivers monitor `id`'s alarm and device events: it holds the
@@ -254,7 +241,6 @@ impl ClusterRegistry {
     }
 }
 
-/// Applies one change of the shared registry to `local`.
 /// The locks the watch shares with the registry.
 #[derive(Clone)]
 struct Locks {
@@ -262,6 +248,7 @@ struct Locks {
     devices: Arc<Mutex<()>>,
 }
 
+/// Applies one change of the shared registry to `local`.
 fn apply(local: &dyn Registry, hook: &Hook, locks: &Locks, c: Change) {
     let Some((kind, id)) = parse_key(&c.key) else {
         tracing::warn!(key = %c.key, "a shared registry key that is not ours; skipped");
@@ -327,7 +314,7 @@ fn apply(local: &dyn Registry, hook: &Hook, locks: &Locks, c: Change) {
 /// Idempotent: an event whose id `local` recorded adds nothing.
 fn apply_event(
     local: &dyn Registry,
-    applied: &Applied,
+    applied: &Recent<EventOutcome>,
     seq: u64,
     body: &[u8],
 ) -> std::result::Result<(), String> {
@@ -401,12 +388,8 @@ impl Registry for ClusterRegistry {
         if current.as_ref().map(DeviceInfo::of) != Some(info.clone()) {
             self.put("device", &d.id, Some(&info))?;
         }
-        let _g = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        let mut d = d.clone();
-        if let Some(cur) = self.local.device(&d.id)? {
-            DeviceInfo::of(&cur).onto(&mut d);
-        }
-        self.local.put_device(&d)
+        // The watch applied the description; the rest of the record as given.
+        self.put_device(d)
     }
     fn devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>> {
         self.local.devices(after, limit)
@@ -418,14 +401,12 @@ impl Registry for ClusterRegistry {
             id: id.clone(),
             event: event.clone(),
         };
-        let Some(seq) = self.publish_event(&id, &rec)? else {
-            return Ok(event);
-        };
-        self.await_event(seq)?;
-        Ok(match self.applied.take(seq) {
-            Some(EventOutcome::Device(Some(e))) => e,
-            _ => event,
-        })
+        Ok(
+            match self.publish_events(vec![(id, rec)])?.pop().flatten() {
+                Some(EventOutcome::Device(Some(e))) => e,
+                _ => event,
+            },
+        )
     }
     fn add_event_once(
         &self,
@@ -515,52 +496,24 @@ impl Registry for ClusterRegistry {
     /// outcomes are what applying them here came to. A change this node knows, or that the
     /// stream had (another holder made it first), is a duplicate.
     fn alarm_changes(&self, changes: &[AlarmChange], now: i64) -> Result<Vec<ChangeOutcome>> {
-        let mut outcomes: Vec<Option<ChangeOutcome>> = Vec::with_capacity(changes.len());
-        // Published together (an alarm storm is many changes at once), in order.
-        let mut batch: Vec<(String, bytes::Bytes)> = Vec::new();
-        let mut at: Vec<usize> = Vec::new();
-        for c in changes {
-            if self.local.knows_event(&c.event_id)? {
-                outcomes.push(Some(ChangeOutcome::Duplicate));
-                continue;
-            }
-            let rec = EventRecord::Alarm {
-                change: c.clone(),
-                now,
-            };
-            let body =
-                serde_json::to_vec(&rec).map_err(|e| events_unavailable("encoding for", e))?;
-            at.push(outcomes.len());
-            outcomes.push(None);
-            batch.push((c.event_id.clone(), body.into()));
-        }
-        let placed = if batch.is_empty() {
-            Vec::new()
-        } else {
-            self.node
-                .publish_events(batch)
-                .map_err(|e| events_unavailable("publishing to", e))?
-        };
-        // Duplicates (another holder published first) are waited for too, so that this node's
-        // statuses include them on return.
-        if let Some(last) = placed.iter().map(|p| p.0).max() {
-            self.await_event(last)?;
-        }
-        let mut published = Vec::new();
-        for (i, (seq, duplicate)) in at.into_iter().zip(placed) {
-            if duplicate {
-                outcomes[i] = Some(ChangeOutcome::Duplicate);
-            } else {
-                published.push((i, seq));
-            }
-        }
-        for (i, seq) in published {
-            outcomes[i] = Some(match self.applied.take(seq) {
+        let events = changes
+            .iter()
+            .map(|c| {
+                let rec = EventRecord::Alarm {
+                    change: c.clone(),
+                    now,
+                };
+                (c.event_id.clone(), rec)
+            })
+            .collect();
+        Ok(self
+            .publish_events(events)?
+            .into_iter()
+            .map(|o| match o {
                 Some(EventOutcome::Alarm(o)) => o,
                 _ => ChangeOutcome::Duplicate,
-            });
-        }
-        Ok(outcomes.into_iter().flatten().collect())
+            })
+            .collect())
     }
     fn status(&self, alert_id: &str, source: &str) -> Result<Option<AlarmStatus>> {
         self.local.status(alert_id, source)

@@ -461,7 +461,7 @@ pub async fn run(
     // On a cluster node, changes to streams go through the partitions' logs; the engine itself
     // is what applying writes to.
     let engine = store.clone();
-    let outcomes = Arc::new(cluster::Outcomes::default());
+    let outcomes: Arc<cluster::Outcomes> = Arc::new(cluster::Recent::new(1024));
     let store: Arc<dyn Store> = match &cluster {
         None => store,
         Some(c) => Arc::new(cluster::ClusterStore {
