@@ -517,9 +517,21 @@ fn verify_pattern_rollups(
             .unwrap()
             .text()
             .unwrap();
+        let lines: Vec<(String, i64, Option<f64>)> = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (
+                    f[0].to_string(),
+                    ms_of(&Value::from(f[1])),
+                    f[2].parse::<f64>().ok(),
+                )
+            })
+            .collect();
         assert_eq!(
-            csv.lines().count(),
-            counts.len() + 1,
+            (csv.lines().next(), lines),
+            (Some("stream_id,timestamp,value"), counts.clone()),
             "CSV through {}",
             n.id
         );
@@ -1094,6 +1106,12 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         .send()
         .unwrap();
     assert_eq!(r.status(), 400);
+    let e: Value = r.json().unwrap();
+    assert!(
+        e.to_string().contains("Idempotency-Key"),
+        "the error names the header: {e}"
+    );
+    assert_eq!(position(), first + 1, "a refused batch is not logged");
 
     // A command queued through one node reaches an agent polling another, and its result comes
     // back to the first. Another is queued for a device of the node about to be killed.
@@ -1306,6 +1324,22 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
             states, want,
             "monitor {hook} (delivered by {deliverer} before the kill): {got:?}"
         );
+    }
+    // Both survivors applied the whole event stream (their statuses and outboxes are the same).
+    let started = Instant::now();
+    loop {
+        let at: Vec<u64> = survivors
+            .iter()
+            .map(|n| status(&c, &n.url).unwrap()["events"].as_u64().unwrap())
+            .collect();
+        if at[0] == at[1] && at[0] >= 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < MOVE_BOUND,
+            "event stream positions {at:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     // The commands queued before the kill are there on whichever node holds their devices now.
     for (device, cid) in &survivors_cmds {
