@@ -2696,3 +2696,6 @@ impl Drop for Engine {
         self.close();
     }
 }
+
+#[path = "pieces.rs"]
+pub mod pieces;

@@ -5,4 +5,5 @@
 mod engine;
 mod feed;
 mod model;
+mod pieces;
 mod rollups;
