@@ -44,32 +44,19 @@ impl EventLog {
         Ok(EventLog { js })
     }
 
-    /// Publishes events under their ids, in order, all sent before any acknowledgement is
-    /// awaited (one connection keeps their order); for each, its sequence and whether
-    /// JetStream already had that id (then the sequence is the first one's).
+    /// Publishes events under their ids, in order, pipelined (`log::publish_windowed`); for
+    /// each, its sequence and whether JetStream already had that id (then the sequence is the
+    /// first one's).
     pub async fn publish_all(
         &self,
         events: Vec<(String, bytes::Bytes)>,
     ) -> Result<Vec<(u64, bool)>> {
-        let mut acks = Vec::with_capacity(events.len());
-        for (id, body) in events {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            acks.push(
-                self.js
-                    .publish_with_headers(SUBJECT, headers, body)
-                    .await
-                    .map_err(|e| ClusterError::nats("publishing an event", e))?,
-            );
-        }
-        let mut out = Vec::with_capacity(acks.len());
-        for a in acks {
-            let ack = a
-                .await
-                .map_err(|e| ClusterError::nats("awaiting an event's acknowledgement", e))?;
-            out.push((ack.sequence, ack.duplicate));
-        }
-        Ok(out)
+        let messages = events
+            .into_iter()
+            .map(|(id, body)| (SUBJECT.to_string(), Some(id), body))
+            .collect();
+        let acks = crate::log::publish_windowed(&self.js, messages, "publishing an event").await?;
+        Ok(acks.iter().map(|a| (a.sequence, a.duplicate)).collect())
     }
 
     /// The sequence of the last event, 0 when there is none.

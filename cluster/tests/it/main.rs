@@ -2,6 +2,7 @@
 //! `scripts/test`), on 127.0.0.1 with a temporary store directory.
 #![allow(clippy::unwrap_used)]
 
+mod events;
 mod lease;
 mod log;
 mod registry;
