@@ -10,6 +10,7 @@
 //! - `node`: one node: its rounds (membership, leases, balance) and its partitions' appliers.
 //! - `partition`: which partition a device belongs to.
 //! - `registry`: the registries every node shares (credentials, alert rules, monitors).
+//! - `snapshot`: partition snapshots in JetStream, so that the log need not be kept for ever.
 
 pub mod events;
 pub mod lease;
@@ -18,6 +19,7 @@ pub mod members;
 pub mod node;
 pub mod partition;
 pub mod registry;
+pub mod snapshot;
 
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]

@@ -12,13 +12,22 @@
 //! state), so a position that lags what the store holds only replays some records. A node that
 //! takes a partition back resumes from its own position: its store holds the partition as of
 //! that position, and the log after it brings it up to date. A node that never held the
-//! partition starts from the log's first message.
+//! partition, or whose position the log no longer reaches, restores the partition's newest
+//! snapshot and applies the log after it (`snapshot`); without a snapshot it starts from the
+//! log's first message.
+//!
+//! # Snapshots
+//! Every `snapshot_interval` the node writes a snapshot of each partition it holds and has
+//! applied ([`Apply::snapshot`], stored by `crate::snapshot`): only the pieces that changed are
+//! published, and the messages the new manifest no longer lists are deleted one round later,
+//! so that a node still restoring from the previous root can finish.
 
 use crate::events::EventLog;
 use crate::lease::{Lease, Leases};
 use crate::log::PointLog;
 use crate::members::{Member, Members};
 use crate::registry::{Change, SharedRegistry};
+use crate::snapshot::{Entry, Piece, PieceKey, Root, Snapshots};
 use crate::{ClusterError, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,6 +58,8 @@ pub struct NodeConfig {
     pub duplicate_window: Duration,
     /// How long the event stream keeps events (zero: for ever).
     pub events_max_age: Duration,
+    /// How often each held partition is snapshotted (zero: never).
+    pub snapshot_interval: Duration,
     /// Where the node keeps its positions.
     pub dir: PathBuf,
 }
@@ -62,6 +73,36 @@ pub trait Apply: Send + Sync + 'static {
         partition: u32,
         entries: &[(u64, bytes::Bytes)],
     ) -> std::result::Result<(), String>;
+
+    /// Hands the partition's state, as pieces, to `sink`. Blocking.
+    fn snapshot(&self, partition: u32, sink: &mut dyn Sink) -> std::result::Result<(), String> {
+        let _ = (partition, sink);
+        Err("this store cannot be snapshotted".into())
+    }
+
+    /// Restores the partition from its snapshot, step by step. Blocking.
+    fn restore(&self, partition: u32, step: Restore<'_>) -> std::result::Result<(), String> {
+        let _ = (partition, step);
+        Err("this store cannot be restored from a snapshot".into())
+    }
+}
+
+/// What a snapshot's pieces are handed to.
+pub trait Sink {
+    /// Whether the node already has the piece `key` by `version` (never for an empty one).
+    fn known(&mut self, key: &PieceKey, version: &[u8]) -> bool;
+    /// Takes one piece; an error ends the snapshot.
+    fn emit(&mut self, piece: Piece) -> std::result::Result<(), String>;
+}
+
+/// A step of restoring a partition from its snapshot.
+pub enum Restore<'a> {
+    /// Before any piece: forget what the store holds of the partition.
+    Begin,
+    /// Every piece of one name, in key order.
+    Name(&'a [(PieceKey, bytes::Bytes)]),
+    /// After the last piece: make it all durable.
+    End,
 }
 
 /// Applies one event of the shared event stream: (its sequence, its body). Blocking; an
@@ -96,6 +137,9 @@ struct Shared {
     members: Members,
     registry: SharedRegistry,
     events: EventLog,
+    snaps: Snapshots,
+    /// What this node knows of each partition's snapshot.
+    snap_state: Mutex<HashMap<u32, SnapState>>,
     /// The last event applied here.
     events_applied: AtomicU64,
     /// The last revision of the shared registry applied here.
@@ -119,6 +163,53 @@ struct View {
     members: Vec<Member>,
 }
 
+/// A partition's snapshot as this node last read or wrote it.
+#[derive(Default)]
+struct SnapState {
+    /// The root's revision (`None`: no root yet).
+    revision: Option<u64>,
+    root: Option<Root>,
+    /// Its pieces by key.
+    pieces: HashMap<PieceKey, Known>,
+    /// Messages the previous round dropped from the manifest, deleted by the next round.
+    garbage: Vec<u64>,
+}
+
+/// A piece of a partition's snapshot as this node knows it.
+struct Known {
+    /// The version this node read it at (empty: unknown).
+    version: Vec<u8>,
+    /// Its manifest entry.
+    entry: Entry,
+}
+
+impl Known {
+    fn of(entry: Entry) -> (PieceKey, Known) {
+        (
+            entry.key.clone(),
+            Known {
+                version: Vec::new(),
+                entry,
+            },
+        )
+    }
+}
+
+/// A partition's snapshot, as `GET /ws/v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The partition.
+    pub partition: u32,
+    /// The log position it covers.
+    pub covers: u64,
+    /// When it was taken, Unix ms.
+    pub taken: i64,
+    /// Its pieces.
+    pub pieces: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 struct Owned {
     lease: Lease,
     stop: Arc<AtomicBool>,
@@ -131,7 +222,14 @@ const OPEN_PATIENCE: Duration = Duration::from_secs(60);
 async fn open_all(
     client: &async_nats::Client,
     cfg: &NodeConfig,
-) -> Result<(Leases, Members, PointLog, SharedRegistry, EventLog)> {
+) -> Result<(
+    Leases,
+    Members,
+    PointLog,
+    SharedRegistry,
+    EventLog,
+    Snapshots,
+)> {
     let leases = Leases::open(
         client.clone(),
         "MS_LEASES",
@@ -158,7 +256,8 @@ async fn open_all(
         cfg.duplicate_window,
     )
     .await?;
-    Ok((leases, members, log, registry, events))
+    let snaps = Snapshots::open(client.clone(), cfg.replicas).await?;
+    Ok((leases, members, log, registry, events, snaps))
 }
 
 /// Most log entries applied in one call.
@@ -195,7 +294,7 @@ impl Node {
             }
             // A JetStream cluster that is still electing its leaders refuses to create streams
             // for a while; keep trying for the connection's patience.
-            let (leases, members, log, registry, events) = loop {
+            let (leases, members, log, registry, events, snaps) = loop {
                 match open_all(&client, &cfg).await {
                     Ok(all) => break all,
                     Err(e) if started.elapsed() < OPEN_PATIENCE => {
@@ -225,6 +324,8 @@ impl Node {
                 members,
                 registry,
                 events,
+                snaps,
+                snap_state: Mutex::new(HashMap::new()),
                 events_applied,
                 registry_rev: AtomicU64::new(0),
                 apply: std::sync::OnceLock::new(),
@@ -252,6 +353,9 @@ impl Node {
         }
         let b = self.handle().spawn(balance(self.shared.clone()));
         *lock(&self.balancer) = Some(b);
+        if !self.shared.cfg.snapshot_interval.is_zero() {
+            self.handle().spawn(snapshotter(self.shared.clone()));
+        }
     }
 
     /// Applies the shared registry with `apply`: every key's latest value before this returns
@@ -501,6 +605,39 @@ impl Node {
             .iter()
             .map(|a| a.load(Ordering::Acquire))
             .collect()
+    }
+
+    /// The snapshots of the partitions this node holds, as it last wrote or read them.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        let held: Vec<u32> = lock(&self.shared.owned).keys().copied().collect();
+        let st = lock(&self.shared.snap_state);
+        let mut out: Vec<SnapshotInfo> = st
+            .iter()
+            .filter(|(p, _)| held.contains(p))
+            .filter_map(|(p, s)| {
+                let r = s.root.as_ref()?;
+                Some(SnapshotInfo {
+                    partition: *p,
+                    covers: r.covers,
+                    taken: r.taken,
+                    pieces: r.pieces,
+                    bytes: r.bytes,
+                })
+            })
+            .collect();
+        out.sort_by_key(|i| i.partition);
+        out
+    }
+
+    /// Snapshots partition `p` now, if this node holds it and has applied it; whether it did.
+    /// Blocking.
+    pub fn snapshot_now(&self, p: u32) -> Result<bool> {
+        if route(&self.shared, p) != Route::Local {
+            return Ok(false);
+        }
+        let shared = self.shared.clone();
+        self.handle()
+            .block_on(async move { snapshot_partition(&shared, p).await })
     }
 
     /// The live nodes, as last read.
@@ -786,6 +923,18 @@ async fn drop_partition(shared: &Shared, p: u32, o: Owned) {
 async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
     let i = p as usize;
     let pause = Duration::from_millis(500);
+    lock(&shared.snap_state).remove(&p);
+    // From where: this node's position, or the partition's snapshot when the log no longer
+    // reaches back to it.
+    while !stop.load(Ordering::Acquire) {
+        match prepare(&shared, p).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "restoring the partition failed; retrying");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
     while !stop.load(Ordering::Acquire) {
         let target = match shared.log.last_sequence(p).await {
             Ok(s) => s,
@@ -866,6 +1015,344 @@ async fn apply_partition(shared: Arc<Shared>, p: u32, stop: Arc<AtomicBool>) {
             }
         }
     }
+}
+
+/// Before applying partition `p` from this node's position: restores its snapshot if the log
+/// no longer holds what follows the position, or if the node has none and a snapshot exists.
+async fn prepare(shared: &Arc<Shared>, p: u32) -> Result<()> {
+    let i = p as usize;
+    let pos = shared.applied[i].load(Ordering::Acquire);
+    let first = shared.log.first_sequence(p).await?;
+    // Messages after `pos` may have been removed by the log's age limit.
+    let gap = pos + 1 < first;
+    if pos > 0 && !gap {
+        return Ok(());
+    }
+    match shared.snaps.root(p).await? {
+        Some((root, revision)) if root.covers > pos => restore(shared, p, root, revision).await,
+        // The snapshot is this node's state: nothing of the partition came after it. (The
+        // stream's first sequence moved on with the other partitions it holds.)
+        Some((root, _)) if root.covers == pos => Ok(()),
+        _ if gap && pos > 0 => {
+            tracing::error!(
+                partition = p,
+                position = pos,
+                log_first = first,
+                "the log no longer holds what follows this node's position and the partition's snapshot is older; points written between them may be missing here"
+            );
+            Ok(())
+        }
+        None if gap => {
+            tracing::error!(
+                partition = p,
+                log_first = first,
+                "the partition has no snapshot and its log was trimmed; applying what the log still holds"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Restores partition `p` from the snapshot `root` (at `revision`), then sets the position to
+/// what it covers. The position is saved as 0 first, so a crash half-way restores again.
+async fn restore(shared: &Arc<Shared>, p: u32, root: Root, revision: u64) -> Result<()> {
+    let i = p as usize;
+    let started = Instant::now();
+    let Some(apply) = shared.apply.get().cloned() else {
+        return Ok(());
+    };
+    shared.applied[i].store(0, Ordering::Release);
+    save_positions(shared);
+    let manifest = shared.snaps.manifest(&root).await?;
+    restoring(apply.clone(), move |a| a.restore(p, Restore::Begin)).await?;
+    // Windows of about 512 pieces, cut between names, fetched together.
+    let mut start = 0;
+    while start < manifest.len() {
+        let mut end = (start + 512).min(manifest.len());
+        while end < manifest.len() && manifest[end].key.name == manifest[end - 1].key.name {
+            end += 1;
+        }
+        let window = &manifest[start..end];
+        let bytes = shared.snaps.fetch(window).await?;
+        let pieces: Vec<(PieceKey, bytes::Bytes)> =
+            window.iter().map(|e| e.key.clone()).zip(bytes).collect();
+        restoring(apply.clone(), move |a| {
+            let mut k = 0;
+            while k < pieces.len() {
+                let n = pieces[k..]
+                    .iter()
+                    .take_while(|(key, _)| key.name == pieces[k].0.name)
+                    .count();
+                a.restore(p, Restore::Name(&pieces[k..k + n]))?;
+                k += n;
+            }
+            Ok(())
+        })
+        .await?;
+        start = end;
+    }
+    restoring(apply, move |a| a.restore(p, Restore::End)).await?;
+    shared.applied[i].store(root.covers, Ordering::Release);
+    save_positions(shared);
+    tracing::info!(
+        partition = p,
+        covers = root.covers,
+        pieces = manifest.len(),
+        bytes = root.bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "partition restored from its snapshot"
+    );
+    let pieces = manifest.into_iter().map(Known::of).collect();
+    lock(&shared.snap_state).insert(
+        p,
+        SnapState {
+            revision: Some(revision),
+            root: Some(root),
+            pieces,
+            garbage: Vec::new(),
+        },
+    );
+    Ok(())
+}
+
+/// Runs one restoring step on a blocking thread.
+async fn restoring<F>(apply: Arc<dyn Apply>, f: F) -> Result<()>
+where
+    F: FnOnce(&dyn Apply) -> std::result::Result<(), String> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&*apply))
+        .await
+        .map_err(|e| ClusterError::nats("restoring a partition", e))?
+        .map_err(|e| ClusterError::nats("restoring a partition", e))
+}
+
+/// Snapshots every partition this node holds and has applied, every `snapshot_interval`.
+async fn snapshotter(shared: Arc<Shared>) {
+    let every = shared.cfg.snapshot_interval;
+    loop {
+        tokio::time::sleep(every).await;
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        for p in 0..shared.cfg.partitions {
+            if shared.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            if route(&shared, p) != Route::Local {
+                continue;
+            }
+            if let Err(e) = snapshot_partition(&shared, p).await {
+                tracing::warn!(partition = p, error = %e, "snapshotting the partition failed");
+            }
+        }
+    }
+}
+
+/// Bytes of changed pieces gathered before they are published.
+const PUBLISH_BYTES: usize = 4 << 20;
+
+/// The pieces of one round, as the server hands them over.
+struct RoundSink<'a> {
+    handle: tokio::runtime::Handle,
+    shared: &'a Shared,
+    partition: u32,
+    known: &'a HashMap<PieceKey, Known>,
+    /// The new manifest, with each piece's version.
+    manifest: Vec<(Entry, Vec<u8>)>,
+    /// Changed pieces not yet published.
+    pending: Vec<(PieceKey, bytes::Bytes, [u8; 16], Vec<u8>)>,
+    pending_bytes: usize,
+    /// Messages published by this round.
+    published: Vec<u64>,
+}
+
+impl RoundSink<'_> {
+    fn flush(&mut self) -> std::result::Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let bodies = pending.iter().map(|p| p.1.clone()).collect();
+        let seqs = self
+            .handle
+            .block_on(self.shared.snaps.publish(self.partition, bodies))
+            .map_err(|e| e.to_string())?;
+        self.published.extend(&seqs);
+        for ((key, b, hash, version), seq) in pending.into_iter().zip(seqs) {
+            let len = b.len() as u64;
+            self.manifest.push((
+                Entry {
+                    key,
+                    seq,
+                    hash,
+                    len,
+                },
+                version,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for RoundSink<'_> {
+    fn known(&mut self, key: &PieceKey, version: &[u8]) -> bool {
+        !version.is_empty() && self.known.get(key).is_some_and(|k| k.version == version)
+    }
+
+    fn emit(&mut self, piece: Piece) -> std::result::Result<(), String> {
+        let had = self.known.get(&piece.key).map(|k| &k.entry);
+        match piece.bytes {
+            None => {
+                let e = had.ok_or("a piece came without bytes that was not known")?;
+                self.manifest.push((e.clone(), piece.version));
+            }
+            Some(b) => match had {
+                Some(e) if e.hash == crate::snapshot::hash(&b) => {
+                    self.manifest.push((e.clone(), piece.version));
+                }
+                _ => {
+                    let hash = crate::snapshot::hash(&b);
+                    self.pending_bytes += b.len();
+                    self.pending.push((piece.key, b, hash, piece.version));
+                    if self.pending_bytes >= PUBLISH_BYTES {
+                        self.flush()?;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// One snapshot of partition `p`: lists its pieces, publishes those that changed and a new
+/// manifest, then writes the root by compare-and-set. Whether a root was written.
+async fn snapshot_partition(shared: &Arc<Shared>, p: u32) -> Result<bool> {
+    let i = p as usize;
+    let Some(apply) = shared.apply.get().cloned() else {
+        return Ok(false);
+    };
+    let started = Instant::now();
+    // What the pieces will at least hold: read before they are listed.
+    let covers = shared.applied[i].load(Ordering::Acquire);
+    let state = lock(&shared.snap_state).remove(&p);
+    let mut state = match state {
+        Some(s) => s,
+        None => match shared.snaps.root(p).await? {
+            Some((root, revision)) => {
+                let manifest = shared.snaps.manifest(&root).await?;
+                SnapState {
+                    revision: Some(revision),
+                    root: Some(root),
+                    pieces: manifest.into_iter().map(Known::of).collect(),
+                    garbage: Vec::new(),
+                }
+            }
+            None => SnapState::default(),
+        },
+    };
+    if let Some(r) = &state.root {
+        if r.covers == covers && r.node == shared.cfg.node_id {
+            // Nothing applied since this node's last snapshot.
+            lock(&shared.snap_state).insert(p, state);
+            return Ok(false);
+        }
+    }
+    shared.snaps.delete(&state.garbage).await?;
+    state.garbage.clear();
+    let handle = tokio::runtime::Handle::current();
+    let shared2 = shared.clone();
+    let (state, sink) = tokio::task::spawn_blocking(move || {
+        let mut sink = RoundSink {
+            handle,
+            shared: &shared2,
+            partition: p,
+            known: &state.pieces,
+            manifest: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            published: Vec::new(),
+        };
+        let r = apply.snapshot(p, &mut sink).and_then(|()| sink.flush());
+        let out = (sink.manifest, sink.published);
+        (state, r.map(|()| out))
+    })
+    .await
+    .map_err(|e| ClusterError::nats("snapshotting a partition", e))?;
+    // On an error, pieces this round published are listed by no root; they stay as garbage
+    // (docs/scale-out.md, "Snapshots": not built).
+    let (mut manifest, published) = match sink {
+        Ok(m) => m,
+        Err(e) => {
+            lock(&shared.snap_state).insert(p, state);
+            return Err(ClusterError::nats("snapshotting a partition", e));
+        }
+    };
+    manifest.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    let entries: Vec<Entry> = manifest.iter().map(|(e, _)| e.clone()).collect();
+    let bytes = entries.iter().map(|e| e.len).sum();
+    let pages = shared.snaps.publish_manifest(p, &entries).await?;
+    let root = Root {
+        covers,
+        taken: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        node: shared.cfg.node_id.clone(),
+        pages: pages.clone(),
+        pieces: entries.len() as u64,
+        bytes,
+    };
+    let Some(revision) = shared.snaps.write_root(p, &root, state.revision).await? else {
+        // Another node wrote a root meanwhile: it holds the partition now, or did. What this
+        // round published is nobody's.
+        let mut mine = published;
+        mine.extend(&pages);
+        shared.snaps.delete(&mine).await?;
+        tracing::info!(
+            partition = p,
+            "another node wrote the partition's snapshot; this one was dropped"
+        );
+        return Ok(false);
+    };
+    // What the old root listed and the new one does not is deleted next round.
+    let live: std::collections::HashSet<u64> = entries
+        .iter()
+        .map(|e| e.seq)
+        .chain(pages.iter().copied())
+        .collect();
+    let mut garbage: Vec<u64> = state
+        .pieces
+        .values()
+        .map(|k| k.entry.seq)
+        .chain(state.root.iter().flat_map(|r| r.pages.iter().copied()))
+        .filter(|s| !live.contains(s))
+        .collect();
+    garbage.sort_unstable();
+    garbage.dedup();
+    tracing::info!(
+        partition = p,
+        covers,
+        pieces = entries.len(),
+        published = published.len(),
+        bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "partition snapshotted"
+    );
+    let pieces = manifest
+        .into_iter()
+        .map(|(entry, version)| (entry.key.clone(), Known { version, entry }))
+        .collect();
+    lock(&shared.snap_state).insert(
+        p,
+        SnapState {
+            revision: Some(revision),
+            root: Some(root),
+            pieces,
+            garbage,
+        },
+    );
+    Ok(true)
 }
 
 fn load_positions(path: &std::path::Path) -> HashMap<u32, u64> {

@@ -20,7 +20,7 @@ use meterstream_storage::registry::{Command, CommandStatus};
 use meterstream_storage::store::{ItemError, WriteOutcome};
 use meterstream_storage::{StorageError, Store, StreamType};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,6 +117,13 @@ pub type Holds = Box<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct StoreApply {
     /// The store (the node's own engine).
     pub store: Arc<dyn Store>,
+    /// The same engine, for snapshots.
+    pub engine: Arc<meterstream_storage::Engine>,
+    /// The cluster's partitions.
+    pub partitions: u32,
+    /// The registry's device ids by partition, as last listed, and when: a snapshot round of
+    /// every partition lists the devices once, not once per partition.
+    pub device_ids: parking_lot::Mutex<Option<DevicesListed>>,
     /// What applying the last stream changes came to, by sequence, for the request that
     /// published them (this node: the holder).
     pub outcomes: Arc<Outcomes>,
@@ -399,7 +406,206 @@ impl Store for ClusterStore {
     }
 }
 
+/// Device ids by partition, and when they were listed.
+pub type DevicesListed = (std::time::Instant, HashMap<u32, Vec<String>>);
+
+/// Kinds of a partition snapshot's pieces (docs/scale-out.md, "Snapshots"); a stream's are
+/// named by its path, a device's by its id.
+mod piece {
+    /// A stream's record.
+    pub const RECORD: u8 = 0;
+    /// One of a stream's chunks (the open head among them).
+    pub const CHUNK: u8 = 1;
+    /// A completed UTC day's 15-minute rollups of a stream.
+    pub const DAY: u8 = 2;
+    /// A device's record and its commands.
+    pub const DEVICE: u8 = 3;
+}
+
+impl StoreApply {
+    fn in_partition(&self, partition: u32) -> impl Fn(&str) -> bool + '_ {
+        move |device: &str| {
+            meterstream_cluster::partition::of_device(device, self.partitions) == partition
+        }
+    }
+
+    /// The ids of the registry's devices in `partition`, from a listing at most 30 s old.
+    fn devices_in(&self, partition: u32) -> Result<Vec<String>, String> {
+        let mut cache = self.device_ids.lock();
+        if cache
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > std::time::Duration::from_secs(30))
+        {
+            let mut by: HashMap<u32, Vec<String>> = HashMap::new();
+            for d in self
+                .devices
+                .registry
+                .all_devices()
+                .map_err(|e| e.to_string())?
+            {
+                let p = meterstream_cluster::partition::of_device(&d.id, self.partitions);
+                by.entry(p).or_default().push(d.id);
+            }
+            *cache = Some((std::time::Instant::now(), by));
+        }
+        Ok(cache
+            .as_ref()
+            .and_then(|(_, by)| by.get(&partition).cloned())
+            .unwrap_or_default())
+    }
+
+    /// Merges a device piece into the registry: the record if it is new here or was seen
+    /// later, each command unless this node's copy of it is already final.
+    fn restore_device(&self, bytes: &[u8]) -> Result<(), String> {
+        let (d, commands): (meterstream_storage::registry::Device, Vec<Command>) =
+            rmp_serde::from_slice(bytes).map_err(|e| format!("a device piece: {e}"))?;
+        let registry = &self.devices.registry;
+        let err = |e: meterstream_storage::StorageError| e.to_string();
+        match registry.device(&d.id).map_err(err)? {
+            None => registry.put_device(&d).map_err(err)?,
+            Some(mut local) if d.last_seen > local.last_seen => {
+                local.last_seen = d.last_seen;
+                local.last_address = d.last_address.clone();
+                registry.put_device(&local).map_err(err)?;
+            }
+            Some(_) => {}
+        }
+        for c in &commands {
+            if !registry.insert_command(c).map_err(err)? {
+                registry
+                    .update_command(&c.device_id, c.id, c.updated, &mut |local| {
+                        if !local.status.is_final() {
+                            *local = c.clone();
+                        }
+                        Ok(())
+                    })
+                    .map_err(err)?;
+            }
+        }
+        if !commands.is_empty() {
+            self.devices.wake(&d.id);
+        }
+        Ok(())
+    }
+}
+
 impl Apply for StoreApply {
+    fn snapshot(
+        &self,
+        partition: u32,
+        sink: &mut dyn meterstream_cluster::node::Sink,
+    ) -> Result<(), String> {
+        use meterstream_cluster::snapshot::{Piece, PieceKey};
+        let keep = self.in_partition(partition);
+        let key = |name: &str, kind: u8, ts: i64| PieceKey {
+            name: name.to_string(),
+            kind,
+            ts,
+        };
+        for path in self.engine.paths_where(&keep) {
+            let pieces = {
+                let mut known = |ts: i64, v: &[u8]| sink.known(&key(&path, piece::CHUNK, ts), v);
+                self.engine
+                    .export_stream(&path, &mut known)
+                    .map_err(|e| e.to_string())?
+            };
+            let Some(pieces) = pieces else {
+                continue; // deleted meanwhile
+            };
+            sink.emit(Piece {
+                key: key(&path, piece::RECORD, 0),
+                version: Vec::new(),
+                bytes: Some(pieces.record.into()),
+            })?;
+            for c in pieces.chunks {
+                sink.emit(Piece {
+                    key: key(&path, piece::CHUNK, c.ts),
+                    version: c.version,
+                    bytes: c.bytes.map(Into::into),
+                })?;
+            }
+            for (day, b) in pieces.days {
+                sink.emit(Piece {
+                    key: key(&path, piece::DAY, day),
+                    version: Vec::new(),
+                    bytes: Some(b.into()),
+                })?;
+            }
+        }
+        let registry = &self.devices.registry;
+        // Streams' devices, and devices listed (a device with commands and no stream yet).
+        let mut ids: Vec<String> = self.devices_in(partition)?;
+        for path in self.engine.paths_where(&keep) {
+            ids.push(meterstream_storage::path::device_id(&path).to_string());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(d) = registry.device(&id).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let mut commands = Vec::new();
+            loop {
+                let after = commands.last().map_or(0, |c: &Command| c.id);
+                let page = registry
+                    .commands(&d.id, after, 1_000)
+                    .map_err(|e| e.to_string())?;
+                let more = page.len() == 1_000;
+                commands.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            let bytes = rmp_serde::to_vec_named(&(&d, &commands)).map_err(|e| e.to_string())?;
+            sink.emit(Piece {
+                key: key(&d.id, piece::DEVICE, 0),
+                version: Vec::new(),
+                bytes: Some(bytes.into()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn restore(
+        &self,
+        partition: u32,
+        step: meterstream_cluster::node::Restore<'_>,
+    ) -> Result<(), String> {
+        use meterstream_cluster::node::Restore;
+        match step {
+            Restore::Begin => {
+                // What this node still holds of the partition, from an earlier hold, goes.
+                for path in self.engine.paths_where(&self.in_partition(partition)) {
+                    match self.engine.delete_stream(&path) {
+                        Ok(()) | Err(meterstream_storage::StorageError::StreamNotFound { .. }) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(())
+            }
+            Restore::Name(pieces) => {
+                let Some((first, _)) = pieces.first() else {
+                    return Ok(());
+                };
+                let name = first.name.as_str();
+                let of = |kind: u8| pieces.iter().filter(move |(k, _)| k.kind == kind);
+                if let Some((_, record)) = of(piece::RECORD).next() {
+                    let chunks: Vec<&[u8]> = of(piece::CHUNK).map(|(_, b)| &b[..]).collect();
+                    let days: Vec<(i64, &[u8])> =
+                        of(piece::DAY).map(|(k, b)| (k.ts, &b[..])).collect();
+                    self.engine
+                        .restore_stream(name, record, &chunks, &days)
+                        .map_err(|e| format!("restoring {name}: {e}"))?;
+                }
+                for (_, b) in of(piece::DEVICE) {
+                    self.restore_device(b)?;
+                }
+                Ok(())
+            }
+            Restore::End => self.engine.flush().map_err(|e| e.to_string()),
+        }
+    }
+
     fn apply(&self, partition: u32, entries: &[(u64, bytes::Bytes)]) -> Result<(), String> {
         for (sequence, body) in entries {
             match rmp_serde::from_slice::<LogRecord>(body) {
@@ -772,6 +978,13 @@ pub async fn status(
         "local": n.local_partitions(),
         "positions": positions,
         "events": n.events_position(),
+        "snapshots": n.snapshots().iter().map(|i| serde_json::json!({
+            "partition": i.partition,
+            "covers": i.covers,
+            "taken": i.taken,
+            "pieces": i.pieces,
+            "bytes": i.bytes,
+        })).collect::<Vec<_>>(),
     })))
 }
 

@@ -84,9 +84,13 @@ pub struct ClusterConfig {
     /// Seconds a partition lease lives without renewal: a dead node's partitions move after
     /// it. Default 10.
     pub lease_ttl: f64,
-    /// Seconds the point log, and the event stream with it, keep messages; 0 keeps them for
-    /// ever, which a new owner needs to rebuild a partition until snapshots land. Default 0.
+    /// Seconds the point log keeps messages; 0 keeps them for ever. A finite age needs
+    /// snapshots, at least three of them within it (`snapshot_interval`), so that a partition
+    /// can always be rebuilt from a snapshot plus the log after it. Default 0.
     pub log_max_age: u64,
+    /// Seconds between two snapshots of each partition a node holds; 0 turns them off (then
+    /// `log_max_age` must be 0). Default 600.
+    pub snapshot_interval: f64,
     /// Seconds a repeated batch id is recognized. Default 120.
     pub duplicate_window: u64,
 }
@@ -102,6 +106,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             lease_ttl: 10.0,
             log_max_age: 0,
+            snapshot_interval: 600.0,
             duplicate_window: 120,
         }
     }
@@ -419,6 +424,25 @@ impl Config {
             if !(c.lease_ttl.is_finite() && c.lease_ttl >= 1.0) {
                 return bad("cluster.lease_ttl", "must be at least 1 second");
             }
+            if !(c.snapshot_interval.is_finite()
+                && (c.snapshot_interval == 0.0 || c.snapshot_interval >= 1.0))
+            {
+                return bad(
+                    "cluster.snapshot_interval",
+                    "must be 0 (no snapshots) or at least 1 second",
+                );
+            }
+            if c.log_max_age > 0
+                && (c.snapshot_interval == 0.0
+                    || (c.log_max_age as f64) < 3.0 * c.snapshot_interval)
+            {
+                return bad(
+                    "cluster.log_max_age",
+                    "must be 0 (for ever) or at least three snapshot intervals \
+                     (cluster.snapshot_interval), so that a partition can always be rebuilt \
+                     from a snapshot and the log after it",
+                );
+            }
             if c.duplicate_window == 0 {
                 return bad("cluster.duplicate_window", "must be at least 1 second");
             }
@@ -465,10 +489,11 @@ impl Config {
             lease_ttl: Duration::from_secs_f64(c.lease_ttl),
             log_max_age: Duration::from_secs(c.log_max_age),
             duplicate_window: Duration::from_secs(c.duplicate_window),
-            // Events are kept as long as the points they came from: a node rebuilding a
-            // partition from the log makes its events again, and recognizes them only while
-            // the event stream still holds them (docs/scale-out.md, "Events and webhooks").
-            events_max_age: Duration::from_secs(c.log_max_age),
+            // Events are kept for ever: they are rare, and a node that joins later builds the
+            // alarm statuses, their history and the outbox from all of them
+            // (docs/scale-out.md, "Events and webhooks").
+            events_max_age: Duration::ZERO,
+            snapshot_interval: Duration::from_secs_f64(c.snapshot_interval),
             dir: self.data_dir.join("cluster"),
         })
     }
@@ -532,5 +557,31 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("body_limit"));
+    }
+
+    #[test]
+    fn log_retention_needs_snapshots_within_it() {
+        let cluster = |log_max_age, snapshot_interval| Config {
+            cluster: ClusterConfig {
+                nats_urls: vec!["nats://127.0.0.1:4222".into()],
+                log_max_age,
+                snapshot_interval,
+                ..ClusterConfig::default()
+            },
+            ..Config::default()
+        };
+        let err = |c: Config| c.validate().unwrap_err().to_string();
+        assert!(err(cluster(1_799, 600.0)).contains("cluster.log_max_age"));
+        assert!(err(cluster(3_600, 0.0)).contains("three snapshot intervals"));
+        assert!(err(cluster(0, 0.5)).contains("cluster.snapshot_interval"));
+        cluster(1_800, 600.0).validate().unwrap();
+        cluster(0, 0.0).validate().unwrap();
+        assert_eq!(
+            cluster(1_800, 600.0)
+                .node_config()
+                .unwrap()
+                .snapshot_interval,
+            Duration::from_secs(600)
+        );
     }
 }

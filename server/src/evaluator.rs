@@ -655,7 +655,29 @@ impl Worker {
                     let ri = ri as usize;
                     let source = self.rules[ri].source(path);
                     let rule = &self.rules[ri];
+                    let fresh = !self.states.contains_key(&(rule.id.clone(), source.clone()));
                     let st = Self::state(&mut self.states, &*registry, rule, source.clone())?;
+                    if fresh && ev.holds.get().is_some() {
+                        if let (AlertRule::Condition { fire, reset }, Some(first)) =
+                            (&rule.alert.rule, points.iter().map(|p| p.ts).min())
+                        {
+                            let watch = if st.held.state().active() {
+                                reset
+                            } else {
+                                fire
+                            };
+                            seed_run(
+                                &*ev.store,
+                                &*registry,
+                                &rule.id,
+                                &source,
+                                path,
+                                watch,
+                                &mut st.held,
+                                first,
+                            )?;
+                        }
+                    }
                     let mut out: Vec<(State, i64, Option<Observed>)> = Vec::new();
                     let value_rule = matches!(
                         rule.alert.rule,
@@ -779,14 +801,7 @@ impl Worker {
             AlertRule::Condition { fire, reset } => {
                 // The run of points matching the watched condition that reaches up to `from`.
                 let watch = if anchor_active { reset } else { fire };
-                read_points(store, path, anchor_ts + 1, from, true, |ts, v| {
-                    if watch.op.holds(&v, &watch.threshold) {
-                        held.run_since = Some(ts);
-                        true
-                    } else {
-                        false
-                    }
-                })?;
+                held.run_since = run_back(store, path, watch, anchor_ts, from)?;
                 read_points(store, path, from, to + 1, false, |ts, v| {
                     if let Some(t) = held.step(fire, reset, ts, &v) {
                         new.push((t.to, t.at, Some(t.value)));
@@ -1013,6 +1028,55 @@ impl Worker {
         self.dirty = false;
         Ok(())
     }
+}
+
+/// On a cluster node, a source the evaluator has no state for may be half-way through a run
+/// that another node evaluated: its partition was restored from a snapshot, whose points are
+/// not in this node's feed (docs/scale-out.md, "Snapshots"). The run is read back from the
+/// stored points before `before` (the first new point), down to the source's last transition,
+/// as [`Worker::reevaluate`] does, so that the condition fires at the same data time.
+#[allow(clippy::too_many_arguments)]
+fn seed_run(
+    store: &dyn Store,
+    registry: &dyn Registry,
+    rule_id: &str,
+    source: &str,
+    path: &str,
+    watch: &meterstream_storage::alarm::Held,
+    held: &mut HeldState,
+    before: i64,
+) -> Result<(), String> {
+    let recent = registry
+        .recent_transitions(rule_id, source, 16)
+        .map_err(|e| e.to_string())?;
+    let anchor = recent
+        .iter()
+        .filter(|s| s.state != State::Acknowledged || s.correction)
+        .find(|s| s.changed < before)
+        .map_or(meterstream_storage::time::MIN_TIMESTAMP - 1, |a| a.changed);
+    held.run_since = run_back(store, path, watch, anchor, before)?;
+    Ok(())
+}
+
+/// The start of the run of stored points of `path` matching `watch` that reaches up to
+/// `before` (exclusive), looking no further back than `after` (exclusive).
+fn run_back(
+    store: &dyn Store,
+    path: &str,
+    watch: &meterstream_storage::alarm::Held,
+    after: i64,
+    before: i64,
+) -> Result<Option<i64>, String> {
+    let mut since = None;
+    read_points(store, path, after + 1, before, true, |ts, v| {
+        if watch.op.holds(&v, &watch.threshold) {
+            since = Some(ts);
+            true
+        } else {
+            false
+        }
+    })?;
+    Ok(since)
 }
 
 /// Reads the stored points of `path` with `from <= ts < to`, newest first if `desc`, calling

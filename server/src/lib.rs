@@ -87,8 +87,7 @@ impl Background {
     ) -> Result<Background, Box<dyn std::error::Error + Send + Sync>> {
         cfg.validate()?;
         let url = format!("http://{}", listener.local_addr()?);
-        let store: Arc<dyn Store> =
-            Arc::new(meterstream_storage::Engine::open(cfg.store_config())?);
+        let store = Arc::new(meterstream_storage::Engine::open(cfg.store_config())?);
         let registry: Arc<dyn Registry> = Arc::new(SledRegistry::open(&cfg.registry_dir())?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -435,11 +434,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// requests in flight, and closes the store (a final checkpoint).
 pub async fn run(
     listener: std::net::TcpListener,
-    store: Arc<dyn Store>,
+    engine: Arc<meterstream_storage::Engine>,
     registry: Arc<dyn Registry>,
     cfg: config::Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let store: Arc<dyn Store> = engine.clone();
     // A cluster node: connected first, and its registry is the cluster's (every credential,
     // rule and monitor the cluster has is read before anything else starts).
     let cluster = match cfg.node_config() {
@@ -460,12 +460,12 @@ pub async fn run(
     };
     // On a cluster node, changes to streams go through the partitions' logs; the engine itself
     // is what applying writes to.
-    let engine = store.clone();
+    let local: Arc<dyn Store> = store.clone();
     let outcomes: Arc<cluster::Outcomes> = Arc::new(cluster::Recent::new(1024));
     let store: Arc<dyn Store> = match &cluster {
         None => store,
         Some(c) => Arc::new(cluster::ClusterStore {
-            inner: engine.clone(),
+            inner: local.clone(),
             cluster: c.clone(),
             outcomes: outcomes.clone(),
         }),
@@ -568,7 +568,10 @@ pub async fn run(
             node.holds(node.partition_of(monitor))
         }));
         c.node.run(Arc::new(cluster::StoreApply {
-            store: engine.clone(),
+            store: local.clone(),
+            engine: engine.clone(),
+            partitions: c.node.partitions(),
+            device_ids: parking_lot::Mutex::new(None),
             outcomes: outcomes.clone(),
             devices: devices.clone(),
             contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,

@@ -977,19 +977,7 @@ impl Inner {
             self.add_quarters(*id, &open[..split], &mut rbatch)?;
             after.push(Some((open_day, open.split_off(split))));
         }
-        // The chunks' index entries and their rollups, atomically across the two trees.
-        (&self.chunks, &self.rollups)
-            .transaction(|(c, r)| {
-                c.apply_batch(&batch)?;
-                r.apply_batch(&rbatch)?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => StorageError::from(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StorageError::corrupt("chunks", "sealing transaction aborted")
-                }
-            })?;
+        self.commit_index(&batch, &rbatch)?;
         for ((id, _, _, m), after) in plans.iter().zip(after) {
             let Some((open_day, open)) = after else {
                 continue;
@@ -1005,6 +993,22 @@ impl Inner {
             st.sealed_max = Some(st.sealed_max.map_or(*m, |old| old.max(*m)));
         }
         Ok(())
+    }
+
+    /// Applies chunk index entries and day records atomically across the two trees.
+    fn commit_index(&self, chunks: &sled::Batch, rollups: &sled::Batch) -> Result<()> {
+        (&self.chunks, &self.rollups)
+            .transaction(|(c, r)| {
+                c.apply_batch(chunks)?;
+                r.apply_batch(rollups)?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StorageError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StorageError::corrupt("chunks", "index transaction aborted")
+                }
+            })
     }
 
     /// Key of the chunk a late point at `ts` belongs to: the last chunk starting at or before

@@ -261,18 +261,7 @@ impl Engine {
         for (day, d) in days {
             rbatch.insert(&rollup_key(id, *day)[..], *d);
         }
-        (&inner.chunks, &inner.rollups)
-            .transaction(|(c, r)| {
-                c.apply_batch(&batch)?;
-                r.apply_batch(&rbatch)?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => StorageError::from(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StorageError::corrupt("chunks", "restoring transaction aborted")
-                }
-            })?;
+        inner.commit_index(&batch, &rbatch)?;
         let mut sh = inner.shards[shard_of_id(id)].lock();
         if let Some(st) = sh.streams.get_mut(&id) {
             inner.recompute_tail(st)?;

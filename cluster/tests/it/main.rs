@@ -6,6 +6,7 @@ mod events;
 mod lease;
 mod log;
 mod registry;
+mod snapshot;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

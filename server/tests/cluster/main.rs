@@ -117,7 +117,11 @@ struct Node {
     id: String,
 }
 
-fn start_node(id: &str, dir: &std::path::Path, nats: &[String]) -> Node {
+/// The cluster tests share the machine's two cores one at a time: each states timings.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Starts node `id`; `extra` is added to its `[cluster]` section.
+fn start_node(id: &str, dir: &std::path::Path, nats: &[String], extra: &str) -> Node {
     std::fs::create_dir_all(dir).unwrap();
     let conf = dir.join("meterstream.toml");
     let urls: Vec<String> = nats.iter().map(|u| format!("{u:?}")).collect();
@@ -128,7 +132,7 @@ fn start_node(id: &str, dir: &std::path::Path, nats: &[String]) -> Node {
              chunk_points = 64\n\
              allow_private_webhook_targets = true\nwebhook_max_backoff = 0.2\n\n\
              [cluster]\nnats_urls = [{}]\nnode_id = {id:?}\n\
-             partitions = {PARTITIONS}\nlog_streams = 4\nreplicas = 3\nlease_ttl = {LEASE_TTL}\n",
+             partitions = {PARTITIONS}\nlog_streams = 4\nreplicas = 3\nlease_ttl = {LEASE_TTL}\n{extra}",
             dir.join("data").display().to_string(),
             urls.join(", ")
         ),
@@ -648,24 +652,30 @@ fn alarm_events(
     out
 }
 
-#[test]
-fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_server() {
-    // MS_KEEP_CLUSTER_TEST=1 keeps the nodes' data and logs for reading after a failure.
+/// The test's directory: removed at the end, unless `MS_KEEP_CLUSTER_TEST=1` keeps the nodes'
+/// data and logs for reading after a failure.
+fn test_dir() -> (Option<tempfile::TempDir>, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    let (_guard, root) = if std::env::var_os("MS_KEEP_CLUSTER_TEST").is_some() {
+    if std::env::var_os("MS_KEEP_CLUSTER_TEST").is_some() {
         let kept = tmp.keep();
         eprintln!("keeping {}", kept.display());
         (None, kept)
     } else {
         let path = tmp.path().to_path_buf();
         (Some(tmp), path)
-    };
+    }
+}
+
+#[test]
+fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_server() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_guard, root) = test_dir();
     let dir = root.as_path();
     let mut nats = nats_cluster(dir);
     let urls = nats.urls.clone();
     let nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|id| start_node(id, &dir.join(id), &urls))
+        .map(|id| start_node(id, &dir.join(id), &urls, ""))
         .collect();
     let c = client();
     let all: Vec<&Node> = nodes.iter().collect();
@@ -1378,4 +1388,257 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         "ingest went on after the NATS server's kill"
     );
     verify(&c, &survivors, &acked.lock().unwrap());
+}
+
+/// Whether every partition's messages have left the point log (its age limit removed them),
+/// read from NATS itself.
+fn log_is_empty(nats: &[String]) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats[0].as_str()).await.unwrap();
+        let log = meterstream_cluster::log::PointLog::open(
+            client,
+            PARTITIONS as u32,
+            4,
+            3,
+            Duration::from_secs(6),
+            Duration::from_secs(6),
+        )
+        .await
+        .unwrap();
+        for p in 0..PARTITIONS as u32 {
+            if log.last_sequence(p).await.unwrap() != 0 {
+                return false;
+            }
+        }
+        true
+    })
+}
+
+/// Waits until `n` has a snapshot of every partition it holds covering all it has applied.
+fn await_snapshots(c: &reqwest::blocking::Client, n: &Node, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let v = status(c, &n.url).unwrap();
+        let local: Vec<u64> = v["local"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        let covered = local.iter().all(|p| {
+            let pos = v["positions"][*p as usize].as_u64().unwrap();
+            v["snapshots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["partition"] == *p && s["covers"].as_u64() == Some(pos))
+        });
+        if !local.is_empty() && covered {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{}: snapshots do not cover its partitions: {v}",
+            n.id
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The hourly sums of `stream` through `n`, as (interval start, sum).
+fn hourly_sums(c: &reqwest::blocking::Client, n: &Node, stream: &str) -> Vec<(i64, f64)> {
+    let v = get_json(
+        c,
+        &format!(
+            "{}/ws/v1/streams/rollups/{stream}?interval=1h&method=sum&size=1000",
+            n.url
+        ),
+    );
+    v["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (ms_of(&r["timestamp"]), r["value"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn partitions_are_rebuilt_from_snapshots_once_the_log_has_dropped_their_points() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_guard, root) = test_dir();
+    let dir = root.as_path();
+    let nats = nats_cluster(dir);
+    // The log keeps messages 6 s; each node snapshots its partitions every 2 s.
+    let extra = "log_max_age = 6\nsnapshot_interval = 2.0\n";
+    let mut a = start_node("a", &dir.join("a"), &nats.urls, extra);
+    let c = client();
+    await_balanced(&c, &[&a], Duration::from_secs(60));
+
+    // Node a alone takes: gateways' batches; for each of 4 devices a stream over 3 days (sealed
+    // chunks, completed days' rollups, an open head) with units; a command; an alert whose
+    // condition (over 250 for 10 s) has held for 5 s of data time.
+    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    for g in run_gateways(6, &[&a], (0, 10), &acked, &stop) {
+        g.join().unwrap();
+    }
+    let day0 = (1_789_000_000_000i64 / 86_400_000) * 86_400_000;
+    let long: Vec<String> = (0..4).map(|d| format!("gw{d}/long/e")).collect();
+    for (k, s) in long.iter().enumerate() {
+        let pts: Vec<(i64, f64)> = (0..864).map(|i| (i * 300, (i as f64) + k as f64)).collect();
+        post_points(&c, &a, s, day0, &pts);
+        let r = c
+            .put(format!("{}/ws/v1/streams/inventory/{s}", a.url))
+            .json(&json!({"units": "kWh", "description": "energy"}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text());
+    }
+    let r = c
+        .post(format!("{}/ws/v1/devices/gw1/commands", a.url))
+        .json(&json!({"command": "reboot", "parameters": {"delay": 5}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let cid = r.json::<Value>().unwrap()["id"].as_u64().unwrap();
+    let r = c
+        .post(format!("{}/ws/v1/alerts/inventory", a.url))
+        .json(&json!({
+            "name": "Overvoltage", "severity": "major",
+            "scope": {"type": "Resource", "value": "al/m/*"},
+            "rule": {"type": "DataPoint condition",
+                     "fire": {"op": ">", "threshold": 250.0, "duration_ms": 10_000},
+                     "reset": {"op": "<", "threshold": 240.0, "duration_ms": 0}}
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let alert = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t0 = (meterstream_storage::time::now_ms() / 1000 - 600) * 1000;
+    let over: Vec<(i64, f64)> = (0..=14).map(|s| (s, 260.0)).collect();
+    post_points(&c, &a, "al/m/v", t0, &over[..6]);
+    verify(&c, &[&a], &acked.lock().unwrap());
+    let sums: Vec<Vec<(i64, f64)>> = long.iter().map(|s| hourly_sums(&c, &a, s)).collect();
+    assert_eq!(sums[0].len(), 72, "three days of hours");
+    assert_eq!(sums[1][0], (day0, (0..12).map(|i| (i + 1) as f64).sum()));
+
+    // Every partition snapshotted, then every message dropped from the log by its age.
+    await_snapshots(&c, &a, Duration::from_secs(30));
+    let started = Instant::now();
+    while !log_is_empty(&nats.urls) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the log still holds messages"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("log empty {:?} after the snapshots", started.elapsed());
+
+    // A new node takes half the partitions from a live a, by their snapshots (its store is
+    // empty and the log has nothing); then a is killed and it takes the rest the same way.
+    let b = start_node("b", &dir.join("b"), &nats.urls, extra);
+    await_balanced(&c, &[&a, &b], Duration::from_secs(60));
+    verify(&c, &[&a, &b], &acked.lock().unwrap());
+    a.proc.kill_9();
+    let took = await_balanced(&c, &[&b], MOVE_BOUND * 2);
+    eprintln!("b holds every partition {took:?} after a's kill");
+    verify(&c, &[&b], &acked.lock().unwrap());
+    for (s, want) in long.iter().zip(&sums) {
+        assert_eq!(&hourly_sums(&c, &b, s), want, "{s}");
+        let info = get_json(&c, &format!("{}/ws/v1/streams/inventory/{s}", b.url));
+        assert_eq!(
+            (info["units"].as_str(), info["description"].as_str()),
+            (Some("kWh"), Some("energy")),
+            "{info}"
+        );
+        let k = s[2..3].parse::<f64>().unwrap();
+        assert_eq!(info["value"].as_f64(), Some(863.0 + k), "{info}");
+    }
+    // The command queued through a is delivered by b.
+    let polled = get_json(
+        &c,
+        &format!("{}/ws/v1/devices/gw1/commands/poll?after=0&wait=10", b.url),
+    );
+    assert_eq!(polled["list"][0]["id"].as_u64(), Some(cid), "{polled}");
+    assert_eq!(polled["list"][0]["parameters"], json!({"delay": 5}));
+    // The condition goes on through b, which has only the snapshot's points before 6 s: it
+    // fires once, at 10 s of data time, as it would have on a.
+    post_points(&c, &b, "al/m/v", t0, &over[6..]);
+    assert_eq!(
+        transitions(&c, &b, &alert, t0, 1),
+        vec![("al/m/v".to_string(), "triggered".to_string(), 10)]
+    );
+
+    // More batches of every gateway, through b only.
+    for g in run_gateways(6, &[&b], (10, 20), &acked, &stop) {
+        g.join().unwrap();
+    }
+
+    // a comes back with its old store and positions, which the log no longer reaches: the
+    // partitions it takes back are restored from b's snapshots, points written since included.
+    await_snapshots(&c, &b, Duration::from_secs(30));
+    let started = Instant::now();
+    while !log_is_empty(&nats.urls) {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let a = start_node("a", &dir.join("a"), &nats.urls, extra);
+    await_balanced(&c, &[&a, &b], Duration::from_secs(60));
+    verify(&c, &[&a, &b], &acked.lock().unwrap());
+    for n in [&a, &b] {
+        let v = get_json(
+            &c,
+            &format!("{}/ws/v1/streams/history/al/m/v?size=100", n.url),
+        );
+        let got: Vec<(i64, f64)> = v["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    (ms_of(&p["timestamp"]) - t0) / 1000,
+                    p["value"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, over, "al/m/v through {}", n.id);
+    }
+    assert_eq!(
+        transitions(&c, &a, &alert, t0, 1),
+        vec![("al/m/v".to_string(), "triggered".to_string(), 10)]
+    );
+    let restored = std::fs::read_to_string(dir.join("a").join("server.log"))
+        .unwrap()
+        .matches("partition restored from its snapshot")
+        .count();
+    // Every partition a took back that had points written while it was away (each gateway's
+    // and al's), and only those.
+    let a_holds: Vec<u64> = status(&c, &a.url).unwrap()["local"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let written: std::collections::BTreeSet<u64> = (0..6)
+        .map(|d| format!("gw{d}"))
+        .chain(["al".to_string()])
+        .map(|d| meterstream_cluster::partition::of_device(&d, PARTITIONS as u32) as u64)
+        .filter(|p| a_holds.contains(p))
+        .collect();
+    assert!(
+        !written.is_empty(),
+        "a took back none of the written partitions"
+    );
+    assert_eq!(
+        restored,
+        written.len(),
+        "a restored {restored}, not {written:?}"
+    );
 }
