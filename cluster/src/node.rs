@@ -216,6 +216,9 @@ struct Owned {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long a stopping node spends snapshotting its partitions, at most.
+const CLOSE_SNAPSHOTS: Duration = Duration::from_secs(60);
+
 /// How long a starting node waits for JetStream to accept its streams and buckets.
 const OPEN_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -670,6 +673,29 @@ impl Node {
         rt.block_on(async move {
             if let Some(b) = balancer {
                 let _ = b.await;
+            }
+            // A clean stop snapshots what it holds first, so that the next holders restore
+            // rather than replay the log (bounded: the leases lapse anyway).
+            if !shared.cfg.snapshot_interval.is_zero() {
+                let held: Vec<u32> = (0..shared.cfg.partitions)
+                    .filter(|p| route(&shared, *p) == Route::Local)
+                    .collect();
+                let started = Instant::now();
+                let all = async {
+                    for p in &held {
+                        if let Err(e) = snapshot_partition(&shared, *p).await {
+                            tracing::warn!(partition = p, error = %e, "snapshotting at stop failed");
+                        }
+                    }
+                };
+                if tokio::time::timeout(CLOSE_SNAPSHOTS, all).await.is_err() {
+                    tracing::warn!("snapshots at stop did not finish in time");
+                }
+                tracing::info!(
+                    partitions = held.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "snapshotted the partitions before stopping"
+                );
             }
             let owned: Vec<(u32, Owned)> = lock(&shared.owned).drain().collect();
             for (p, o) in owned {

@@ -1641,4 +1641,52 @@ fn partitions_are_rebuilt_from_snapshots_once_the_log_has_dropped_their_points()
         written.len(),
         "a restored {restored}, not {written:?}"
     );
+
+    // More points through a to b's partitions, then a clean stop of b (SIGTERM): b snapshots
+    // what it holds before giving its leases up, and a, whose positions in those partitions
+    // the log no longer reaches, restores them from that snapshot: every point reads back
+    // through a alone.
+    for g in run_gateways(6, &[&a], (20, 25), &acked, &stop) {
+        g.join().unwrap();
+    }
+    let b_parts: Vec<u64> = status(&c, &b.url).unwrap()["local"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let b_holds = b_parts.len();
+    let mut b = b;
+    let term = Command::new("kill")
+        .args(["-TERM", &b.proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(b.proc.child.wait().unwrap().success(), "b stopped cleanly");
+    let log = std::fs::read_to_string(dir.join("b").join("server.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("snapshotted the partitions before stopping"))
+        .expect("b snapshotted at its stop");
+    assert!(line.contains(&format!("partitions={b_holds}")), "{line}");
+    await_balanced(&c, &[&a], MOVE_BOUND * 2);
+    verify(&c, &[&a], &acked.lock().unwrap());
+    let restored_now = std::fs::read_to_string(dir.join("a").join("server.log"))
+        .unwrap()
+        .matches("partition restored from its snapshot")
+        .count();
+    // Those with points written since a's positions in them (the others are resumed: b's
+    // snapshot of them is a's own state).
+    let changed: std::collections::BTreeSet<u64> = (0..6)
+        .map(|d| format!("gw{d}"))
+        .chain(["al".to_string()])
+        .map(|d| meterstream_cluster::partition::of_device(&d, PARTITIONS as u32) as u64)
+        .filter(|p| b_parts.contains(p))
+        .collect();
+    assert_eq!(
+        restored_now - restored,
+        changed.len(),
+        "a restored {} of b's partitions, not {changed:?}",
+        restored_now - restored
+    );
 }
