@@ -969,6 +969,24 @@ fn timed_both(runs: usize, mut run: impl FnMut() -> Result<f64>) -> Result<serde
     Ok(serde_json::json!({"server_ms": median(server), "client_ms": median(client)}))
 }
 
+/// GET `url`, asked again while the answer is 503 (a cluster node whose partitions are still
+/// settling answers a gathered query so rather than with rows missing), for at most 30 s.
+fn get_settled(
+    client: &reqwest::blocking::Client,
+    url: &str,
+) -> Result<reqwest::blocking::Response> {
+    let started = std::time::Instant::now();
+    loop {
+        let r = client.get(url).send()?;
+        if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || started.elapsed() > std::time::Duration::from_secs(30)
+        {
+            return Ok(r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Every row of a rollup listing, following cursors, and the server's time summed over pages.
 fn rollup_rows(
     client: &reqwest::blocking::Client,
@@ -980,11 +998,10 @@ fn rollup_rows(
     let mut cursor = String::new();
     let mut srv = 0.0;
     loop {
-        let r = client
-            .get(format!(
-                "{url}/ws/v1/streams/rollups/{path}?size={PAGE}&{query}{cursor}"
-            ))
-            .send()?;
+        let r = get_settled(
+            client,
+            &format!("{url}/ws/v1/streams/rollups/{path}?size={PAGE}&{query}{cursor}"),
+        )?;
         ensure!(r.status().is_success(), "{path}?{query}: {}", r.status());
         srv += server_ms(&r);
         let mut v: serde_json::Value = r.json()?;
