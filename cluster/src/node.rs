@@ -99,8 +99,8 @@ pub trait Sink {
 pub enum Restore<'a> {
     /// Before any piece: forget what the store holds of the partition.
     Begin,
-    /// Every piece of one name, in key order.
-    Name(&'a [(PieceKey, bytes::Bytes)]),
+    /// Pieces in key order, every piece of each name they hold (a window of the manifest).
+    Pieces(&'a [(PieceKey, bytes::Bytes)]),
     /// After the last piece: make it all durable.
     End,
 }
@@ -1104,16 +1104,7 @@ async fn restore(shared: &Arc<Shared>, p: u32, root: Root, revision: u64) -> Res
         let pieces: Vec<(PieceKey, bytes::Bytes)> =
             window.iter().map(|e| e.key.clone()).zip(bytes).collect();
         restoring(apply.clone(), move |a| {
-            let mut k = 0;
-            while k < pieces.len() {
-                let n = pieces[k..]
-                    .iter()
-                    .take_while(|(key, _)| key.name == pieces[k].0.name)
-                    .count();
-                a.restore(p, Restore::Name(&pieces[k..k + n]))?;
-                k += n;
-            }
-            Ok(())
+            a.restore(p, Restore::Pieces(&pieces))
         })
         .await?;
         start = end;
@@ -1186,7 +1177,7 @@ struct RoundSink<'a> {
     known: &'a HashMap<PieceKey, Known>,
     /// The new manifest, with each piece's version.
     manifest: Vec<(Entry, Vec<u8>)>,
-    /// Changed pieces not yet published.
+    /// Changed pieces not yet published (packed when published).
     pending: Vec<(PieceKey, bytes::Bytes, [u8; 16], Vec<u8>)>,
     pending_bytes: usize,
     /// Messages published by this round.
@@ -1200,24 +1191,16 @@ impl RoundSink<'_> {
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let bodies = pending.iter().map(|p| p.1.clone()).collect();
-        let seqs = self
+        let (pieces, versions): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|(key, b, hash, version)| ((key, b, hash), version))
+            .unzip();
+        let entries = self
             .handle
-            .block_on(self.shared.snaps.publish(self.partition, bodies))
+            .block_on(self.shared.snaps.publish_packed(self.partition, pieces))
             .map_err(|e| e.to_string())?;
-        self.published.extend(&seqs);
-        for ((key, b, hash, version), seq) in pending.into_iter().zip(seqs) {
-            let len = b.len() as u64;
-            self.manifest.push((
-                Entry {
-                    key,
-                    seq,
-                    hash,
-                    len,
-                },
-                version,
-            ));
-        }
+        self.published.extend(entries.iter().map(|e| e.seq));
+        self.manifest.extend(entries.into_iter().zip(versions));
         Ok(())
     }
 }
@@ -1315,9 +1298,39 @@ async fn snapshot_partition(shared: &Arc<Shared>, p: u32) -> Result<bool> {
             return Err(ClusterError::nats("snapshotting a partition", e));
         }
     };
+    // Messages most of whose pieces are gone are repacked: their live pieces are published
+    // again, packed with each other, so that dead bytes stay under half of what is kept.
+    let mut live: HashMap<u64, u32> = HashMap::new();
+    for (e, _) in &manifest {
+        *live.entry(e.seq).or_default() += 1;
+    }
+    let fresh: std::collections::HashSet<u64> = published.iter().copied().collect();
+    let stale: Vec<usize> = (0..manifest.len())
+        .filter(|&k| {
+            let e = &manifest[k].0;
+            !fresh.contains(&e.seq) && live[&e.seq] * 2 < e.packed
+        })
+        .collect();
+    let mut published = published;
+    if !stale.is_empty() {
+        let old: Vec<Entry> = stale.iter().map(|&k| manifest[k].0.clone()).collect();
+        let bytes = shared.snaps.fetch(&old).await?;
+        let again = old
+            .into_iter()
+            .zip(bytes)
+            .map(|(e, b)| (e.key, b, e.hash))
+            .collect();
+        let entries = shared.snaps.publish_packed(p, again).await?;
+        published.extend(entries.iter().map(|e| e.seq));
+        for (k, e) in stale.iter().zip(entries) {
+            manifest[*k].0 = e;
+        }
+    }
+    published.sort_unstable();
+    published.dedup();
     manifest.sort_by(|a, b| a.0.key.cmp(&b.0.key));
     let entries: Vec<Entry> = manifest.iter().map(|(e, _)| e.clone()).collect();
-    let bytes = entries.iter().map(|e| e.len).sum();
+    let bytes = entries.iter().map(|e| u64::from(e.len)).sum();
     let pages = shared.snaps.publish_manifest(p, &entries).await?;
     let root = Root {
         covers,

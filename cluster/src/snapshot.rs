@@ -1,7 +1,8 @@
 //! Partition snapshots in JetStream (docs/scale-out.md, "Snapshots").
 //!
 //! Pieces and manifest pages are messages of the stream `MS_SNAP`, partition `p` on the subject
-//! `ms.snap.<p>`. The root of partition `p`'s snapshot is the key `p<p>` of the KV bucket
+//! `ms.snap.<p>`; pieces are packed together into messages of up to [`PACK_BYTES`], a manifest
+//! entry naming its piece's message, offset and length. The root of partition `p`'s snapshot is the key `p<p>` of the KV bucket
 //! `MS_SNAPS` (created by hand, as every bucket here): [`Root`], MessagePack. A root names the
 //! pages of its manifest; a page lists pieces ([`Entry`]: key, message sequence, hash). A new
 //! root is written by compare-and-set on the revision its round read, so a node that lost the
@@ -17,6 +18,9 @@ use std::time::Duration;
 pub const STREAM: &str = "MS_SNAP";
 /// The bucket of roots.
 pub const BUCKET: &str = "MS_SNAPS";
+/// The size a message of packed pieces is filled to (a piece larger than it has a message of
+/// its own).
+pub const PACK_BYTES: usize = 256 << 10;
 /// Most entries in one manifest page (~80 bytes each: pages stay well under 1 MB).
 const PAGE_ENTRIES: usize = 4_000;
 /// Pieces fetched at once while restoring.
@@ -51,12 +55,16 @@ pub struct Piece {
 pub struct Entry {
     /// What it is.
     pub key: PieceKey,
-    /// Its message in [`STREAM`].
+    /// The message in [`STREAM`] holding it.
     pub seq: u64,
+    /// Where in that message it starts.
+    pub offset: u32,
+    /// Its length in bytes.
+    pub len: u32,
+    /// How many pieces that message was published with (for repacking it when most are gone).
+    pub packed: u32,
     /// The first 16 bytes of the SHA-256 of its bytes.
     pub hash: [u8; 16],
-    /// Its length in bytes.
-    pub len: u64,
 }
 
 /// The root of a partition's snapshot.
@@ -92,17 +100,6 @@ async fn direct_get(stream: stream::Stream<()>, seq: u64) -> Result<bytes::Bytes
         .map_err(|_| ClusterError::nats("reading a snapshot piece", "no answer in 5 s"))?
         .map_err(|e| ClusterError::nats("reading a snapshot piece", e))?;
     Ok(m.payload)
-}
-
-async fn checked_get(stream: stream::Stream<()>, seq: u64, want: [u8; 16]) -> Result<bytes::Bytes> {
-    let b = direct_get(stream, seq).await?;
-    if hash(&b) != want {
-        return Err(ClusterError::nats(
-            "reading a snapshot piece",
-            format!("message {seq} does not match its hash"),
-        ));
-    }
-    Ok(b)
 }
 
 fn subject(partition: u32) -> String {
@@ -177,20 +174,90 @@ impl Snapshots {
         direct_get(self.stream().await?, seq).await
     }
 
-    /// The bytes of `entries`, in their order, fetched [`FETCH_AHEAD`] at a time; each is
-    /// checked against its hash.
+    /// The bytes of `entries`, in their order: each message they are packed in is fetched
+    /// once, [`FETCH_AHEAD`] at a time, and each piece is checked against its hash.
     pub async fn fetch(&self, entries: &[Entry]) -> Result<Vec<bytes::Bytes>> {
         let stream = self.stream().await?;
-        let gets: Vec<_> = entries
+        let mut seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let gets: Vec<_> = seqs
             .iter()
-            .map(|e| checked_get(stream.clone(), e.seq, e.hash))
+            .map(|s| direct_get(stream.clone(), *s))
             .collect();
-        futures_util::stream::iter(gets)
+        let messages: Vec<bytes::Bytes> = futures_util::stream::iter(gets)
             .buffered(FETCH_AHEAD)
             .collect::<Vec<Result<bytes::Bytes>>>()
             .await
             .into_iter()
+            .collect::<Result<_>>()?;
+        entries
+            .iter()
+            .map(|e| {
+                let m = &messages[seqs.binary_search(&e.seq).unwrap_or_default()];
+                let (a, b) = (e.offset as usize, e.offset as usize + e.len as usize);
+                let piece = m.get(a..b).map(|_| m.slice(a..b));
+                match piece {
+                    Some(p) if hash(&p) == e.hash => Ok(p),
+                    _ => Err(ClusterError::nats(
+                        "reading a snapshot piece",
+                        format!("piece {:?} does not match its hash", e.key),
+                    )),
+                }
+            })
             .collect()
+    }
+
+    /// Publishes `pieces` (key, bytes, hash) packed into messages of up to [`PACK_BYTES`];
+    /// their manifest entries, in the same order.
+    pub async fn publish_packed(
+        &self,
+        partition: u32,
+        pieces: Vec<(PieceKey, bytes::Bytes, [u8; 16])>,
+    ) -> Result<Vec<Entry>> {
+        // Messages as ranges of `pieces`.
+        let mut packs: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut from, mut size) = (0, 0);
+        for (i, (_, b, _)) in pieces.iter().enumerate() {
+            if i > from && size + b.len() > PACK_BYTES {
+                packs.push(from..i);
+                (from, size) = (i, 0);
+            }
+            size += b.len();
+        }
+        if from < pieces.len() {
+            packs.push(from..pieces.len());
+        }
+        let bodies = packs
+            .iter()
+            .map(|r| {
+                let mut m = bytes::BytesMut::with_capacity(
+                    pieces[r.clone()].iter().map(|p| p.1.len()).sum(),
+                );
+                for (_, b, _) in &pieces[r.clone()] {
+                    m.extend_from_slice(b);
+                }
+                m.freeze()
+            })
+            .collect();
+        let seqs = self.publish(partition, bodies).await?;
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut pieces = pieces.into_iter();
+        for (r, seq) in packs.iter().zip(seqs) {
+            let mut offset = 0u32;
+            for (key, b, hash) in pieces.by_ref().take(r.len()) {
+                out.push(Entry {
+                    key,
+                    seq,
+                    offset,
+                    len: b.len() as u32,
+                    packed: r.len() as u32,
+                    hash,
+                });
+                offset += b.len() as u32;
+            }
+        }
+        Ok(out)
     }
 
     /// Publishes bodies to the partition's subject, pipelined (`log::publish_windowed`);

@@ -583,21 +583,35 @@ impl Apply for StoreApply {
                 }
                 Ok(())
             }
-            Restore::Name(pieces) => {
-                let Some((first, _)) = pieces.first() else {
-                    return Ok(());
-                };
-                let name = first.name.as_str();
-                let of = |kind: u8| pieces.iter().filter(move |(k, _)| k.kind == kind);
-                if let Some((_, record)) = of(piece::RECORD).next() {
-                    let chunks: Vec<&[u8]> = of(piece::CHUNK).map(|(_, b)| &b[..]).collect();
-                    let days: Vec<(i64, &[u8])> =
-                        of(piece::DAY).map(|(k, b)| (k.ts, &b[..])).collect();
-                    self.engine
-                        .restore_stream(name, record, &chunks, &days)
-                        .map_err(|e| format!("restoring {name}: {e}"))?;
+            Restore::Pieces(pieces) => {
+                // Each name's pieces are consecutive: a stream's record, chunks and days (its
+                // path), or a device's record (its id).
+                let mut streams = Vec::new();
+                let mut devices = Vec::new();
+                let mut k = 0;
+                while k < pieces.len() {
+                    let name = pieces[k].0.name.as_str();
+                    let n = pieces[k..]
+                        .iter()
+                        .take_while(|(key, _)| key.name == name)
+                        .count();
+                    let group = &pieces[k..k + n];
+                    let of = |kind: u8| group.iter().filter(move |(key, _)| key.kind == kind);
+                    if let Some((_, record)) = of(piece::RECORD).next() {
+                        streams.push(meterstream_storage::engine::pieces::StreamRestore {
+                            path: name,
+                            record,
+                            chunks: of(piece::CHUNK).map(|(_, b)| &b[..]).collect(),
+                            days: of(piece::DAY).map(|(key, b)| (key.ts, &b[..])).collect(),
+                        });
+                    }
+                    devices.extend(of(piece::DEVICE).map(|(_, b)| b));
+                    k += n;
                 }
-                for (_, b) in of(piece::DEVICE) {
+                self.engine
+                    .restore_streams(&streams)
+                    .map_err(|e| format!("restoring streams: {e}"))?;
+                for b in devices {
                     self.restore_device(b)?;
                 }
                 Ok(())

@@ -40,6 +40,19 @@ pub struct ChunkPiece {
     pub bytes: Option<Vec<u8>>,
 }
 
+/// One stream to restore, as pieces.
+#[derive(Debug, Clone)]
+pub struct StreamRestore<'a> {
+    /// Its path.
+    pub path: &'a str,
+    /// Its record piece.
+    pub record: &'a [u8],
+    /// Its chunk pieces, in time order.
+    pub chunks: Vec<&'a [u8]>,
+    /// Its day pieces: (the day's start, bytes).
+    pub days: Vec<(i64, &'a [u8])>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct RecordPiece {
     meta: StreamMeta,
@@ -189,11 +202,8 @@ impl Engine {
         ))
     }
 
-    /// Replaces the stream at `path` (if any) with the one these pieces describe: its record,
-    /// its chunks (each piece's bytes, in time order) and its day records. Every piece is
-    /// checked first, so bad pieces change nothing. The stream's creation is logged; its chunks
-    /// and day records are written as a seal writes them (appended and synced, then indexed in
-    /// one transaction), so they are durable once [`Engine::flush`] returns.
+    /// Replaces the stream at `path` (if any) with the one these pieces describe (see
+    /// [`Engine::restore_streams`]).
     pub fn restore_stream(
         &self,
         path: &str,
@@ -201,71 +211,109 @@ impl Engine {
         chunks: &[&[u8]],
         days: &[(i64, &[u8])],
     ) -> Result<()> {
-        validate_path(path)?;
-        let rp: RecordPiece = rmp_serde::from_slice(record)
-            .map_err(|e| StorageError::corrupt("snapshot stream record", e.to_string()))?;
-        let mut plan = Vec::with_capacity(chunks.len());
-        let mut last: Option<i64> = None;
-        for c in chunks {
-            let (ml, whole, first, end) = check_chunk_piece(c)?;
-            if last.is_some_and(|l| first <= l) {
-                return Err(StorageError::corrupt(
-                    "snapshot chunk",
-                    format!("the chunks of {path} overlap or are out of order"),
-                ));
+        self.restore_streams(&[StreamRestore {
+            path,
+            record,
+            chunks: chunks.to_vec(),
+            days: days.to_vec(),
+        }])
+    }
+
+    /// Replaces each stream (if any) with the one its pieces describe: its record, its chunks
+    /// (in time order) and its day records. Every piece is checked first, so bad pieces change
+    /// nothing. The streams' creations are logged, with one wait for all of them; their chunks
+    /// and day records are written as a seal writes them (appended, synced once, then indexed
+    /// in one transaction), so they are durable once [`Engine::flush`] returns.
+    pub fn restore_streams(&self, streams: &[StreamRestore<'_>]) -> Result<()> {
+        type Plan<'a> = (RecordPiece, Vec<(i64, u32, &'a [u8])>);
+        let mut plans: Vec<Plan<'_>> = Vec::with_capacity(streams.len());
+        for st in streams {
+            let path = st.path;
+            validate_path(path)?;
+            let rp: RecordPiece = rmp_serde::from_slice(st.record)
+                .map_err(|e| StorageError::corrupt("snapshot stream record", e.to_string()))?;
+            let mut plan = Vec::with_capacity(st.chunks.len());
+            let mut last: Option<i64> = None;
+            for c in &st.chunks {
+                let (ml, whole, first, end) = check_chunk_piece(c)?;
+                if last.is_some_and(|l| first <= l) {
+                    return Err(StorageError::corrupt(
+                        "snapshot chunk",
+                        format!("the chunks of {path} overlap or are out of order"),
+                    ));
+                }
+                last = Some(end);
+                plan.push((first, ml, whole));
             }
-            last = Some(end);
-            plan.push((first, ml, whole));
-        }
-        for (_, d) in days {
-            buckets::decode(d, QUARTER)?;
+            for (_, d) in &st.days {
+                buckets::decode(d, QUARTER)?;
+            }
+            plans.push((rp, plan));
         }
         let inner = &self.inner;
-        if inner.lookup(path).is_some() {
-            self.delete_stream(path)?;
+        for st in streams {
+            if inner.lookup(st.path).is_some() {
+                self.delete_stream(st.path)?;
+            }
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        let id = {
+        let mut ids = Vec::with_capacity(streams.len());
+        {
             let mut reg = inner.registry.write();
-            if reg.by_path.contains_key(path) {
+            if let Some(st) = streams.iter().find(|s| reg.by_path.contains_key(s.path)) {
                 return Err(StorageError::Conflict {
-                    path: path.to_string(),
+                    path: st.path.to_string(),
                     message: "created while it was being restored".into(),
                 });
             }
-            let id = (reg.next_counter << SHARD_BITS) | shard_of_path(path);
-            let ty = rp.meta.stream_type;
-            let forwards = !rp.meta.forward_to.is_empty();
-            self.wal.append(
-                Record::PutStream(StreamRecord {
-                    id,
-                    path: path.to_string(),
-                    meta: rp.meta,
-                    created: rp.created,
-                }),
-                Some(tx),
-            )?;
-            reg.next_counter += 1;
-            reg.by_path
-                .insert(Arc::from(path), Entry { id, ty, forwards });
-            id
-        };
-        rx.recv().map_err(|_| StorageError::Closed)??;
+            let mut tx = Some(tx);
+            for (k, (st, (rp, _))) in streams.iter().zip(&plans).enumerate() {
+                let id = (reg.next_counter << SHARD_BITS) | shard_of_path(st.path);
+                let ty = rp.meta.stream_type;
+                let forwards = !rp.meta.forward_to.is_empty();
+                // Records are applied in order: waiting for the last waits for them all.
+                let done = if k + 1 == streams.len() {
+                    tx.take()
+                } else {
+                    None
+                };
+                self.wal.append(
+                    Record::PutStream(StreamRecord {
+                        id,
+                        path: st.path.to_string(),
+                        meta: rp.meta.clone(),
+                        created: rp.created,
+                    }),
+                    done,
+                )?;
+                reg.next_counter += 1;
+                reg.by_path
+                    .insert(Arc::from(st.path), Entry { id, ty, forwards });
+                ids.push(id);
+            }
+        }
+        if !streams.is_empty() {
+            rx.recv().map_err(|_| StorageError::Closed)??;
+        }
         let mut batch = sled::Batch::default();
-        for (first, ml, whole) in plan {
-            let loc = inner.files.append(whole)?;
-            batch.insert(&chunk_key(id, first)[..], &index_value(loc, ml)[..]);
+        let mut rbatch = sled::Batch::default();
+        for ((st, (_, plan)), id) in streams.iter().zip(&plans).zip(&ids) {
+            for (first, ml, whole) in plan {
+                let loc = inner.files.append(whole)?;
+                batch.insert(&chunk_key(*id, *first)[..], &index_value(loc, *ml)[..]);
+            }
+            for (day, d) in &st.days {
+                rbatch.insert(&rollup_key(*id, *day)[..], *d);
+            }
         }
         inner.files.sync()?;
-        let mut rbatch = sled::Batch::default();
-        for (day, d) in days {
-            rbatch.insert(&rollup_key(id, *day)[..], *d);
-        }
         inner.commit_index(&batch, &rbatch)?;
-        let mut sh = inner.shards[shard_of_id(id)].lock();
-        if let Some(st) = sh.streams.get_mut(&id) {
-            inner.recompute_tail(st)?;
-            inner.rebuild_open_days(st)?;
+        for id in ids {
+            let mut sh = inner.shards[shard_of_id(id)].lock();
+            if let Some(st) = sh.streams.get_mut(&id) {
+                inner.recompute_tail(st)?;
+                inner.rebuild_open_days(st)?;
+            }
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 use crate::Nats;
-use meterstream_cluster::snapshot::{hash, Entry, PieceKey, Root, Snapshots};
+use meterstream_cluster::snapshot::{hash, PieceKey, Root, Snapshots, PACK_BYTES};
 
 fn root(covers: u64, pages: Vec<u64>, pieces: u64) -> Root {
     Root {
@@ -12,9 +12,10 @@ fn root(covers: u64, pages: Vec<u64>, pieces: u64) -> Root {
     }
 }
 
-/// Pieces published pipelined come back by sequence, checked against their hashes; a manifest
-/// longer than a page is paged and read back whole, in order; a root is replaced only by
-/// compare-and-set on the revision read; deleted messages are gone.
+/// Pieces are packed into messages of up to PACK_BYTES (a bigger one alone) and come back,
+/// checked against their hashes; a manifest longer than a page is paged and read back whole, in
+/// order; a root is replaced only by compare-and-set on the revision read; deleted messages are
+/// gone.
 #[tokio::test]
 async fn pieces_manifests_and_roots() {
     let nats = Nats::start();
@@ -22,27 +23,32 @@ async fn pieces_manifests_and_roots() {
     let snaps = Snapshots::open(client, 1).await.unwrap();
     assert!(snaps.root(3).await.unwrap().is_none());
 
-    let bodies: Vec<bytes::Bytes> = (0..9_000u32)
-        .map(|i| bytes::Bytes::from(format!("piece {i}").into_bytes()))
+    let mut bodies: Vec<bytes::Bytes> = (0..9_000u32)
+        .map(|i| bytes::Bytes::from(format!("piece {i} ").repeat(8).into_bytes()))
         .collect();
-    let seqs = snaps.publish(3, bodies.clone()).await.unwrap();
-    assert_eq!(seqs.len(), 9_000);
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
-    let manifest: Vec<Entry> = bodies
+    bodies[4_000] = bytes::Bytes::from(vec![7u8; PACK_BYTES + 10]);
+    let pieces = bodies
         .iter()
-        .zip(&seqs)
         .enumerate()
-        .map(|(i, (b, s))| Entry {
-            key: PieceKey {
-                name: format!("gw{:05}/m", i),
+        .map(|(i, b)| {
+            let key = PieceKey {
+                name: format!("gw{i:05}/m"),
                 kind: 1,
                 ts: i as i64,
-            },
-            seq: *s,
-            hash: hash(b),
-            len: b.len() as u64,
+            };
+            (key, b.clone(), hash(b))
         })
         .collect();
+    let manifest = snaps.publish_packed(3, pieces).await.unwrap();
+    assert_eq!(manifest.len(), 9_000);
+    let mut messages: Vec<u64> = manifest.iter().map(|e| e.seq).collect();
+    messages.dedup();
+    // ~80 bytes a piece: 3,276 to a message; the big one alone.
+    assert!((4..=6).contains(&messages.len()), "{messages:?}");
+    let big = &manifest[4_000];
+    assert_eq!((big.offset, big.packed), (0, 1));
+    assert!(manifest.iter().all(|e| e.packed > 1 || e.seq == big.seq));
+
     let pages = snaps.publish_manifest(3, &manifest).await.unwrap();
     assert_eq!(pages.len(), 3, "4,000 entries a page");
     let r1 = root(42, pages.clone(), 9_000);
@@ -66,23 +72,29 @@ async fn pieces_manifests_and_roots() {
     assert_eq!((got, got_rev), (r1.clone(), rev));
     let read = snaps.manifest(&r1).await.unwrap();
     assert_eq!(read, manifest);
-    let fetched = snaps.fetch(&read[8_990..]).await.unwrap();
-    assert_eq!(fetched, bodies[8_990..].to_vec());
+    let fetched = snaps.fetch(&read).await.unwrap();
+    assert_eq!(fetched, bodies);
 
-    // A piece that does not match its hash is refused.
+    // A piece that does not match its hash, or lies past its message's end, is refused.
     let mut wrong = read[5].clone();
     wrong.hash = hash(b"something else");
     let e = snaps.fetch(&[wrong]).await.unwrap_err();
     assert!(e.to_string().contains("hash"), "{e}");
+    let mut past = read[6].clone();
+    past.offset = PACK_BYTES as u32;
+    assert!(snaps.fetch(&[past]).await.is_err());
 
-    // The holder's next root, at the revision it read; then the old pieces go.
+    // The holder's next root, at the revision it read; then the old messages go.
     let r2 = root(50, vec![], 0);
     assert!(snaps.write_root(3, &r2, Some(rev)).await.unwrap().is_some());
     assert_eq!(snaps.root(3).await.unwrap().unwrap().0, r2);
-    snaps.delete(&seqs[..10]).await.unwrap();
-    snaps.delete(&seqs[..10]).await.unwrap(); // already gone: not an error
-    assert!(snaps.get(seqs[0]).await.is_err());
-    assert_eq!(snaps.get(seqs[10]).await.unwrap(), bodies[10]);
-    let (messages, _) = snaps.usage().await.unwrap();
-    assert_eq!(messages, 9_000 - 10 + 3);
+    snaps.delete(&messages[..1]).await.unwrap();
+    snaps.delete(&messages[..1]).await.unwrap(); // already gone: not an error
+    assert!(snaps.fetch(&read[..1]).await.is_err());
+    assert_eq!(
+        snaps.fetch(&read[8_999..]).await.unwrap(),
+        bodies[8_999..].to_vec()
+    );
+    let (left, _) = snaps.usage().await.unwrap();
+    assert_eq!(left, messages.len() as u64 - 1 + 3);
 }
