@@ -80,6 +80,16 @@ pub trait Apply: Send + Sync + 'static {
         Err("this store cannot be snapshotted".into())
     }
 
+    /// The partition's log position through which every consumer of what applying produced
+    /// (the alarm evaluator and monitors reading the node's store) has taken it, given that the
+    /// node applied it through `applied`; `None` when no such consumer waits. A snapshot covers
+    /// no more than this, so a consumer's backlog is applied again from the log by the next
+    /// holder rather than restored where no consumer sees it.
+    fn delivered(&self, partition: u32, applied: u64) -> Option<u64> {
+        let _ = (partition, applied);
+        None
+    }
+
     /// Restores the partition from its snapshot, step by step. Blocking.
     fn restore(&self, partition: u32, step: Restore<'_>) -> std::result::Result<(), String> {
         let _ = (partition, step);
@@ -101,8 +111,12 @@ pub enum Restore<'a> {
     Begin,
     /// Pieces in key order, every piece of each name they hold (a window of the manifest).
     Pieces(&'a [(PieceKey, bytes::Bytes)]),
-    /// After the last piece: make it all durable.
-    End,
+    /// After the last piece: make it all durable; the snapshot covers the log through
+    /// `covers`.
+    End {
+        /// The log position the snapshot covers.
+        covers: u64,
+    },
 }
 
 /// Applies one event of the shared event stream: (its sequence, its body). Blocking; an
@@ -1109,7 +1123,8 @@ async fn restore(shared: &Arc<Shared>, p: u32, root: Root, revision: u64) -> Res
         .await?;
         start = end;
     }
-    restoring(apply, move |a| a.restore(p, Restore::End)).await?;
+    let covers = root.covers;
+    restoring(apply, move |a| a.restore(p, Restore::End { covers })).await?;
     shared.applied[i].store(root.covers, Ordering::Release);
     save_positions(shared);
     tracing::info!(
@@ -1244,7 +1259,25 @@ async fn snapshot_partition(shared: &Arc<Shared>, p: u32) -> Result<bool> {
     };
     let started = Instant::now();
     // What the pieces will at least hold: read before they are listed.
-    let covers = shared.applied[i].load(Ordering::Acquire);
+    let applied = shared.applied[i].load(Ordering::Acquire);
+    let covers = match apply.delivered(p, applied) {
+        Some(d) if d < applied => {
+            // A consumer here has not taken everything yet: the next holder applies the log
+            // from what it took, unless the log no longer reaches back that far (that backlog
+            // could not be replayed anyway).
+            let first = shared.log.first_sequence(p).await?;
+            if d + 1 < first {
+                tracing::error!(
+                    partition = p,
+                    delivered = d,
+                    log_first = first,
+                    "a consumer of this node's store (the alarm evaluator or a monitor) lags behind the log's retention"
+                );
+            }
+            d.max(first.saturating_sub(1)).min(applied)
+        }
+        _ => applied,
+    };
     let state = lock(&shared.snap_state).remove(&p);
     let mut state = match state {
         Some(s) => s,

@@ -124,6 +124,9 @@ pub struct StoreApply {
     /// The registry's device ids by partition, as last listed, and when: a snapshot round of
     /// every partition lists the devices once, not once per partition.
     pub device_ids: parking_lot::Mutex<Option<DevicesListed>>,
+    /// Per partition, recent (the store's applied sequence after a batch, the batch's last log
+    /// position), oldest first: maps the feed consumers' holds to log positions.
+    pub marks: parking_lot::Mutex<HashMap<u32, std::collections::VecDeque<(u64, u64)>>>,
     /// What applying the last stream changes came to, by sequence, for the request that
     /// published them (this node: the holder).
     pub outcomes: Arc<Outcomes>,
@@ -454,6 +457,18 @@ impl StoreApply {
             .unwrap_or_default())
     }
 
+    /// Records that the store holds the partition through log position `log` as of its
+    /// applied sequence now.
+    fn mark(&self, partition: u32, log: u64) {
+        let local = self.engine.applied_seq();
+        let mut marks = self.marks.lock();
+        let m = marks.entry(partition).or_default();
+        m.push_back((local, log));
+        while m.len() > 4_096 {
+            m.pop_front();
+        }
+    }
+
     /// Merges a device piece into the registry: the record if it is new here or was seen
     /// later, each command unless this node's copy of it is already final.
     fn restore_device(&self, bytes: &[u8]) -> Result<(), String> {
@@ -616,8 +631,32 @@ impl Apply for StoreApply {
                 }
                 Ok(())
             }
-            Restore::End => self.engine.flush().map_err(|e| e.to_string()),
+            Restore::End { covers } => {
+                self.engine.flush().map_err(|e| e.to_string())?;
+                // What was restored is not in the feed: no consumer waits for it.
+                self.marks.lock().remove(&partition);
+                self.mark(partition, covers);
+                Ok(())
+            }
         }
+    }
+
+    fn delivered(&self, partition: u32, applied: u64) -> Option<u64> {
+        let hold = self.engine.feed_min_hold()?;
+        let mut marks = self.marks.lock();
+        let m = marks.entry(partition).or_default();
+        if m.is_empty() {
+            // Nothing applied since this process started: all the partition holds is in the
+            // store up to its applied sequence now.
+            m.push_back((self.engine.applied_seq(), applied));
+        }
+        // The newest batch every consumer has taken; before the oldest mark, nothing known.
+        Some(
+            m.iter()
+                .rev()
+                .find(|(local, _)| *local <= hold)
+                .map_or(0, |(_, log)| *log),
+        )
     }
 
     fn apply(&self, partition: u32, entries: &[(u64, bytes::Bytes)]) -> Result<(), String> {
@@ -629,6 +668,9 @@ impl Apply for StoreApply {
                     tracing::error!(partition, sequence, error = %e, "a log record could not be read; skipped");
                 }
             }
+        }
+        if let Some((last, _)) = entries.last() {
+            self.mark(partition, *last);
         }
         Ok(())
     }

@@ -572,6 +572,7 @@ pub async fn run(
             engine: engine.clone(),
             partitions: c.node.partitions(),
             device_ids: parking_lot::Mutex::new(None),
+            marks: parking_lot::Mutex::new(std::collections::HashMap::new()),
             outcomes: outcomes.clone(),
             devices: devices.clone(),
             contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,

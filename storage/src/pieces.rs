@@ -318,6 +318,12 @@ impl Engine {
         Ok(())
     }
 
+    /// The lowest position a feed consumer (the alarm evaluator, a monitor) has checkpointed,
+    /// `None` when no consumer holds the log: everything up to it was taken by all of them.
+    pub fn feed_min_hold(&self) -> Option<u64> {
+        self.inner.feed.min_hold()
+    }
+
     /// Makes everything written so far durable (the restored chunks' index among it).
     pub fn flush(&self) -> Result<()> {
         self.inner.db.flush()?;

@@ -1690,3 +1690,96 @@ fn partitions_are_rebuilt_from_snapshots_once_the_log_has_dropped_their_points()
         restored_now - restored
     );
 }
+
+/// A data point monitor whose receiver is down holds its partition's snapshot back: the
+/// snapshot covers no more than the monitor has taken, so when the holder dies the next one
+/// applies the backlog from the log (its feed carries it) and the receiver, once up, gets every
+/// point. Without the hold the backlog would be restored where no monitor sees it.
+#[test]
+fn a_lagging_monitor_holds_the_snapshot_back_and_loses_nothing_across_a_kill() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_guard, root) = test_dir();
+    let dir = root.as_path();
+    let nats = nats_cluster(dir);
+    let extra = "log_max_age = 120\nsnapshot_interval = 1.0\n";
+    let mut a = start_node("a", &dir.join("a"), &nats.urls, extra);
+    let b = start_node("b", &dir.join("b"), &nats.urls, extra);
+    let c = client();
+    await_balanced(&c, &[&a, &b], Duration::from_secs(60));
+    let device = (0..200)
+        .map(|k| format!("dp{k}"))
+        .find(|d| holder_of(&c, &a, d) == "a")
+        .unwrap();
+    let p = meterstream_cluster::partition::of_device(&device, PARTITIONS as u32) as usize;
+    let stream = format!("{device}/m/v");
+    let t0 = (meterstream_storage::time::now_ms() / 1000 - 600) * 1000;
+    // Points before the monitor exists: a snapshot covers them.
+    post_points(&c, &a, &stream, t0, &[(0, 1.0), (1, 2.0)]);
+    await_snapshots(&c, &a, Duration::from_secs(30));
+
+    let rx = meterstream_testkit::Receiver::start();
+    rx.mode("503");
+    let r = c
+        .post(format!("{}/ws/v1/monitors/inventory", a.url))
+        .json(
+            &json!({"topics": [format!("DataPoint/{stream}")], "url": rx.url,
+                      "batch_duration": 0, "persistent": true}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let m: Value = r.json().unwrap();
+    rx.secret(m["secret"].as_str().unwrap());
+    std::thread::sleep(Duration::from_secs(2)); // every node has the monitor
+    let backlog: Vec<(i64, f64)> = (10..30).map(|s| (s, s as f64 * 10.0)).collect();
+    post_points(&c, &b, &stream, t0, &backlog);
+
+    // Several snapshot rounds later, a's snapshot of the partition still covers less than a
+    // has applied: the monitor has taken none of the backlog.
+    std::thread::sleep(Duration::from_secs(4));
+    let v = status(&c, &a.url).unwrap();
+    let applied = v["positions"][p].as_u64().unwrap();
+    let snap = v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["partition"] == p as u64)
+        .cloned()
+        .expect("a snapshot of the partition");
+    let covers = snap["covers"].as_u64().unwrap();
+    assert!(
+        0 < covers && covers < applied,
+        "the snapshot held back for the monitor: covers {covers}, applied {applied}"
+    );
+
+    // a dies; b restores the partition from that snapshot and applies the backlog from the log.
+    a.proc.kill_9();
+    await_balanced(&c, &[&b], MOVE_BOUND * 2);
+    let log = std::fs::read_to_string(dir.join("b").join("server.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "partition restored from its snapshot partition={p} "
+        )),
+        "b restored partition {p} from its snapshot"
+    );
+    rx.mode("200");
+    let msgs = rx.wait_for(30, |m| {
+        let got: std::collections::BTreeSet<i64> = m
+            .iter()
+            .filter_map(|x| x["DataPoint"]["value"].as_f64())
+            .map(|v| v as i64)
+            .collect();
+        backlog.iter().all(|(_, v)| got.contains(&(*v as i64)))
+    });
+    let got: std::collections::BTreeSet<i64> = msgs
+        .iter()
+        .filter_map(|x| x["DataPoint"]["value"].as_f64())
+        .map(|v| v as i64)
+        .collect();
+    for (_, v) in &backlog {
+        assert!(
+            got.contains(&(*v as i64)),
+            "point {v} delivered; got {got:?}"
+        );
+    }
+}
