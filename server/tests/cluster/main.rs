@@ -652,6 +652,26 @@ fn alarm_events(
     out
 }
 
+/// Creates an alert over `scope`: over 250 for 10 s fires, under 240 resets. Its id.
+fn overvoltage_alert(c: &reqwest::blocking::Client, n: &Node, scope: &str) -> String {
+    let r = c
+        .post(format!("{}/ws/v1/alerts/inventory", n.url))
+        .json(&json!({
+            "name": "Overvoltage", "severity": "major",
+            "scope": {"type": "Resource", "value": scope},
+            "rule": {"type": "DataPoint condition",
+                     "fire": {"op": ">", "threshold": 250.0, "duration_ms": 10_000},
+                     "reset": {"op": "<", "threshold": 240.0, "duration_ms": 0}}
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The test's directory: removed at the end, unless `MS_KEEP_CLUSTER_TEST=1` keeps the nodes'
 /// data and logs for reading after a failure.
 fn test_dir() -> (Option<tempfile::TempDir>, std::path::PathBuf) {
@@ -1195,22 +1215,7 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         .map(|k| format!("al{k}"))
         .find(|d| holder_of(&c, &nodes[0], d) == victim.id)
         .unwrap();
-    let r = c
-        .post(format!("{}/ws/v1/alerts/inventory", nodes[0].url))
-        .json(&json!({
-            "name": "Overvoltage", "severity": "major",
-            "scope": {"type": "Resource", "value": format!("{device}/m/*")},
-            "rule": {"type": "DataPoint condition",
-                     "fire": {"op": ">", "threshold": 250.0, "duration_ms": 10_000},
-                     "reset": {"op": "<", "threshold": 240.0, "duration_ms": 0}}
-        }))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let alert = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alert = overvoltage_alert(&c, &nodes[0], &format!("{device}/m/*"));
     let rx = meterstream_testkit::Receiver::start();
     let mut hooks: Vec<(String, String)> = Vec::new();
     for i in 0..12 {
@@ -1505,22 +1510,7 @@ fn partitions_are_rebuilt_from_snapshots_once_the_log_has_dropped_their_points()
         .unwrap();
     assert_eq!(r.status(), 201);
     let cid = r.json::<Value>().unwrap()["id"].as_u64().unwrap();
-    let r = c
-        .post(format!("{}/ws/v1/alerts/inventory", a.url))
-        .json(&json!({
-            "name": "Overvoltage", "severity": "major",
-            "scope": {"type": "Resource", "value": "al/m/*"},
-            "rule": {"type": "DataPoint condition",
-                     "fire": {"op": ">", "threshold": 250.0, "duration_ms": 10_000},
-                     "reset": {"op": "<", "threshold": 240.0, "duration_ms": 0}}
-        }))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let alert = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alert = overvoltage_alert(&c, &a, "al/m/*");
     let t0 = (meterstream_storage::time::now_ms() / 1000 - 600) * 1000;
     let over: Vec<(i64, f64)> = (0..=14).map(|s| (s, 260.0)).collect();
     post_points(&c, &a, "al/m/v", t0, &over[..6]);
