@@ -646,17 +646,6 @@ impl Node {
         out
     }
 
-    /// Snapshots partition `p` now, if this node holds it and has applied it; whether it did.
-    /// Blocking.
-    pub fn snapshot_now(&self, p: u32) -> Result<bool> {
-        if route(&self.shared, p) != Route::Local {
-            return Ok(false);
-        }
-        let shared = self.shared.clone();
-        self.handle()
-            .block_on(async move { snapshot_partition(&shared, p).await })
-    }
-
     /// The live nodes, as last read.
     pub fn members(&self) -> Vec<Member> {
         read(&self.shared.view).members.clone()
@@ -1232,12 +1221,11 @@ impl Sink for RoundSink<'_> {
                 let e = had.ok_or("a piece came without bytes that was not known")?;
                 self.manifest.push((e.clone(), piece.version));
             }
-            Some(b) => match had {
-                Some(e) if e.hash == crate::snapshot::hash(&b) => {
+            Some(b) => match (had, crate::snapshot::hash(&b)) {
+                (Some(e), hash) if e.hash == hash => {
                     self.manifest.push((e.clone(), piece.version));
                 }
-                _ => {
-                    let hash = crate::snapshot::hash(&b);
+                (_, hash) => {
                     self.pending_bytes += b.len();
                     self.pending.push((piece.key, b, hash, piece.version));
                     if self.pending_bytes >= PUBLISH_BYTES {

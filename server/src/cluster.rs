@@ -115,29 +115,46 @@ pub type Holds = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Applies log records to the node's store and registry.
 pub struct StoreApply {
-    /// The store (the node's own engine).
-    pub store: Arc<dyn Store>,
-    /// The same engine, for snapshots.
-    pub engine: Arc<meterstream_storage::Engine>,
+    /// The node's own engine.
+    engine: Arc<meterstream_storage::Engine>,
     /// The cluster's partitions.
-    pub partitions: u32,
-    /// The registry's device ids by partition, as last listed, and when: a snapshot round of
-    /// every partition lists the devices once, not once per partition.
-    pub device_ids: parking_lot::Mutex<Option<DevicesListed>>,
-    /// Per partition, recent (the store's applied sequence after a batch, the batch's last log
-    /// position), oldest first: maps the feed consumers' holds to log positions.
-    pub marks: parking_lot::Mutex<HashMap<u32, std::collections::VecDeque<(u64, u64)>>>,
+    partitions: u32,
     /// What applying the last stream changes came to, by sequence, for the request that
     /// published them (this node: the holder).
-    pub outcomes: Arc<Outcomes>,
+    outcomes: Arc<Outcomes>,
     /// Devices and their commands.
-    pub devices: Arc<crate::devices::Devices>,
+    devices: Arc<crate::devices::Devices>,
     /// A device's contact is recorded from records no older than this (ms): a partition
     /// rebuilt from an old log does not reconnect its devices in the past.
-    pub contact_window_ms: i64,
+    contact_window_ms: i64,
+    /// The registry's device ids by partition, as last listed, and when: a snapshot round of
+    /// every partition lists the devices once, not once per partition.
+    device_ids: parking_lot::Mutex<Option<DevicesListed>>,
+    /// Per partition, recent (the store's applied sequence after a batch, the batch's last log
+    /// position), oldest first: maps the feed consumers' holds to log positions.
+    marks: parking_lot::Mutex<HashMap<u32, std::collections::VecDeque<(u64, u64)>>>,
 }
 
 impl StoreApply {
+    /// Applies into `engine`, for a cluster of `partitions` partitions.
+    pub fn new(
+        engine: Arc<meterstream_storage::Engine>,
+        partitions: u32,
+        outcomes: Arc<Outcomes>,
+        devices: Arc<crate::devices::Devices>,
+        contact_window_ms: i64,
+    ) -> StoreApply {
+        StoreApply {
+            engine,
+            partitions,
+            outcomes,
+            devices,
+            contact_window_ms,
+            device_ids: parking_lot::Mutex::new(None),
+            marks: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
     fn apply_one(&self, partition: u32, sequence: u64, record: LogRecord) -> Result<(), String> {
         let registry = &self.devices.registry;
         match record {
@@ -153,7 +170,7 @@ impl StoreApply {
                         devices.push(d.to_string());
                     }
                 }
-                let out = self.store.write(groups, now).map_err(|e| e.to_string())?;
+                let out = self.engine.write(groups, now).map_err(|e| e.to_string())?;
                 if !out.errors.is_empty() {
                     // Only what depends on the stream's stored type gets here (the rest was
                     // refused before publishing); the log keeps the batch either way.
@@ -175,15 +192,15 @@ impl StoreApply {
                 }
             }
             LogRecord::PutStream { path, update, now } => {
-                let r = self.store.put_stream(&path, update, now).map(|_| 0);
+                let r = self.engine.put_stream(&path, update, now).map(|_| 0);
                 self.outcomes.put(sequence, r);
             }
             LogRecord::DeleteStream { path } => {
-                let r = self.store.delete_stream(&path).map(|()| 0);
+                let r = self.engine.delete_stream(&path).map(|()| 0);
                 self.outcomes.put(sequence, r);
             }
             LogRecord::DeleteHistory { path, from, to } => {
-                let r = self.store.delete_history(&path, from, to);
+                let r = self.engine.delete_history(&path, from, to);
                 self.outcomes.put(sequence, r);
             }
             LogRecord::CommandCreate {
@@ -517,31 +534,33 @@ impl Apply for StoreApply {
             kind,
             ts,
         };
-        for path in self.engine.paths_where(&keep) {
+        let paths = self.engine.paths_where(&keep);
+        for path in &paths {
+            let path = path.as_str();
             let pieces = {
-                let mut known = |ts: i64, v: &[u8]| sink.known(&key(&path, piece::CHUNK, ts), v);
+                let mut known = |ts: i64, v: &[u8]| sink.known(&key(path, piece::CHUNK, ts), v);
                 self.engine
-                    .export_stream(&path, &mut known)
+                    .export_stream(path, &mut known)
                     .map_err(|e| e.to_string())?
             };
             let Some(pieces) = pieces else {
                 continue; // deleted meanwhile
             };
             sink.emit(Piece {
-                key: key(&path, piece::RECORD, 0),
+                key: key(path, piece::RECORD, 0),
                 version: Vec::new(),
                 bytes: Some(pieces.record.into()),
             })?;
             for c in pieces.chunks {
                 sink.emit(Piece {
-                    key: key(&path, piece::CHUNK, c.ts),
+                    key: key(path, piece::CHUNK, c.ts),
                     version: c.version,
                     bytes: c.bytes.map(Into::into),
                 })?;
             }
             for (day, b) in pieces.days {
                 sink.emit(Piece {
-                    key: key(&path, piece::DAY, day),
+                    key: key(path, piece::DAY, day),
                     version: Vec::new(),
                     bytes: Some(b.into()),
                 })?;
@@ -550,8 +569,8 @@ impl Apply for StoreApply {
         let registry = &self.devices.registry;
         // Streams' devices, and devices listed (a device with commands and no stream yet).
         let mut ids: Vec<String> = self.devices_in(partition)?;
-        for path in self.engine.paths_where(&keep) {
-            ids.push(meterstream_storage::path::device_id(&path).to_string());
+        for path in &paths {
+            ids.push(meterstream_storage::path::device_id(path).to_string());
         }
         ids.sort_unstable();
         ids.dedup();

@@ -655,9 +655,11 @@ impl Worker {
                     let ri = ri as usize;
                     let source = self.rules[ri].source(path);
                     let rule = &self.rules[ri];
-                    let fresh = !self.states.contains_key(&(rule.id.clone(), source.clone()));
+                    // Only a cluster node seeds a new source's run (a restored partition).
+                    let fresh = ev.holds.get().is_some()
+                        && !self.states.contains_key(&(rule.id.clone(), source.clone()));
                     let st = Self::state(&mut self.states, &*registry, rule, source.clone())?;
-                    if fresh && ev.holds.get().is_some() {
+                    if fresh {
                         if let (AlertRule::Condition { fire, reset }, Some(first)) =
                             (&rule.alert.rule, points.iter().map(|p| p.ts).min())
                         {

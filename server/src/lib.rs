@@ -460,12 +460,11 @@ pub async fn run(
     };
     // On a cluster node, changes to streams go through the partitions' logs; the engine itself
     // is what applying writes to.
-    let local: Arc<dyn Store> = store.clone();
     let outcomes: Arc<cluster::Outcomes> = Arc::new(cluster::Recent::new(1024));
     let store: Arc<dyn Store> = match &cluster {
         None => store,
         Some(c) => Arc::new(cluster::ClusterStore {
-            inner: local.clone(),
+            inner: engine.clone(),
             cluster: c.clone(),
             outcomes: outcomes.clone(),
         }),
@@ -567,16 +566,13 @@ pub async fn run(
         dispatcher.set_cluster(Box::new(move |monitor: &str| {
             node.holds(node.partition_of(monitor))
         }));
-        c.node.run(Arc::new(cluster::StoreApply {
-            store: local.clone(),
-            engine: engine.clone(),
-            partitions: c.node.partitions(),
-            device_ids: parking_lot::Mutex::new(None),
-            marks: parking_lot::Mutex::new(std::collections::HashMap::new()),
-            outcomes: outcomes.clone(),
-            devices: devices.clone(),
-            contact_window_ms: cfg.device_inactivity_timeout as i64 * 1000,
-        }));
+        c.node.run(Arc::new(cluster::StoreApply::new(
+            engine.clone(),
+            c.node.partitions(),
+            outcomes.clone(),
+            devices.clone(),
+            cfg.device_inactivity_timeout as i64 * 1000,
+        )));
     }
     let state = web::Data::new(AppState {
         cluster: cluster.clone(),

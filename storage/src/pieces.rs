@@ -202,23 +202,6 @@ impl Engine {
         ))
     }
 
-    /// Replaces the stream at `path` (if any) with the one these pieces describe (see
-    /// [`Engine::restore_streams`]).
-    pub fn restore_stream(
-        &self,
-        path: &str,
-        record: &[u8],
-        chunks: &[&[u8]],
-        days: &[(i64, &[u8])],
-    ) -> Result<()> {
-        self.restore_streams(&[StreamRestore {
-            path,
-            record,
-            chunks: chunks.to_vec(),
-            days: days.to_vec(),
-        }])
-    }
-
     /// Replaces each stream (if any) with the one its pieces describe: its record, its chunks
     /// (in time order) and its day records. Every piece is checked first, so bad pieces change
     /// nothing. The streams' creations are logged, with one wait for all of them; their chunks

@@ -4,7 +4,7 @@
 //! stream, across a reopen.
 
 use crate::engine::{all, group, small_config};
-use meterstream_storage::engine::pieces::StreamPieces;
+use meterstream_storage::engine::pieces::{StreamPieces, StreamRestore};
 use meterstream_storage::{
     Engine, Fill, HistoryQuery, Interval, Method, Order, RollupQuery, StorageError, Store,
     StreamUpdate, Timeline,
@@ -59,7 +59,12 @@ fn restore(to: &Engine, path: &str, p: &StreamPieces) -> Result<(), StorageError
         .map(|c| c.bytes.as_deref().unwrap())
         .collect();
     let days: Vec<(i64, &[u8])> = p.days.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    to.restore_stream(path, &p.record, &chunks, &days)
+    to.restore_streams(&[StreamRestore {
+        path,
+        record: &p.record,
+        chunks,
+        days,
+    }])
 }
 
 const MIN: i64 = 60_000;
