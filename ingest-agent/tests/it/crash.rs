@@ -100,9 +100,34 @@ slave = 2
             }
         }
     }
-    // A last run that is stopped politely uploads what is left.
+    // A last run uploads the backlog; once the server holds every reading taken so far it is
+    // stopped politely, and uploads the few it took since within its grace. The wait is on the
+    // data, not on a guess of how long the backlog takes on a loaded machine.
     let agent = start_agent(&conf);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut missing = 0;
+        for c in channels {
+            let have: std::collections::BTreeSet<i64> = server
+                .history(&format!("{DEVICE}/{c}"))
+                .await
+                .into_iter()
+                .map(|p| p.0)
+                .collect();
+            missing += expected
+                .keys()
+                .filter(|(ch, ts)| ch == c && !have.contains(ts))
+                .count();
+        }
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} readings taken before the kills are still not on the server after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let pid = agent.id() as i32;
     Command::new("kill")
         .arg("-TERM")
