@@ -3,6 +3,7 @@
 //! real `nats-server` 2.9.
 //!
 //! # Layout
+//! - `ask`: questions a node puts to a partition's holder (core NATS request-reply).
 //! - `events`: the shared stream of alarm and device events, applied by every node.
 //! - `lease`: partition ownership through a replicated KV bucket, created by hand on 2.9 servers.
 //! - `log`: the replicated log of data points, partitioned over several JetStream streams.
@@ -12,6 +13,7 @@
 //! - `registry`: the registries every node shares (credentials, alert rules, monitors).
 //! - `snapshot`: partition snapshots in JetStream, so that the log need not be kept for ever.
 
+pub mod ask;
 pub mod events;
 pub mod lease;
 pub mod log;

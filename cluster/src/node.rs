@@ -22,6 +22,7 @@
 //! published, and the messages the new manifest no longer lists are deleted one round later,
 //! so that a node still restoring from the previous root can finish.
 
+use crate::ask::{Answer, AskError};
 use crate::events::EventLog;
 use crate::lease::{Lease, Leases};
 use crate::log::PointLog;
@@ -146,6 +147,9 @@ pub struct Node {
 
 struct Shared {
     cfg: NodeConfig,
+    client: async_nats::Client,
+    /// The answers this node gives to questions about its partitions, by kind.
+    answers: Mutex<HashMap<&'static str, Answer>>,
     log: PointLog,
     leases: Leases,
     members: Members,
@@ -336,6 +340,8 @@ impl Node {
                     members: Vec::new(),
                 }),
                 cfg,
+                client,
+                answers: Mutex::new(HashMap::new()),
                 log,
                 leases,
                 members,
@@ -573,6 +579,146 @@ impl Node {
             std::thread::sleep(Duration::from_millis(2));
         }
         true
+    }
+
+    /// Answers questions of `kind` about the partitions this node holds and has applied, with
+    /// `answer` ([`crate::ask`]); the node also answers its own questions with it. Later calls
+    /// for the same kind do nothing. Blocking.
+    pub fn serve(&self, kind: &'static str, answer: Answer) -> Result<()> {
+        {
+            let mut a = lock(&self.shared.answers);
+            if a.contains_key(kind) {
+                return Ok(());
+            }
+            a.insert(kind, answer.clone());
+        }
+        let shared = self.shared.clone();
+        let subject = crate::ask::subject(kind, &shared.cfg.node_id);
+        let mut sub = self
+            .handle()
+            .block_on(shared.client.subscribe(subject))
+            .map_err(|e| ClusterError::nats("subscribing to questions", e))?;
+        self.handle().spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(msg) = sub.next().await {
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
+                let (shared, answer) = (shared.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let out = match crate::ask::parse_question(&msg.payload) {
+                        None => crate::ask::answer(crate::ask::FAILED, b"a question too short"),
+                        Some((p, _)) if route(&shared, p) != Route::Local => {
+                            crate::ask::answer(crate::ask::NOT_HELD, b"")
+                        }
+                        Some(_) => {
+                            let q = msg.payload.clone();
+                            let r = tokio::task::spawn_blocking(move || {
+                                let (p, body) = crate::ask::parse_question(&q).unwrap_or((0, &[]));
+                                answer(p, body)
+                            })
+                            .await;
+                            match r {
+                                Ok(Ok(body)) => crate::ask::answer(crate::ask::OK, &body),
+                                Ok(Err(m)) => crate::ask::answer(crate::ask::FAILED, m.as_bytes()),
+                                Err(e) => {
+                                    crate::ask::answer(crate::ask::FAILED, e.to_string().as_bytes())
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = shared.client.publish(reply, out.into()).await {
+                        tracing::debug!(error = %e, "answering a question");
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Puts questions of `kind` (`(partition, body)`) to the partitions' holders, all at once,
+    /// and gives the answers in the same order; each waits at most `timeout`. This node answers
+    /// the questions about partitions it holds and has applied itself, on the calling thread.
+    /// Blocking.
+    pub fn ask(
+        &self,
+        kind: &str,
+        questions: Vec<(u32, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Vec<std::result::Result<Vec<u8>, AskError>> {
+        let own = lock(&self.shared.answers).get(kind).cloned();
+        let owners = self.owners();
+        let mut out: Vec<Option<std::result::Result<Vec<u8>, AskError>>> =
+            Vec::with_capacity(questions.len());
+        let mut remote = Vec::new();
+        for (k, (p, body)) in questions.into_iter().enumerate() {
+            let unavailable = |why: &str| {
+                Some(Err(AskError::Unavailable {
+                    partition: p,
+                    why: why.to_string(),
+                }))
+            };
+            if route(&self.shared, p) == Route::Local {
+                out.push(Some(match &own {
+                    Some(a) => a(p, &body).map_err(|message| AskError::Failed {
+                        partition: p,
+                        message,
+                    }),
+                    None => Err(AskError::Failed {
+                        partition: p,
+                        message: format!("this node does not answer questions of {kind:?}"),
+                    }),
+                }));
+                continue;
+            }
+            match owners.get(p as usize).cloned().flatten() {
+                Some(id) if id != self.shared.cfg.node_id => {
+                    out.push(None);
+                    remote.push((k, p, crate::ask::subject(kind, &id), body));
+                }
+                Some(_) => out.push(unavailable("this node is still catching up with its log")),
+                None => out.push(unavailable("it is moving between nodes")),
+            }
+        }
+        if !remote.is_empty() {
+            let client = self.shared.client.clone();
+            let answers = self.handle().block_on(async move {
+                let asks = remote.into_iter().map(|(k, p, subject, body)| {
+                    let client = client.clone();
+                    async move {
+                        let q = crate::ask::question(p, &body);
+                        let r =
+                            tokio::time::timeout(timeout, client.request(subject, q.into())).await;
+                        let a = match r {
+                            Ok(Ok(msg)) => crate::ask::parse_answer(p, &msg.payload),
+                            Ok(Err(e)) => Err(AskError::Unavailable {
+                                partition: p,
+                                why: e.to_string(),
+                            }),
+                            Err(_) => Err(AskError::Unavailable {
+                                partition: p,
+                                why: format!("no answer within {timeout:?}"),
+                            }),
+                        };
+                        (k, a)
+                    }
+                });
+                futures_util::future::join_all(asks).await
+            });
+            for (k, a) in answers {
+                out[k] = Some(a);
+            }
+        }
+        out.into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(AskError::Failed {
+                        partition: 0,
+                        message: "a question was not asked".into(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Where queries of `partition` go now.

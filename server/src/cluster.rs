@@ -108,7 +108,13 @@ pub struct Cluster {
     http: reqwest::Client,
     /// For asking every other node ([`Cluster::ask_others`]), used on the node's runtime only.
     fan_http: reqwest::Client,
+    /// Batches published with types checked only against what their values imply, because a
+    /// partition's holder did not answer in time (it was moving).
+    types_unchecked: std::sync::atomic::AtomicU64,
 }
+
+/// How long an ingest waits for the holders to settle its streams' types.
+const TYPES_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether this node answers for a key (a device id, a monitor id) now.
 pub type Holds = Box<dyn Fn(&str) -> bool + Send + Sync>;
@@ -716,6 +722,7 @@ impl Cluster {
             node,
             http: client()?,
             fan_http: client()?,
+            types_unchecked: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -729,7 +736,8 @@ impl Cluster {
         key: Option<&str>,
         address: Option<&str>,
     ) -> Result<WriteOutcome, ApiError> {
-        let (parts, errors, stored) = precheck(groups, now, |d| self.node.partition_of(d));
+        let types = self.settle_types(&groups, now);
+        let (parts, errors, stored) = precheck(groups, now, |d| self.node.partition_of(d), &types);
         let mut out = Vec::with_capacity(parts.len());
         for (p, groups) in parts {
             let address = address.map(str::to_string);
@@ -746,6 +754,78 @@ impl Cluster {
             retry_after: 1,
         })?;
         Ok(WriteOutcome { stored, errors })
+    }
+
+    /// The types of the batch's streams, as their partitions' holders settle them
+    /// ([`crate::cluster_types`]). A partition whose holder does not answer within
+    /// [`TYPES_WAIT`] (it is moving) is left out: its points are checked against the types
+    /// their values imply, and the holder refuses at apply what does not fit. Blocking.
+    fn settle_types(&self, groups: &[GroupIn], now: i64) -> HashMap<String, StreamType> {
+        use crate::cluster_types::{Answer, Question};
+        let mut asked: BTreeMap<u32, Question> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for g in groups {
+            if meterstream_storage::path::validate_path(&g.stream).is_err()
+                || !seen.insert(g.stream.as_str())
+            {
+                continue;
+            }
+            // What the group would create the stream with, as the engine decides it: its
+            // type, given or implied, if some point fits it.
+            let proposed = g
+                .stream_type
+                .or_else(|| g.points.iter().find_map(|p| StreamType::infer(&p.value)))
+                .filter(|&ty| {
+                    g.points.iter().any(|p| {
+                        meterstream_storage::time::check_range(p.timestamp.unwrap_or(now)).is_ok()
+                            && p.value.clone().into_value(ty).is_ok()
+                    })
+                });
+            let device = meterstream_storage::path::device_id(&g.stream);
+            asked
+                .entry(self.node.partition_of(device))
+                .or_default()
+                .push((g.stream.clone(), proposed));
+        }
+        let mut questions = Vec::with_capacity(asked.len());
+        for (p, q) in &asked {
+            match rmp_serde::to_vec(q) {
+                Ok(body) => questions.push((*p, body)),
+                Err(e) => tracing::error!(error = %e, "encoding a question about types"),
+            }
+        }
+        let answers = self
+            .node
+            .ask(crate::cluster_types::KIND, questions, TYPES_WAIT);
+        let mut out = HashMap::new();
+        for ((_, q), a) in asked.into_iter().zip(answers) {
+            let settled = a
+                .map_err(|e| e.to_string())
+                .and_then(|body| rmp_serde::from_slice::<Answer>(&body).map_err(|e| e.to_string()));
+            match settled {
+                Ok(types) if types.len() == q.len() => {
+                    for ((path, _), t) in q.into_iter().zip(types) {
+                        if let Some(t) = t {
+                            out.insert(path, t);
+                        }
+                    }
+                }
+                Ok(_) => tracing::error!("an answer about types of another length"),
+                Err(e) => {
+                    self.types_unchecked
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(error = %e, "types not settled by the holder");
+                }
+            }
+        }
+        out
+    }
+
+    /// Batches published with types checked only against what their values imply, since
+    /// the node started.
+    pub fn types_unchecked(&self) -> u64 {
+        self.types_unchecked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes a record of `device`'s partition and waits until this node (its holder) has
@@ -1053,6 +1133,7 @@ pub async fn status(
         "local": n.local_partitions(),
         "positions": positions,
         "events": n.events_position(),
+        "types_unchecked": c.types_unchecked(),
         "snapshots": n.snapshots().iter().map(|i| serde_json::json!({
             "partition": i.partition,
             "covers": i.covers,
@@ -1121,12 +1202,15 @@ pub fn folder_key(v: &serde_json::Value) -> String {
     format!("{}\u{1}{kind}", v["name"].as_str().unwrap_or_default())
 }
 
-/// Refuses, item by item, what can be refused without stored state, and splits the rest by
-/// partition. Returns the parts, the errors and the number of points kept.
+/// Refuses, item by item, what does not fit a stream's settled type (`types`: from its holder;
+/// a stream missing there is checked against the type its group gives or implies), and splits
+/// the rest by partition, each group carrying the type it was checked against. Returns the
+/// parts, the errors and the number of points kept.
 fn precheck(
     groups: Vec<GroupIn>,
     now: i64,
     partition_of: impl Fn(&str) -> u32,
+    types: &HashMap<String, StreamType>,
 ) -> (BTreeMap<u32, Vec<GroupIn>>, Vec<ItemError>, usize) {
     let mut parts: BTreeMap<u32, Vec<GroupIn>> = BTreeMap::new();
     let mut errors = Vec::new();
@@ -1149,9 +1233,11 @@ fn precheck(
             }));
             continue;
         }
-        let ty = g
-            .stream_type
-            .or_else(|| g.points.iter().find_map(|p| StreamType::infer(&p.value)));
+        let ty = types.get(&g.stream).copied().or_else(|| {
+            g.stream_type
+                .or_else(|| g.points.iter().find_map(|p| StreamType::infer(&p.value)))
+        });
+        g.stream_type = ty;
         let first = g.first_index;
         let stream = g.stream.clone();
         let mut k = 0;
@@ -1396,7 +1482,8 @@ mod tests {
             group("bad//path", 3, vec![(Some(1), InValue::Float(1.0))]),
             group("gw2/m/v", 4, vec![(Some(2_000), InValue::Int(7))]),
         ];
-        let (parts, errors, kept) = precheck(groups, 9_000, |d| if d == "gw1" { 3 } else { 8 });
+        let split = |d: &str| if d == "gw1" { 3 } else { 8 };
+        let (parts, errors, kept) = precheck(groups.clone(), 9_000, split, &HashMap::new());
         assert_eq!(kept, 2);
         let mut bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
         bad.sort_unstable();
@@ -1404,6 +1491,37 @@ mod tests {
         assert_eq!(parts.keys().copied().collect::<Vec<_>>(), vec![3, 8]);
         assert_eq!(parts[&3][0].points.len(), 1);
         assert_eq!(parts[&8][0].stream, "gw2/m/v");
+        // Each group goes out with the type it was checked against.
+        assert_eq!(parts[&3][0].stream_type, Some(StreamType::Double));
+        assert_eq!(
+            parts[&8][0].stream_type,
+            StreamType::infer(&InValue::Int(7))
+        );
+
+        // A holder's settled type wins over what the values imply: gw2/m/v is a BINARY stream
+        // there, so its integer is refused and named; gw1/m/v is a LONG stream, so 230.0 fits.
+        let settled = HashMap::from([
+            ("gw2/m/v".to_string(), StreamType::Binary),
+            ("gw1/m/v".to_string(), StreamType::Long),
+        ]);
+        let (parts, errors, kept) = precheck(groups, 9_000, split, &settled);
+        assert_eq!(kept, 1);
+        let mut bad: Vec<(usize, String)> = errors
+            .iter()
+            .map(|e| (e.index, e.error.to_string()))
+            .collect();
+        bad.sort();
+        assert_eq!(
+            bad.iter().map(|b| b.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert!(
+            bad[3].1.contains("gw2/m/v") && bad[3].1.contains("BINARY"),
+            "{}",
+            bad[3].1
+        );
+        assert_eq!(parts.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(parts[&3][0].stream_type, Some(StreamType::Long));
     }
 
     #[test]

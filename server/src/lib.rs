@@ -11,6 +11,7 @@
 //! - [`cluster`]: one node of a cluster on NATS JetStream (on when `cluster.nats_urls` is set):
 //!   ingest through the replicated log, partitions applied here, queries routed to owners.
 //!   [`cluster_registry`]: credentials, alert rules and monitors shared by every node.
+//!   [`cluster_types`]: stream types settled by their holders before an ingest is answered.
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
 //! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
@@ -35,6 +36,7 @@ pub mod alerts;
 pub mod auth;
 pub mod cluster;
 pub mod cluster_registry;
+pub mod cluster_types;
 pub mod config;
 pub mod csv_export;
 pub mod csv_upload;
@@ -566,6 +568,22 @@ pub async fn run(
         dispatcher.set_cluster(Box::new(move |monitor: &str| {
             node.holds(node.partition_of(monitor))
         }));
+        let gate = Arc::new(cluster_types::TypeGate::new(
+            engine.clone(),
+            c.node.partitions(),
+        ));
+        {
+            let node = c.node.clone();
+            tokio::task::spawn_blocking(move || {
+                node.serve(
+                    cluster_types::KIND,
+                    Arc::new(move |p: u32, body: &[u8]| gate.answer(p, body)),
+                )
+            })
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+        }
         c.node.run(Arc::new(cluster::StoreApply::new(
             engine.clone(),
             c.node.partitions(),

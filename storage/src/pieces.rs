@@ -91,6 +91,11 @@ fn check_chunk_piece(piece: &[u8]) -> Result<(u32, &[u8], i64, i64)> {
 }
 
 impl Engine {
+    /// The type of stream `path`, `None` when it does not exist. A lookup in memory.
+    pub fn stream_type(&self, path: &str) -> Option<crate::StreamType> {
+        self.inner.lookup(path).map(|e| e.ty)
+    }
+
     /// The paths of the streams whose device id `keep` accepts, in path order.
     pub fn paths_where(&self, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
         self.inner

@@ -1091,6 +1091,88 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         }
     }
 
+    // Values that do not fit a stream's type are refused in the answer, item by item, through
+    // any node, as on a single node: the holder settles each stream's type before the batch is
+    // published. ds{k}/m/e are LONG streams.
+    for k in 0..3 {
+        let stream = format!("ds{k}/m/e");
+        let holder = holder_of(&c, &nodes[0], &format!("ds{k}"));
+        let via = all.iter().find(|n| n.id != holder).unwrap();
+        let r = c
+            .post(format!("{}/ws/v1/streams/history", via.url))
+            .json(&json!([
+                {"stream_id": stream, "timestamp": 1_790_000_000_000i64, "value": 5},
+                {"stream_id": stream, "timestamp": 1_790_000_001_000i64, "value": "five"},
+                {"stream_id": stream, "timestamp": 1_790_000_002_000i64, "value": 5.5},
+            ]))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 207, "{stream} through {}", via.id);
+        let v: Value = r.json().unwrap();
+        let errors = v["errors"].as_array().unwrap();
+        let named: Vec<(i64, &str)> = errors
+            .iter()
+            .map(|e| {
+                (
+                    e["index"].as_i64().unwrap(),
+                    e["error_message"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(named.len(), 2, "{v}");
+        assert_eq!((named[0].0, named[1].0), (1, 2), "{v}");
+        assert!(
+            named.iter().all(|(_, m)| m.contains("LONG")) && named[0].1.contains("five"),
+            "the errors name the value and the stream's type: {v}"
+        );
+        let r = c
+            .post(format!("{}/ws/v1/streams/history", via.url))
+            .json(&json!({"stream_id": stream, "value": "x"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "nothing fits: {:?}", r.text());
+        for n in &all {
+            let h = get_json(&c, &format!("{}/ws/v1/streams/history/{stream}", n.url));
+            let got: Vec<i64> = h["list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["value"].as_i64().unwrap())
+                .collect();
+            assert_eq!(got, [5], "{stream} through {}: {h}", n.id);
+        }
+    }
+    // A new stream, created through one node that does not hold it with a DOUBLE, then given a
+    // text through the other: the first type holds and the text is refused in the answer,
+    // whether or not the holder has applied the first batch yet (until then its type is
+    // reserved there; cluster_types' unit tests cover that case alone).
+    let holder = holder_of(&c, &nodes[0], "race0");
+    let others: Vec<&&Node> = all.iter().filter(|n| n.id != holder).collect();
+    let race = |n: &Node, value: Value| {
+        c.post(format!("{}/ws/v1/streams/history", n.url))
+            .json(
+                &json!({"stream_id": "race0/m/s", "timestamp": 1_790_000_000_000i64,
+                          "value": value}),
+            )
+            .send()
+            .unwrap()
+    };
+    assert_eq!(race(others[0], json!(1.5)).status(), 201);
+    let r = race(others[1], json!("on"));
+    assert_eq!(r.status(), 400);
+    let e = r.text().unwrap();
+    assert!(e.contains("race0/m/s") && e.contains("DOUBLE"), "{e}");
+    for n in &all {
+        let v = get_json(&c, &format!("{}/ws/v1/streams/inventory/race0/m/s", n.url));
+        assert_eq!(v["type"], "DOUBLE", "through {}: {v}", n.id);
+        assert_eq!(v["value"], 1.5, "through {}: {v}", n.id);
+    }
+    // Every batch so far had its types settled by a holder.
+    for n in &all {
+        let unchecked = status(&c, &n.url).unwrap()["types_unchecked"].clone();
+        assert_eq!(unchecked, 0, "node {}", n.id);
+    }
+
     // A batch sent again with the same Idempotency-Key, through another node, is stored once in
     // its partition's log; with another key it is a new message (harmless: the same points).
     let p = meterstream_cluster::partition::of_device("idem0", PARTITIONS as u32) as usize;
