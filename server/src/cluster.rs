@@ -286,28 +286,83 @@ pub struct ClusterStore {
 }
 
 impl ClusterStore {
-    fn change(&self, path: &str, record: LogRecord) -> meterstream_storage::Result<u64> {
+    /// Whether this node holds `path`'s partition (applied, or catching up with its log).
+    fn holds(&self, path: &str) -> bool {
+        let p = self
+            .cluster
+            .node
+            .partition_of(meterstream_storage::path::device_id(path));
+        matches!(self.cluster.node.route(p), Route::Local | Route::Rebuilding)
+    }
+
+    /// Logs `record`, a change of stream `path`, and gives what applying it came to and the
+    /// stream's record after it. Requests naming the stream in their path are routed to its
+    /// holder, so this runs there; a body naming streams of several devices (Digi's
+    /// `POST/PUT /ws/DataStream`) reaches the others' holders through the log and a question
+    /// ([`crate::cluster_holder`]).
+    fn change(
+        &self,
+        path: &str,
+        record: LogRecord,
+    ) -> meterstream_storage::Result<(u64, Option<meterstream_storage::StreamInfo>)> {
         meterstream_storage::path::validate_path(path)?;
         let device = meterstream_storage::path::device_id(path);
-        // Only the holder can tell what applying a change comes to; requests naming the stream
-        // in their path are routed there, so this refuses only changes of several streams in
-        // one body, before anything is logged.
-        let p = self.cluster.node.partition_of(device);
-        if !matches!(self.cluster.node.route(p), Route::Local | Route::Rebuilding) {
-            return Err(StorageError::invalid(
-                path,
-                "another node of the cluster holds this stream's device; change it through a \
-                 request naming the stream in its path (any node routes that one)",
-            ));
+        let unavailable = |e: ApiError| StorageError::Io {
+            path: format!("nats:{path}").into(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        if self.holds(path) {
+            let seq = self.cluster.record(device, &record).map_err(unavailable)?;
+            let n = self.outcomes.take(seq).unwrap_or(Ok(0))?;
+            return Ok((n, self.inner.stream(path).ok()));
         }
-        let seq = self
+        let p = self.cluster.node.partition_of(device);
+        let body = rmp_serde::to_vec(&record).map_err(|e| StorageError::Corrupt {
+            what: "a log record",
+            message: e.to_string(),
+        })?;
+        let seq = self.cluster.node.publish_one(p, body.into()).map_err(|e| {
+            unavailable(ApiError::Unavailable {
+                message: format!("the cluster's log did not acknowledge the change: {e}"),
+                retry_after: 1,
+            })
+        })?;
+        let q = crate::cluster_holder::ChangeQuestion {
+            sequence: seq,
+            path: path.to_string(),
+        };
+        let q = rmp_serde::to_vec(&q).map_err(|e| StorageError::Corrupt {
+            what: "a question",
+            message: e.to_string(),
+        })?;
+        self.ask_holder(crate::cluster_holder::CHANGE, p, q, path)
+    }
+
+    /// Asks the holder of partition `p` a question about stream `path`.
+    fn ask_holder(
+        &self,
+        kind: &str,
+        p: u32,
+        body: Vec<u8>,
+        path: &str,
+    ) -> meterstream_storage::Result<(u64, Option<meterstream_storage::StreamInfo>)> {
+        let wait = crate::cluster_holder::APPLY_WAIT + Duration::from_secs(2);
+        let answer = self
             .cluster
-            .record(device, &record)
+            .node
+            .ask(kind, vec![(p, body)], wait)
+            .pop()
+            .unwrap_or_else(|| {
+                Err(meterstream_cluster::ask::AskError::Failed {
+                    partition: p,
+                    message: "no answer".into(),
+                })
+            })
             .map_err(|e| StorageError::Io {
                 path: format!("nats:{path}").into(),
                 source: std::io::Error::other(e.to_string()),
             })?;
-        self.outcomes.take(seq).unwrap_or(Ok(0))
+        crate::cluster_holder::decode(&answer)
     }
 }
 
@@ -322,8 +377,25 @@ impl Store for ClusterStore {
                 source: std::io::Error::other(e.to_string()),
             })
     }
+    /// From this node's store when it holds the stream's partition, else from its holder.
     fn stream(&self, path: &str) -> meterstream_storage::Result<meterstream_storage::StreamInfo> {
-        self.inner.stream(path)
+        if self.holds(path) {
+            return self.inner.stream(path);
+        }
+        meterstream_storage::path::validate_path(path)?;
+        let p = self
+            .cluster
+            .node
+            .partition_of(meterstream_storage::path::device_id(path));
+        let (_, info) = self.ask_holder(
+            crate::cluster_holder::STREAM,
+            p,
+            path.as_bytes().to_vec(),
+            path,
+        )?;
+        info.ok_or_else(|| StorageError::StreamNotFound {
+            path: path.to_string(),
+        })
     }
     fn put_stream(
         &self,
@@ -336,8 +408,10 @@ impl Store for ClusterStore {
             update,
             now,
         };
-        self.change(path, record)?;
-        self.inner.stream(path)
+        let (_, info) = self.change(path, record)?;
+        info.ok_or_else(|| StorageError::StreamNotFound {
+            path: path.to_string(),
+        })
     }
     fn delete_stream(&self, path: &str) -> meterstream_storage::Result<()> {
         let record = LogRecord::DeleteStream {
@@ -397,7 +471,7 @@ impl Store for ClusterStore {
             from,
             to,
         };
-        self.change(path, record)
+        self.change(path, record).map(|(n, _)| n)
     }
     fn sweep_retention(&self, now: i64) -> meterstream_storage::Result<u64> {
         self.inner.sweep_retention(now)

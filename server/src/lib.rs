@@ -12,6 +12,7 @@
 //!   ingest through the replicated log, partitions applied here, queries routed to owners.
 //!   [`cluster_registry`]: credentials, alert rules and monitors shared by every node.
 //!   [`cluster_types`]: stream types settled by their holders before an ingest is answered.
+//!   [`cluster_holder`]: a stream's record, and what a change came to, asked of its holder.
 //! - [`config`]: configuration (defaults < TOML < environment < flags).
 //! - [`history`]: `POST/GET/DELETE /ws/v1/streams/history`; [`ingest`] parses bodies.
 //! - [`rollups`]: `GET /ws/v1/streams/rollups/{stream}`.
@@ -35,6 +36,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod cluster;
+pub mod cluster_holder;
 pub mod cluster_registry;
 pub mod cluster_types;
 pub mod config;
@@ -572,9 +574,23 @@ pub async fn run(
             engine.clone(),
             c.node.partitions(),
         ));
+        let answers = Arc::new(cluster_holder::Answers {
+            engine: engine.clone(),
+            outcomes: outcomes.clone(),
+            node: Arc::downgrade(&c.node),
+        });
         {
             let node = c.node.clone();
             tokio::task::spawn_blocking(move || {
+                let a = answers.clone();
+                node.serve(
+                    cluster_holder::STREAM,
+                    Arc::new(move |_, body: &[u8]| a.stream(body)),
+                )?;
+                node.serve(
+                    cluster_holder::CHANGE,
+                    Arc::new(move |p, body: &[u8]| answers.change(p, body)),
+                )?;
                 node.serve(
                     cluster_types::KIND,
                     Arc::new(move |p: u32, body: &[u8]| gate.answer(p, body)),

@@ -1091,6 +1091,88 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
         }
     }
 
+    // A DataStream body naming several devices' streams, through one node: each stream is made
+    // and changed by its own holder (through the log, then a question for the outcome), and
+    // each item's answer is its holder's.
+    let via = &nodes[0];
+    let devices: Vec<String> = (0..6).map(|k| format!("md{k}")).collect();
+    let far: Vec<&String> = devices
+        .iter()
+        .filter(|d| holder_of(&c, via, d) != via.id)
+        .collect();
+    assert!(
+        !far.is_empty(),
+        "some of {devices:?} are held by other nodes"
+    );
+    let body = |units: &str, odd: Option<(&str, &str)>| {
+        let items: String = devices
+            .iter()
+            .map(|d| match odd {
+                Some((o, extra)) if o == d => {
+                    format!("<DataStream><streamId>{d}/m/e</streamId>{extra}</DataStream>")
+                }
+                _ => format!(
+                    "<DataStream><streamId>{d}/m/e</streamId><dataType>LONG</dataType>\
+                     <units>{units}</units></DataStream>"
+                ),
+            })
+            .collect();
+        format!("<list>{items}</list>")
+    };
+    let send = |method: reqwest::Method, body: String| {
+        let r = c
+            .request(method, format!("{}/ws/DataStream", via.url))
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let units_everywhere = |want: &[(&str, &str)]| {
+        for n in &all {
+            for (d, units) in want {
+                let v = get_json(&c, &format!("{}/ws/v1/streams/inventory/{d}/m/e", n.url));
+                assert_eq!(
+                    (v["type"].as_str(), v["units"].as_str()),
+                    (Some("LONG"), Some(*units)),
+                    "{d} through {}: {v}",
+                    n.id
+                );
+            }
+        }
+    };
+    let (st, a) = send(reqwest::Method::POST, body("Wh", None));
+    assert_eq!(st, 201, "{a}");
+    assert_eq!(a.matches("<location>").count(), 6, "{a}");
+    let wh: Vec<(&str, &str)> = devices.iter().map(|d| (d.as_str(), "Wh")).collect();
+    units_everywhere(&wh);
+    // Made already, wherever they are held: POST refuses each.
+    let (st, a) = send(reqwest::Method::POST, body("Wh", None));
+    assert_eq!(st, 409, "{a}");
+    assert!(a.contains("exists"), "{a}");
+    // The far stream gets a point; then a PUT changes every stream's units and tries to make
+    // the far one a STRING stream, which its holder refuses (it has data): 207, that item named.
+    post_points(
+        &c,
+        via,
+        &format!("{}/m/e", far[0]),
+        1_790_000_000_000,
+        &[(0, 5.0)],
+    );
+    let (st, a) = send(
+        reqwest::Method::PUT,
+        body("kWh", Some((far[0], "<dataType>STRING</dataType>"))),
+    );
+    assert_eq!(st, 207, "{a}");
+    let k = devices.iter().position(|d| d == far[0]).unwrap();
+    assert!(
+        a.contains(&format!("item {k}:")) && a.contains("conflict"),
+        "the holder's refusal, named by item: {a}"
+    );
+    assert_eq!(a.matches("<location>").count(), 5, "{a}");
+    let mut kwh: Vec<(&str, &str)> = devices.iter().map(|d| (d.as_str(), "kWh")).collect();
+    kwh[k].1 = "Wh";
+    units_everywhere(&kwh);
+
     // Values that do not fit a stream's type are refused in the answer, item by item, through
     // any node, as on a single node: the holder settles each stream's type before the batch is
     // published. ds{k}/m/e are LONG streams.
