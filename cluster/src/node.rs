@@ -1009,13 +1009,12 @@ async fn one_round(shared: &Arc<Shared>, first: bool) -> Result<()> {
         if short {
             let mut mine: Vec<u32> = lock(&shared.owned).keys().copied().collect();
             mine.sort_unstable();
-            for p in mine.into_iter().skip(target) {
-                let o = lock(&shared.owned).remove(&p);
-                if let Some(o) = o {
-                    tracing::info!(partition = p, "gave the partition up");
-                    drop_partition(shared, p, o).await;
-                }
-            }
+            let leaving: Vec<(u32, Owned)> = mine
+                .into_iter()
+                .skip(target)
+                .filter_map(|p| lock(&shared.owned).remove(&p).map(|o| (p, o)))
+                .collect();
+            give_up(shared, leaving).await;
         }
     }
     Ok(())
@@ -1083,6 +1082,55 @@ fn take_partition(shared: &Arc<Shared>, p: u32, lease: Lease, sent_ms: u64) {
 fn stop_applying(shared: &Shared, p: u32, o: &Owned) {
     shared.ready[p as usize].store(false, Ordering::Release);
     o.stop.store(true, Ordering::Release);
+}
+
+/// Gives partitions up to a node that is short of its share: stops applying them, lets this
+/// node's feed consumers (the alarm evaluator, data point monitors) take what was applied, and
+/// snapshots them before releasing their leases. The next holder then restores what this
+/// node applied instead of replaying the log after an older snapshot, so its feed does not
+/// carry points this node's monitors delivered already. Bounded by a quarter of the lease TTL
+/// (the round that calls it renews the other leases); past that, the rest are released
+/// without a new snapshot, and their next holders replay the log after the last one.
+async fn give_up(shared: &Arc<Shared>, mut leaving: Vec<(u32, Owned)>) {
+    if leaving.is_empty() {
+        return;
+    }
+    let budget = shared.cfg.lease_ttl / 4;
+    let started = Instant::now();
+    for (p, o) in &leaving {
+        stop_applying(shared, *p, o);
+    }
+    for (_, o) in &mut leaving {
+        let _ = (&mut o.task).await;
+    }
+    let apply = shared.apply.get().cloned();
+    if let (Some(apply), false) = (apply, shared.cfg.snapshot_interval.is_zero()) {
+        let behind = |p: u32| {
+            let applied = shared.applied[p as usize].load(Ordering::Acquire);
+            apply.delivered(p, applied).is_some_and(|d| d < applied)
+        };
+        while started.elapsed() < budget && leaving.iter().any(|(p, _)| behind(*p)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (p, _) in &leaving {
+            if started.elapsed() >= budget {
+                tracing::warn!(
+                    partition = p,
+                    "no time left to snapshot a partition given up"
+                );
+                continue;
+            }
+            if let Err(e) = snapshot_partition(shared, *p).await {
+                tracing::warn!(partition = p, error = %e, "snapshotting a partition given up failed");
+            }
+        }
+    }
+    for (p, o) in leaving {
+        tracing::info!(partition = p, "gave the partition up");
+        if let Err(e) = shared.leases.release(o.lease).await {
+            tracing::warn!(partition = p, error = %e, "releasing a lease failed; it will lapse");
+        }
+    }
 }
 
 async fn drop_partition(shared: &Shared, p: u32, o: Owned) {

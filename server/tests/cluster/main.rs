@@ -1937,3 +1937,103 @@ fn a_lagging_monitor_holds_the_snapshot_back_and_loses_nothing_across_a_kill() {
         );
     }
 }
+
+/// A node that joins takes half the partitions from a live node, which snapshots each one as it
+/// gives it up: the joining node restores exactly what the other applied, so a data point
+/// monitor is not sent again the points the giving node delivered (without the snapshot, the
+/// joining node would replay the log from its start and its feed would carry them all again).
+#[test]
+fn partitions_given_up_to_a_joining_node_are_snapshotted_first_so_a_monitor_gets_each_point_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_guard, root) = test_dir();
+    let dir = root.as_path();
+    let nats = nats_cluster(dir);
+    // No periodic snapshot within the test: only giving a partition up makes one.
+    let extra = "snapshot_interval = 600.0\n";
+    let a = start_node("a", &dir.join("a"), &nats.urls, extra);
+    let c = client();
+    await_balanced(&c, &[&a], Duration::from_secs(60));
+    let rx = meterstream_testkit::Receiver::start();
+    let r = c
+        .post(format!("{}/ws/v1/monitors/inventory", a.url))
+        .json(&json!({"topics": ["DataPoint/*/m/v"], "url": rx.url, "batch_duration": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let m: Value = r.json().unwrap();
+    rx.secret(m["secret"].as_str().unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+
+    let devices: Vec<String> = (0..24).map(|k| format!("gv{k}")).collect();
+    let t0 = (meterstream_storage::time::now_ms() / 1000 - 600) * 1000;
+    let post_round = |via: &Node, round: i64| {
+        for (k, d) in devices.iter().enumerate() {
+            let s = round * 2;
+            let v = (k as i64 * 100 + s) as f64;
+            post_points(
+                &c,
+                via,
+                &format!("{d}/m/v"),
+                t0,
+                &[(s, v), (s + 1, v + 1.0)],
+            );
+        }
+    };
+    let ids = |msgs: &[Value]| -> BTreeMap<String, usize> {
+        let mut n = BTreeMap::new();
+        for x in msgs {
+            if let Some(id) = x["DataPoint"]["id"].as_str() {
+                *n.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+        n
+    };
+    post_round(&a, 0);
+    let want = devices.len() * 2;
+    let got = ids(&rx.wait_for(30, |m| ids(m).len() >= want));
+    assert_eq!(got.len(), want, "delivered by a before b joins");
+
+    let b = start_node("b", &dir.join("b"), &nats.urls, extra);
+    await_balanced(&c, &[&a, &b], Duration::from_secs(60));
+    let held_b = status(&c, &b.url).unwrap()["local"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(held_b >= PARTITIONS / 2 - 1, "b holds {held_b}");
+    let a_log = std::fs::read_to_string(dir.join("a").join("server.log")).unwrap();
+    let b_log = std::fs::read_to_string(dir.join("b").join("server.log")).unwrap();
+    assert_eq!(
+        a_log.matches("gave the partition up").count(),
+        held_b,
+        "a gave up what b holds"
+    );
+    assert!(
+        !a_log.contains("no time left to snapshot"),
+        "a snapshotted every partition it gave up"
+    );
+    // b took each partition with data from a's snapshot of it (empty ones have no pieces).
+    let restored = b_log
+        .matches("partition restored from its snapshot")
+        .count();
+    assert!(restored > 0, "b restored partitions from snapshots");
+
+    post_round(&b, 1);
+    post_round(&a, 2);
+    let want = devices.len() * 6;
+    rx.wait_for(30, |m| ids(m).len() >= want);
+    // Late duplicates would come within a few batches.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = ids(&rx.delivered());
+    assert_eq!(got.len(), want, "every point delivered");
+    let twice: Vec<&String> = got
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} points delivered more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+}
