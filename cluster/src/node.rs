@@ -124,6 +124,9 @@ pub enum Restore<'a> {
 /// error is retried from the same event after a pause.
 pub type ApplyEvent = Arc<dyn Fn(u64, &[u8]) -> std::result::Result<(), String> + Send + Sync>;
 
+/// Hears a broadcast's body ([`Node::listen`]).
+pub type Hear = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Where a partition's queries go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -631,6 +634,37 @@ impl Node {
                         tracing::debug!(error = %e, "answering a question");
                     }
                 });
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends `body` to every node listening to `topic` ([`Node::listen`]), this one included:
+    /// core NATS, at most once, nothing kept. For hints whose loss costs only time (a cache
+    /// entry to forget). Blocking.
+    pub fn broadcast(&self, topic: &str, body: Vec<u8>) -> Result<()> {
+        let client = self.shared.client.clone();
+        let subject = format!("ms.bcast.{topic}");
+        self.handle().block_on(async move {
+            client
+                .publish(subject, body.into())
+                .await
+                .map_err(|e| ClusterError::nats("broadcasting", e))
+        })
+    }
+
+    /// Calls `hear` with the body of every [`Node::broadcast`] on `topic`, for as long as the
+    /// node runs. Blocking.
+    pub fn listen(&self, topic: &str, hear: Hear) -> Result<()> {
+        let subject = format!("ms.bcast.{topic}");
+        let mut sub = self
+            .handle()
+            .block_on(self.shared.client.subscribe(subject))
+            .map_err(|e| ClusterError::nats("subscribing to broadcasts", e))?;
+        self.handle().spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(msg) = sub.next().await {
+                hear(&msg.payload);
             }
         });
         Ok(())

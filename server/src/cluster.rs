@@ -111,6 +111,10 @@ pub struct Cluster {
     /// Batches published with types checked only against what their values imply, because a
     /// partition's holder did not answer in time (it was moving).
     types_unchecked: std::sync::atomic::AtomicU64,
+    /// Stored types the holders told this node.
+    pub types: crate::cluster_types::TypeCache,
+    /// Questions about types put to holders (for `GET /ws/v1/cluster`).
+    types_asked: std::sync::atomic::AtomicU64,
 }
 
 /// How long an ingest waits for the holders to settle its streams' types.
@@ -307,6 +311,29 @@ impl ClusterStore {
     ) -> meterstream_storage::Result<(u64, Option<meterstream_storage::StreamInfo>)> {
         meterstream_storage::path::validate_path(path)?;
         let device = meterstream_storage::path::device_id(path);
+        let retypes = matches!(
+            record,
+            LogRecord::PutStream { .. } | LogRecord::DeleteStream { .. }
+        );
+        let r = self.change_logged(path, device, record);
+        if retypes {
+            // Every node forgets the stream's type; the next batch asks its holder again. (Also
+            // after a failure: the change may have been logged, and be applied later.)
+            self.cluster.types.forget(path);
+            let topic = crate::cluster_types::FORGET;
+            if let Err(e) = self.cluster.node.broadcast(topic, path.as_bytes().to_vec()) {
+                tracing::warn!(error = %e, stream = path, "broadcasting a changed type");
+            }
+        }
+        r
+    }
+
+    fn change_logged(
+        &self,
+        path: &str,
+        device: &str,
+        record: LogRecord,
+    ) -> meterstream_storage::Result<(u64, Option<meterstream_storage::StreamInfo>)> {
         let unavailable = |e: ApiError| StorageError::Io {
             path: format!("nats:{path}").into(),
             source: std::io::Error::other(e.to_string()),
@@ -797,6 +824,8 @@ impl Cluster {
             http: client()?,
             fan_http: client()?,
             types_unchecked: std::sync::atomic::AtomicU64::new(0),
+            types: crate::cluster_types::TypeCache::default(),
+            types_asked: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -837,11 +866,17 @@ impl Cluster {
     fn settle_types(&self, groups: &[GroupIn], now: i64) -> HashMap<String, StreamType> {
         use crate::cluster_types::{Answer, Question};
         let mut asked: BTreeMap<u32, Question> = BTreeMap::new();
+        let mut out = HashMap::new();
         let mut seen = std::collections::HashSet::new();
+        let at = std::time::Instant::now();
         for g in groups {
-            if meterstream_storage::path::validate_path(&g.stream).is_err()
-                || !seen.insert(g.stream.as_str())
+            if !seen.insert(g.stream.as_str())
+                || meterstream_storage::path::validate_path(&g.stream).is_err()
             {
+                continue;
+            }
+            if let Some(t) = self.types.get(&g.stream, at) {
+                out.insert(g.stream.clone(), t);
                 continue;
             }
             // What the group would create the stream with, as the engine decides it: its
@@ -861,6 +896,9 @@ impl Cluster {
                 .or_default()
                 .push((g.stream.clone(), proposed));
         }
+        if asked.is_empty() {
+            return out;
+        }
         let mut questions = Vec::with_capacity(asked.len());
         for (p, q) in &asked {
             match rmp_serde::to_vec(q) {
@@ -868,10 +906,11 @@ impl Cluster {
                 Err(e) => tracing::error!(error = %e, "encoding a question about types"),
             }
         }
+        self.types_asked
+            .fetch_add(questions.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let answers = self
             .node
             .ask(crate::cluster_types::KIND, questions, TYPES_WAIT);
-        let mut out = HashMap::new();
         for ((_, q), a) in asked.into_iter().zip(answers) {
             let settled = a
                 .map_err(|e| e.to_string())
@@ -879,8 +918,15 @@ impl Cluster {
             match settled {
                 Ok(types) if types.len() == q.len() => {
                     for ((path, _), t) in q.into_iter().zip(types) {
-                        if let Some(t) = t {
-                            out.insert(path, t);
+                        match t {
+                            Some((t, true)) => {
+                                self.types.put(path.clone(), t, at);
+                                out.insert(path, t);
+                            }
+                            Some((t, false)) => {
+                                out.insert(path, t);
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -893,6 +939,11 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Questions about types this node put to holders (its own included), since it started.
+    pub fn types_asked(&self) -> u64 {
+        self.types_asked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Batches published with types checked only against what their values imply, since
@@ -1208,6 +1259,7 @@ pub async fn status(
         "positions": positions,
         "events": n.events_position(),
         "types_unchecked": c.types_unchecked(),
+        "types_asked": c.types_asked(),
         "snapshots": n.snapshots().iter().map(|i| serde_json::json!({
             "partition": i.partition,
             "covers": i.covers,

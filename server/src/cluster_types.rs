@@ -16,6 +16,13 @@
 //!
 //! The asker then publishes each group with the settled type, so whichever record is applied
 //! first creates the stream with it.
+//!
+//! The asker keeps the stored types it was told in a [`TypeCache`] for one to two minutes, so
+//! a gateway's next batches need no question. A stored type changes only by a change of the
+//! stream (`PutStream`, `DeleteStream`); the node that makes one broadcasts the path
+//! ([`FORGET`]) once it is applied, and every node forgets it. A node that misses the
+//! broadcast (core NATS keeps nothing) may take points checked against the old type until its
+//! entry ages out; the holder refuses at apply what does not fit, as before this check.
 
 use meterstream_storage::{Engine, StreamType};
 use std::collections::HashMap;
@@ -33,9 +40,80 @@ pub const RESERVE_FOR: Duration = Duration::from_secs(60);
 /// point that would create it).
 pub type Question = Vec<(String, Option<StreamType>)>;
 
-/// The answer: each stream's settled type, in the question's order (`None`: neither stored,
-/// reserved nor proposed).
-pub type Answer = Vec<Option<StreamType>>;
+/// The answer: each stream's settled type and whether it is stored (not only reserved), in
+/// the question's order (`None`: neither stored, reserved nor proposed).
+pub type Answer = Vec<Option<(StreamType, bool)>>;
+
+/// The broadcast topic of streams whose stored type may have changed (their paths).
+pub const FORGET: &str = "types.forget";
+
+/// How long a cached type is kept at least (at most twice as long).
+pub const CACHE_FOR: Duration = Duration::from_secs(60);
+
+/// Entries a cache generation holds before it is rotated early.
+const CACHE_MAX: usize = 500_000;
+
+/// Stored types an ingesting node was told, in two generations: a lookup moves an entry of the
+/// older one into the newer; every [`CACHE_FOR`] (or [`CACHE_MAX`] entries) the older one is
+/// dropped.
+pub struct TypeCache {
+    inner: parking_lot::Mutex<Generations>,
+}
+
+struct Generations {
+    new: HashMap<String, StreamType>,
+    old: HashMap<String, StreamType>,
+    rotated: Instant,
+}
+
+impl Default for TypeCache {
+    fn default() -> TypeCache {
+        TypeCache {
+            inner: parking_lot::Mutex::new(Generations {
+                new: HashMap::new(),
+                old: HashMap::new(),
+                rotated: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl TypeCache {
+    /// The cached type of `path`.
+    pub fn get(&self, path: &str, now: Instant) -> Option<StreamType> {
+        let mut g = self.inner.lock();
+        g.rotate(now);
+        if let Some(t) = g.new.get(path) {
+            return Some(*t);
+        }
+        let t = g.old.remove(path)?;
+        g.new.insert(path.to_string(), t);
+        Some(t)
+    }
+
+    /// Keeps `path`'s stored type.
+    pub fn put(&self, path: String, t: StreamType, now: Instant) {
+        let mut g = self.inner.lock();
+        g.rotate(now);
+        g.new.insert(path, t);
+    }
+
+    /// Forgets `path`.
+    pub fn forget(&self, path: &str) {
+        let mut g = self.inner.lock();
+        g.new.remove(path);
+        g.old.remove(path);
+    }
+}
+
+impl Generations {
+    fn rotate(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.rotated) >= CACHE_FOR || self.new.len() >= CACHE_MAX {
+            self.old = std::mem::take(&mut self.new);
+            self.rotated = now;
+        }
+    }
+}
 
 /// The holder's side: stored types, and types reserved for streams not stored yet.
 pub struct TypeGate {
@@ -68,14 +146,14 @@ impl TypeGate {
             .iter()
             .map(|(path, proposed)| {
                 if let Some(t) = self.engine.stream_type(path) {
-                    return Some(t);
+                    return Some((t, true));
                 }
                 match r.map.get(path) {
-                    Some((t, until)) if *until > now => Some(*t),
+                    Some((t, until)) if *until > now => Some((*t, false)),
                     _ => {
                         let t = (*proposed)?;
                         r.map.insert(path.clone(), (t, now + RESERVE_FOR));
-                        Some(t)
+                        Some((t, false))
                     }
                 }
             })
@@ -143,28 +221,46 @@ mod tests {
         // Stored: the proposal does not matter.
         assert_eq!(
             gate.settle(&ask("d/int", Some(StreamType::String)), t0),
-            vec![Some(StreamType::Integer)]
+            vec![Some((StreamType::Integer, true))]
         );
         // Not stored: nothing proposed, nothing settled; the first proposal is kept.
         assert_eq!(gate.settle(&ask("d/new", None), t0), vec![None]);
         assert_eq!(
             gate.settle(&ask("d/new", Some(StreamType::Double)), t0),
-            vec![Some(StreamType::Double)]
+            vec![Some((StreamType::Double, false))]
         );
         assert_eq!(
             gate.settle(&ask("d/new", Some(StreamType::String)), t0),
-            vec![Some(StreamType::Double)]
+            vec![Some((StreamType::Double, false))]
         );
         assert_eq!(
             gate.settle(&ask("d/new", None), t0 + RESERVE_FOR / 2),
-            vec![Some(StreamType::Double)]
+            vec![Some((StreamType::Double, false))]
         );
         // Once it expires, the next proposal is taken.
         let later = t0 + RESERVE_FOR + Duration::from_secs(1);
         assert_eq!(
             gate.settle(&ask("d/new", Some(StreamType::String)), later),
-            vec![Some(StreamType::String)]
+            vec![Some((StreamType::String, false))]
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_a_type_one_to_two_periods_and_forgets_on_demand() {
+        let c = TypeCache::default();
+        let t0 = Instant::now();
+        c.put("d/a".into(), StreamType::Long, t0);
+        c.put("d/b".into(), StreamType::Double, t0);
+        assert_eq!(c.get("d/a", t0), Some(StreamType::Long));
+        // One period on: the first generation is the older one; a lookup keeps d/a.
+        let t1 = t0 + CACHE_FOR;
+        assert_eq!(c.get("d/a", t1), Some(StreamType::Long));
+        // Two periods on: d/b, not looked up, is gone; d/a was moved into the newer generation.
+        let t2 = t1 + CACHE_FOR;
+        assert_eq!(c.get("d/b", t2), None);
+        assert_eq!(c.get("d/a", t2), Some(StreamType::Long));
+        c.forget("d/a");
+        assert_eq!(c.get("d/a", t2), None);
     }
 
     #[test]
@@ -176,7 +272,7 @@ mod tests {
         let a: Answer =
             rmp_serde::from_slice(&gate.answer(p, &rmp_serde::to_vec(&q).unwrap()).unwrap())
                 .unwrap();
-        assert_eq!(a, vec![Some(StreamType::Long)]);
+        assert_eq!(a, vec![Some((StreamType::Long, false))]);
         let e = gate
             .answer((p + 1) % 16, &rmp_serde::to_vec(&q).unwrap())
             .unwrap_err();

@@ -581,7 +581,16 @@ pub async fn run(
         });
         {
             let node = c.node.clone();
+            let forget = Arc::downgrade(c);
             tokio::task::spawn_blocking(move || {
+                node.listen(
+                    cluster_types::FORGET,
+                    Arc::new(move |path: &[u8]| {
+                        if let (Some(c), Ok(path)) = (forget.upgrade(), std::str::from_utf8(path)) {
+                            c.types.forget(path);
+                        }
+                    }),
+                )?;
                 let a = answers.clone();
                 node.serve(
                     cluster_holder::STREAM,

@@ -1224,6 +1224,57 @@ fn three_nodes_share_partitions_and_survive_kill_9_of_a_node_and_of_a_nats_serve
             assert_eq!(got, [5], "{stream} through {}: {h}", n.id);
         }
     }
+    // The node that checked ds0/m/e keeps its type: the same batch again asks no holder. Once
+    // the stream is deleted (through its holder), every node forgets the type: a word makes it
+    // a STRING stream again through that node.
+    let holder = holder_of(&c, &nodes[0], "ds0");
+    let via = all.iter().find(|n| n.id != holder).unwrap();
+    let asked = || {
+        status(&c, &via.url).unwrap()["types_asked"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = asked();
+    let r = c
+        .post(format!("{}/ws/v1/streams/history", via.url))
+        .json(&json!({"stream_id": "ds0/m/e", "timestamp": 1_790_000_000_000i64, "value": 5}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(asked(), before, "the type came from the cache");
+    let holder = all.iter().find(|n| n.id == holder).unwrap();
+    let r = c
+        .delete(format!("{}/ws/v1/streams/inventory/ds0/m/e", holder.url))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+    let forgot = Instant::now();
+    loop {
+        let r = c
+            .post(format!("{}/ws/v1/streams/history", via.url))
+            .json(
+                &json!({"stream_id": "ds0/m/e", "timestamp": 1_790_000_000_000i64,
+                          "value": "five"}),
+            )
+            .send()
+            .unwrap();
+        if r.status() == 201 {
+            break;
+        }
+        // The broadcast is asynchronous: a moment, not the cache's minute.
+        assert!(
+            forgot.elapsed() < Duration::from_secs(5),
+            "{} still refused the word after 5 s: {:?}",
+            via.id,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in &all {
+        let v = get_json(&c, &format!("{}/ws/v1/streams/inventory/ds0/m/e", n.url));
+        assert_eq!(v["type"], "STRING", "through {}: {v}", n.id);
+    }
+
     // A new stream, created through one node that does not hold it with a DOUBLE, then given a
     // text through the other: the first type holds and the text is refused in the answer,
     // whether or not the holder has applied the first batch yet (until then its type is
