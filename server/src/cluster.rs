@@ -859,24 +859,31 @@ impl Cluster {
         Ok(WriteOutcome { stored, errors })
     }
 
-    /// The types of the batch's streams, as their partitions' holders settle them
-    /// ([`crate::cluster_types`]). A partition whose holder does not answer within
-    /// [`TYPES_WAIT`] (it is moving) is left out: its points are checked against the types
-    /// their values imply, and the holder refuses at apply what does not fit. Blocking.
-    fn settle_types(&self, groups: &[GroupIn], now: i64) -> HashMap<String, StreamType> {
+    /// The type of each group's stream (by index), as its partition's holder settles it
+    /// ([`crate::cluster_types`]), from this node's cache when it has it. A partition whose
+    /// holder does not answer within [`TYPES_WAIT`] (it is moving) is left out (`None`): its
+    /// points are checked against the types their values imply, and the holder refuses at
+    /// apply what does not fit. Blocking.
+    fn settle_types(&self, groups: &[GroupIn], now: i64) -> Vec<Option<StreamType>> {
         use crate::cluster_types::{Answer, Question};
-        let mut asked: BTreeMap<u32, Question> = BTreeMap::new();
-        let mut out = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
         let at = std::time::Instant::now();
-        for g in groups {
-            if !seen.insert(g.stream.as_str())
-                || meterstream_storage::path::validate_path(&g.stream).is_err()
-            {
+        let mut out = self
+            .types
+            .get_all(groups.iter().map(|g| g.stream.as_str()), at);
+        // The others, once each, by partition: (question, the groups each stream is in).
+        let mut asked: BTreeMap<u32, (Question, Vec<Vec<usize>>)> = BTreeMap::new();
+        let mut seen: HashMap<&str, (u32, usize)> = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            if out[i].is_some() {
                 continue;
             }
-            if let Some(t) = self.types.get(&g.stream, at) {
-                out.insert(g.stream.clone(), t);
+            if let Some((p, k)) = seen.get(g.stream.as_str()) {
+                if let Some((_, at)) = asked.get_mut(p) {
+                    at[*k].push(i);
+                }
+                continue;
+            }
+            if meterstream_storage::path::validate_path(&g.stream).is_err() {
                 continue;
             }
             // What the group would create the stream with, as the engine decides it: its
@@ -890,17 +897,19 @@ impl Cluster {
                             && p.value.clone().into_value(ty).is_ok()
                     })
                 });
-            let device = meterstream_storage::path::device_id(&g.stream);
-            asked
-                .entry(self.node.partition_of(device))
-                .or_default()
-                .push((g.stream.clone(), proposed));
+            let p = self
+                .node
+                .partition_of(meterstream_storage::path::device_id(&g.stream));
+            let (q, at) = asked.entry(p).or_default();
+            seen.insert(&g.stream, (p, q.len()));
+            q.push((g.stream.clone(), proposed));
+            at.push(vec![i]);
         }
         if asked.is_empty() {
             return out;
         }
         let mut questions = Vec::with_capacity(asked.len());
-        for (p, q) in &asked {
+        for (p, (q, _)) in &asked {
             match rmp_serde::to_vec(q) {
                 Ok(body) => questions.push((*p, body)),
                 Err(e) => tracing::error!(error = %e, "encoding a question about types"),
@@ -911,22 +920,19 @@ impl Cluster {
         let answers = self
             .node
             .ask(crate::cluster_types::KIND, questions, TYPES_WAIT);
-        for ((_, q), a) in asked.into_iter().zip(answers) {
+        for ((_, (q, where_)), a) in asked.into_iter().zip(answers) {
             let settled = a
                 .map_err(|e| e.to_string())
                 .and_then(|body| rmp_serde::from_slice::<Answer>(&body).map_err(|e| e.to_string()));
             match settled {
                 Ok(types) if types.len() == q.len() => {
-                    for ((path, _), t) in q.into_iter().zip(types) {
-                        match t {
-                            Some((t, true)) => {
-                                self.types.put(path.clone(), t, at);
-                                out.insert(path, t);
-                            }
-                            Some((t, false)) => {
-                                out.insert(path, t);
-                            }
-                            None => {}
+                    for (((path, _), t), groups) in q.into_iter().zip(types).zip(where_) {
+                        let Some((t, stored)) = t else { continue };
+                        if stored {
+                            self.types.put(path, t, at);
+                        }
+                        for i in groups {
+                            out[i] = Some(t);
                         }
                     }
                 }
@@ -1328,20 +1334,20 @@ pub fn folder_key(v: &serde_json::Value) -> String {
     format!("{}\u{1}{kind}", v["name"].as_str().unwrap_or_default())
 }
 
-/// Refuses, item by item, what does not fit a stream's settled type (`types`: from its holder;
-/// a stream missing there is checked against the type its group gives or implies), and splits
-/// the rest by partition, each group carrying the type it was checked against. Returns the
-/// parts, the errors and the number of points kept.
+/// Refuses, item by item, what does not fit a stream's settled type (`types`, by group: from
+/// its holder; a group without one is checked against the type it gives or implies), and
+/// splits the rest by partition, each group carrying the type it was checked against. Returns
+/// the parts, the errors and the number of points kept.
 fn precheck(
     groups: Vec<GroupIn>,
     now: i64,
     partition_of: impl Fn(&str) -> u32,
-    types: &HashMap<String, StreamType>,
+    types: &[Option<StreamType>],
 ) -> (BTreeMap<u32, Vec<GroupIn>>, Vec<ItemError>, usize) {
     let mut parts: BTreeMap<u32, Vec<GroupIn>> = BTreeMap::new();
     let mut errors = Vec::new();
     let mut kept = 0;
-    for mut g in groups {
+    for (i, mut g) in groups.into_iter().enumerate() {
         if g.points.is_empty() {
             continue;
         }
@@ -1359,7 +1365,7 @@ fn precheck(
             }));
             continue;
         }
-        let ty = types.get(&g.stream).copied().or_else(|| {
+        let ty = types.get(i).copied().flatten().or_else(|| {
             g.stream_type
                 .or_else(|| g.points.iter().find_map(|p| StreamType::infer(&p.value)))
         });
@@ -1609,7 +1615,7 @@ mod tests {
             group("gw2/m/v", 4, vec![(Some(2_000), InValue::Int(7))]),
         ];
         let split = |d: &str| if d == "gw1" { 3 } else { 8 };
-        let (parts, errors, kept) = precheck(groups.clone(), 9_000, split, &HashMap::new());
+        let (parts, errors, kept) = precheck(groups.clone(), 9_000, split, &[]);
         assert_eq!(kept, 2);
         let mut bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
         bad.sort_unstable();
@@ -1626,10 +1632,7 @@ mod tests {
 
         // A holder's settled type wins over what the values imply: gw2/m/v is a BINARY stream
         // there, so its integer is refused and named; gw1/m/v is a LONG stream, so 230.0 fits.
-        let settled = HashMap::from([
-            ("gw2/m/v".to_string(), StreamType::Binary),
-            ("gw1/m/v".to_string(), StreamType::Long),
-        ]);
+        let settled = [Some(StreamType::Long), None, Some(StreamType::Binary)];
         let (parts, errors, kept) = precheck(groups, 9_000, split, &settled);
         assert_eq!(kept, 1);
         let mut bad: Vec<(usize, String)> = errors

@@ -81,14 +81,28 @@ impl Default for TypeCache {
 impl TypeCache {
     /// The cached type of `path`.
     pub fn get(&self, path: &str, now: Instant) -> Option<StreamType> {
+        self.get_all([path], now).pop().flatten()
+    }
+
+    /// The cached types of `paths`, in their order, under one lock.
+    pub fn get_all<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+        now: Instant,
+    ) -> Vec<Option<StreamType>> {
         let mut g = self.inner.lock();
         g.rotate(now);
-        if let Some(t) = g.new.get(path) {
-            return Some(*t);
-        }
-        let t = g.old.remove(path)?;
-        g.new.insert(path.to_string(), t);
-        Some(t)
+        paths
+            .into_iter()
+            .map(|path| {
+                if let Some(t) = g.new.get(path) {
+                    return Some(*t);
+                }
+                let t = g.old.remove(path)?;
+                g.new.insert(path.to_string(), t);
+                Some(t)
+            })
+            .collect()
     }
 
     /// Keeps `path`'s stored type.
