@@ -839,8 +839,19 @@ impl Cluster {
         key: Option<&str>,
         address: Option<&str>,
     ) -> Result<WriteOutcome, ApiError> {
-        let types = self.settle_types(&groups, now);
+        let (types, fresh) = self.settle_types(&groups, now);
         let (parts, errors, stored) = precheck(groups, now, |d| self.node.partition_of(d), &types);
+        // A type a holder settled for a stream it does not store yet (reserved there) is the
+        // stream's once this batch, which creates it, is in the log: then it is cached too.
+        let created: Vec<(String, StreamType)> = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            parts
+                .values()
+                .flatten()
+                .filter_map(|g| fresh.get(&g.stream).map(|t| (g.stream.clone(), *t)))
+                .collect()
+        };
         let mut out = Vec::with_capacity(parts.len());
         for (p, groups) in parts {
             let address = address.map(str::to_string);
@@ -856,6 +867,10 @@ impl Cluster {
             message: format!("the cluster's log did not acknowledge the batch: {e}"),
             retry_after: 1,
         })?;
+        let at = std::time::Instant::now();
+        for (path, t) in created {
+            self.types.put(path, t, at);
+        }
         Ok(WriteOutcome { stored, errors })
     }
 
@@ -863,9 +878,16 @@ impl Cluster {
     /// ([`crate::cluster_types`]), from this node's cache when it has it. A partition whose
     /// holder does not answer within [`TYPES_WAIT`] (it is moving) is left out (`None`): its
     /// points are checked against the types their values imply, and the holder refuses at
-    /// apply what does not fit. Blocking.
-    fn settle_types(&self, groups: &[GroupIn], now: i64) -> Vec<Option<StreamType>> {
+    /// apply what does not fit. Also gives the types settled for streams not stored yet (by
+    /// path), which [`Cluster::publish`] caches once the batch that creates them is logged.
+    /// Blocking.
+    fn settle_types(
+        &self,
+        groups: &[GroupIn],
+        now: i64,
+    ) -> (Vec<Option<StreamType>>, HashMap<String, StreamType>) {
         use crate::cluster_types::{Answer, Question};
+        let mut fresh = HashMap::new();
         let at = std::time::Instant::now();
         let mut out = self
             .types
@@ -906,7 +928,7 @@ impl Cluster {
             at.push(vec![i]);
         }
         if asked.is_empty() {
-            return out;
+            return (out, fresh);
         }
         let mut questions = Vec::with_capacity(asked.len());
         for (p, (q, _)) in &asked {
@@ -930,6 +952,8 @@ impl Cluster {
                         let Some((t, stored)) = t else { continue };
                         if stored {
                             self.types.put(path, t, at);
+                        } else {
+                            fresh.insert(path, t);
                         }
                         for i in groups {
                             out[i] = Some(t);
@@ -944,7 +968,7 @@ impl Cluster {
                 }
             }
         }
-        out
+        (out, fresh)
     }
 
     /// Questions about types this node put to holders (its own included), since it started.

@@ -18,7 +18,8 @@
 //! first creates the stream with it.
 //!
 //! The asker keeps the stored types it was told in a [`TypeCache`] for one to two minutes, so
-//! a gateway's next batches need no question. A stored type changes only by a change of the
+//! a gateway's next batches need no question; a type settled for a stream not stored yet is
+//! cached once the batch that creates the stream with it is in the log. A stored type changes only by a change of the
 //! stream (`PutStream`, `DeleteStream`); the node that makes one broadcasts the path
 //! ([`FORGET`]) once it is applied, and every node forgets it. A node that misses the
 //! broadcast (core NATS keeps nothing) may take points checked against the old type until its
