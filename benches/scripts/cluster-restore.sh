@@ -11,35 +11,8 @@
 set -e
 SI=$1; TAG=$2
 D=${DIR:-/tmp/nb}
-mkdir -p $D
-routes="nats-route://127.0.0.1:6222, nats-route://127.0.0.1:6223, nats-route://127.0.0.1:6224"
-for i in 0 1 2; do
-  cat > $D/n$i.conf <<CONF
-listen: 127.0.0.1:422$((2 + i))
-server_name: n$i
-jetstream { store_dir: "$D/data$i", max_memory_store: 256MB, max_file_store: 20GB }
-cluster { name: ms, listen: 127.0.0.1:622$((2 + i)), routes: [$routes] }
-CONF
-done
-for n in cl:bench clb:b; do
-  cat > $D/${n%%:*}.toml <<CONF
-[cluster]
-nats_urls = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"]
-node_id = "${n##*:}"
-partitions = 256
-log_streams = 8
-replicas = 3
-CONF
-done
-K=msk_bench_0123456789abcdefghijklmnopqrstuv
-cd /work/main
-pkill -f meterstream-server || true
-while pgrep -f meterstream-server > /dev/null; do sleep 0.2; done
-pkill -f nats-server || true
-while pgrep -f nats-server > /dev/null; do sleep 0.2; done
-rm -rf $D/data0 $D/data1 $D/data2 $D/b $D/pdata
-for i in 0 1 2; do nats-server -c $D/n$i.conf > $D/n$i.log 2>&1 & done
-sleep 3
+cd "$(dirname "$0")/../.."
+. benches/scripts/fresh-cluster.sh
 for f in cl clb; do sed -i '/snapshot_interval/d' $D/$f.toml; echo "snapshot_interval = $SI" >> $D/$f.toml; done
 ./target/release/meterstream-bench ingest --seconds 600 --query-runs 1 --data-dir $D/pdata \
   --server-arg=--config=$D/cl.toml --json $D/rb-$TAG.json > $D/rb-$TAG.out 2> $D/rb-$TAG.err
