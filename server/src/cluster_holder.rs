@@ -112,12 +112,15 @@ pub struct Answers {
     pub outcomes: Arc<Outcomes>,
     /// The node.
     pub node: Weak<Node>,
+    /// The cluster's number of partitions.
+    pub partitions: u32,
 }
 
 impl Answers {
-    /// The answer to a [`STREAM`] question: the path.
-    pub fn stream(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// The answer to a [`STREAM`] question about `partition`: the path.
+    pub fn stream(&self, partition: u32, body: &[u8]) -> Result<Vec<u8>, String> {
         let path = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+        crate::cluster_types::in_partition(path, partition, self.partitions)?;
         let info = match self.engine.stream(path) {
             Ok(i) => Some(i),
             Err(StorageError::StreamNotFound { .. }) => None,
@@ -130,6 +133,7 @@ impl Answers {
     /// [`APPLY_WAIT`]).
     pub fn change(&self, partition: u32, body: &[u8]) -> Result<Vec<u8>, String> {
         let q: ChangeQuestion = rmp_serde::from_slice(body).map_err(|e| e.to_string())?;
+        crate::cluster_types::in_partition(&q.path, partition, self.partitions)?;
         let node = self.node.upgrade().ok_or("the node is stopping")?;
         if !node.await_applied(partition, q.sequence, APPLY_WAIT) {
             return Err(format!(
@@ -163,6 +167,34 @@ pub fn decode(body: &[u8]) -> meterstream_storage::Result<(u64, Option<StreamInf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_about_a_stream_of_another_partition_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let answers = Answers {
+            engine: Arc::new(
+                Engine::open(meterstream_storage::engine::Config::new(dir.path())).unwrap(),
+            ),
+            outcomes: Arc::new(Outcomes::new(16)),
+            node: Weak::new(),
+            partitions: 16,
+        };
+        let p = meterstream_cluster::partition::of_device("dev", 16);
+        assert_eq!(
+            decode(&answers.stream(p, b"dev/a").unwrap()).unwrap(),
+            (0, None),
+            "asked of its holder: no such stream"
+        );
+        let e = answers.stream((p + 1) % 16, b"dev/a").unwrap_err();
+        assert!(e.contains("dev/a") && e.contains("partition"), "{e}");
+        let q = rmp_serde::to_vec(&ChangeQuestion {
+            sequence: 1,
+            path: "dev/a".into(),
+        })
+        .unwrap();
+        let e = answers.change((p + 1) % 16, &q).unwrap_err();
+        assert!(e.contains("dev/a"), "{e}");
+    }
 
     #[test]
     fn outcomes_travel_with_their_status() {

@@ -130,6 +130,17 @@ impl Generations {
     }
 }
 
+/// Refuses a question about stream `path` put to the holder of another partition than the
+/// stream's (a misrouted question would be answered from a store that may keep what the node
+/// held before).
+pub fn in_partition(path: &str, partition: u32, partitions: u32) -> Result<(), String> {
+    let device = meterstream_storage::path::device_id(path);
+    if meterstream_cluster::partition::of_device(device, partitions) != partition {
+        return Err(format!("{path:?} is not in partition {partition}"));
+    }
+    Ok(())
+}
+
 /// The holder's side: stored types, and types reserved for streams not stored yet.
 pub struct TypeGate {
     engine: Arc<Engine>,
@@ -188,13 +199,8 @@ impl TypeGate {
     pub fn answer(&self, partition: u32, body: &[u8]) -> Result<Vec<u8>, String> {
         let asked: Question =
             rmp_serde::from_slice(body).map_err(|e| format!("a question about types: {e}"))?;
-        if let Some((path, _)) = asked.iter().find(|(path, _)| {
-            meterstream_cluster::partition::of_device(
-                meterstream_storage::path::device_id(path),
-                self.partitions,
-            ) != partition
-        }) {
-            return Err(format!("{path:?} is not in partition {partition}"));
+        for (path, _) in &asked {
+            in_partition(path, partition, self.partitions)?;
         }
         rmp_serde::to_vec(&self.settle(&asked, Instant::now())).map_err(|e| e.to_string())
     }

@@ -578,6 +578,7 @@ pub async fn run(
             engine: engine.clone(),
             outcomes: outcomes.clone(),
             node: Arc::downgrade(&c.node),
+            partitions: c.node.partitions(),
         });
         {
             let node = c.node.clone();
@@ -594,7 +595,7 @@ pub async fn run(
                 let a = answers.clone();
                 node.serve(
                     cluster_holder::STREAM,
-                    Arc::new(move |_, body: &[u8]| a.stream(body)),
+                    Arc::new(move |p, body: &[u8]| a.stream(p, body)),
                 )?;
                 node.serve(
                     cluster_holder::CHANGE,
